@@ -1,0 +1,173 @@
+"""Runs the selected stage (or the pipeline) for a composed config: MLflow runs, inputs, outputs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from chareval.config import AppConfig, validate_config
+from chareval.errors import ConfigError, InputError
+from chareval.io import write_text_atomic
+from chareval.llm import DiskCache, LLMClient, UsageMeter
+from chareval.schemas import Usage
+from chareval.stages import STAGES, InputSpec
+from chareval.stages.base import StageContext, StageResult
+from chareval.tracking import (
+    SWEEP_RUN_ENV,
+    StageRun,
+    flatten_params,
+    git_commit,
+    redact,
+    resolved_yaml,
+    resolve_uri,
+    start_run,
+    use_store,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Job:
+    """One invocation of src/run.py (one job of a multirun)."""
+
+    def __init__(self, cfg: DictConfig):
+        self.settings: AppConfig = validate_config(cfg)
+        hydra = HydraConfig.get()
+        self.stage: str = hydra.runtime.choices["stage"]
+        self.run_dir = Path(hydra.runtime.output_dir)
+        self.choices = {k: v for k, v in hydra.runtime.choices.items() if not k.startswith("hydra/") and v is not None}
+        in_sweep = hydra.mode == RunMode.MULTIRUN
+        self.parent_run_id = os.environ.get(SWEEP_RUN_ENV) if in_sweep else None
+        self.config_yaml = resolved_yaml(cfg)
+        s = self.settings
+        self.tracking_uri = resolve_uri(s.tracking.uri, s.paths.root)
+        if s.tracking.enabled:
+            use_store(self.tracking_uri, s.tracking.experiment, s.paths.root)
+        cache = DiskCache(Path(s.paths.cache) / "llm") if s.cache else None
+        self.client = LLMClient(s.models, cache)
+        self.params = flatten_params(redact(s.model_dump(mode="json")))
+        self.commit = git_commit(s.paths.root)
+        self.summaries: list[str] = []
+        self._last_usage = Usage()
+
+    # --- tags shared by every run of this job ---------------------------------------------
+    def _tags(self, stage: str) -> dict[str, str]:
+        tags = {f"choice.{k}": v for k, v in self.choices.items()}
+        tags.update({"chareval.stage": stage, "chareval.run_dir": str(self.run_dir), "git.commit": self.commit})
+        return tags
+
+    def run(self) -> dict[str, Path]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.run_dir / "config.yaml", self.config_yaml)
+        enabled = self.settings.tracking.enabled
+        if self.stage != "pipeline":
+            return self._stage(self.stage, {}, parent_run_id=self.parent_run_id)
+        outputs: dict[str, Path] = {}
+        started, before = time.perf_counter(), Usage()
+        with start_run(
+            enabled,
+            run_name=f"pipeline {self.run_dir.name}",
+            tags=self._tags("pipeline") | {"chareval.kind": "pipeline"},
+            params=self.params,
+            parent_run_id=self.parent_run_id,
+        ) as parent:
+            parent.log_artifact(self.run_dir / "config.yaml")
+            for stage in self.settings.pipeline.stages:
+                outputs.update(self._stage(stage, outputs))
+                before = before + self._last_usage
+            parent.log_metrics(usage_metrics(before) | {"wall_time_s": time.perf_counter() - started})
+        return outputs
+
+    def _stage(self, stage: str, previous: dict[str, Path], parent_run_id: str | None = None) -> dict[str, Path]:
+        spec = STAGES[stage]
+        self.client.meter = UsageMeter()  # usage is counted per stage
+        started = time.perf_counter()
+        with start_run(
+            self.settings.tracking.enabled,
+            run_name=f"{stage} {self.run_dir.name}",
+            tags=self._tags(stage) | {"chareval.kind": "stage"},
+            params=self.params,
+            parent_run_id=parent_run_id,
+        ) as run:
+            run.log_artifact(self.run_dir / "config.yaml")
+            inputs = {}
+            if spec.needs:
+                inputs[spec.needs.name] = previous.get(spec.needs.name) or self._resolve_input(stage, spec.needs)
+                run.log_artifact(inputs[spec.needs.name], artifact_path="inputs")
+            result: StageResult | None = None
+            try:
+                result = spec.run(StageContext(self.settings, self.run_dir, self.client, run), inputs)
+            finally:
+                # Whatever was written (all of it, or what finished before a failure) is logged.
+                self._log_outputs(run, stage, result)
+                usage = self.client.meter.total()
+                self._last_usage = usage
+                metrics = usage_metrics(usage) | {"wall_time_s": time.perf_counter() - started}
+                run.log_metrics(metrics | (result.metrics if result else {}))
+        log.info("%s done: %s", stage, result.summary)
+        self.summaries.append(result.summary)
+        return result.outputs
+
+    def _log_outputs(self, run: StageRun, stage: str, result: StageResult | None) -> None:
+        paths = list(result.outputs.values()) if result else [self.run_dir / n for n in STAGES[stage].writes]
+        for path in paths:
+            run.log_artifact(path)
+
+    def _resolve_input(self, stage: str, spec: InputSpec) -> Path:
+        s = self.settings
+        path, run_id = getattr(s, spec.file_key), getattr(s, spec.run_key)
+        if path and run_id:
+            raise ConfigError(f"both {spec.file_key} and {spec.run_key} are set", "give only one of them")
+        if path:
+            resolved = Path(path).expanduser().resolve()
+            if not resolved.is_file():
+                raise InputError(f"{spec.file_key}={path}: no such file", "check the path (relative to the current directory)")
+            return resolved
+        if run_id:
+            return fetch_run_artifact(run_id, spec.artifact, self.run_dir / "inputs", s.tracking.enabled)
+        raise ConfigError(
+            f"stage={stage} needs its input: {spec.file_key}=<{spec.artifact}> or {spec.run_key}=<MLflow run id>",
+            f"e.g. python src/run.py stage={stage} {spec.file_key}=outputs/runs/<date>/<time>_<stage>/{spec.artifact}",
+        )
+
+
+def usage_metrics(usage: Usage) -> dict[str, float]:
+    return {
+        "model.calls": usage.calls,
+        "model.cached_calls": usage.cached_calls,
+        "tokens.input": usage.input_tokens,
+        "tokens.output": usage.output_tokens,
+        "tokens.thinking": usage.thinking_tokens,
+        "cost_usd": usage.cost_usd,
+        "model.latency_s": usage.latency_s,
+    }
+
+
+def fetch_run_artifact(run_id: str, artifact: str, destination: Path, tracking_enabled: bool) -> Path:
+    """Download `artifact` from an MLflow run of the configured store."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if not tracking_enabled:
+        raise ConfigError("a *_run input needs MLflow", "set tracking.enabled=true or pass the file path instead")
+    try:
+        mlflow.get_run(run_id)
+    except MlflowException:
+        raise InputError(
+            f"no MLflow run '{run_id}' in {mlflow.get_tracking_uri()}",
+            "copy the run id from the MLflow UI (or pass the file path instead)",
+        ) from None
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(destination)))
+    except (MlflowException, OSError):
+        names = [a.path for a in mlflow.MlflowClient().list_artifacts(run_id)]
+        raise InputError(
+            f"MLflow run {run_id} has no artifact '{artifact}' (it has: {', '.join(names) or 'none'})",
+            "pick the run of the stage that writes it",
+        ) from None

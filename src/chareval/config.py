@@ -1,0 +1,198 @@
+"""Typed schema of the composed Hydra config. Validated before any work, so a typo or a bad value
+fails at once with the key named and the allowed values."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from omegaconf import DictConfig, OmegaConf
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from chareval import PROJECT_ROOT
+from chareval.errors import ConfigError
+
+STAGES = ("contexts", "conversations", "prepare")
+ROLES = ("contexts", "assistant", "user", "judge")
+PROVIDERS = ("local",)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+ModelString = Annotated[str, Field(pattern=r"^[a-z_]+/.+$", description="provider/model")]
+
+
+class Generation(Strict):
+    max_tokens: int = Field(ge=1, le=200_000)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+
+
+class LocalProvider(Strict):
+    models: dict[str, str | None]
+    n_ctx: int = Field(ge=512)
+    n_threads: int | None = Field(default=None, ge=1)
+    chat_format: str | None = None
+    repeat_penalty: float = Field(default=1.0, ge=1.0, le=2.0)
+
+
+class Providers(Strict):
+    local: LocalProvider | None = None
+
+
+class Models(Strict):
+    name: str
+    contexts: ModelString
+    assistant: ModelString
+    user: ModelString
+    judge: ModelString
+    generation: dict[Literal["contexts", "assistant", "user", "judge"], Generation]
+    providers: Providers = Providers()
+
+    @field_validator("contexts", "assistant", "user", "judge")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        provider = value.split("/", 1)[0]
+        if provider not in PROVIDERS:
+            raise ValueError(f"unknown provider '{provider}' in '{value}'; known providers: {', '.join(PROVIDERS)}")
+        return value
+
+
+class Theme(Strict):
+    name: str
+    description: str
+    prompt: str = Field(min_length=1)
+
+
+class Persona(Strict):
+    name: str
+    seed_name: str | None = None
+    display_name: str
+    role: str
+    opening_prompt: str = Field(min_length=1)
+    system_prompt: str = Field(min_length=1)
+
+
+class UserPersona(Strict):
+    name: str
+    display_name: str
+    system_prompt: str = Field(min_length=1)
+
+    @field_validator("system_prompt")
+    @classmethod
+    def _has_placeholders(cls, value: str) -> str:
+        missing = [p for p in ("{scenario}", "{user_goal}") if p not in value]
+        if missing:
+            raise ValueError(f"must contain the placeholders {', '.join(missing)} (filled from the context)")
+        return value
+
+
+class Tracking(Strict):
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str = Field(min_length=1)
+
+
+class Paths(Strict):
+    root: str
+    outputs: str
+    cache: str
+
+
+class ContextsStage(Strict):
+    max_documents: int = Field(ge=1, le=3)
+    instructions: str = Field(min_length=1)
+
+
+class ConversationsStage(Strict):
+    retry_empty_reply: bool = True
+
+
+class PrepareStage(Strict):
+    skip_errored: bool = True
+
+
+class PipelineStage(Strict):
+    stages: list[Literal["contexts", "conversations", "prepare"]] = Field(min_length=1)
+
+
+class AppConfig(Strict):
+    turns: int = Field(ge=1, le=100)
+    num_contexts: int = Field(ge=1)
+    num_conversations: int = Field(ge=1)
+    seed: int
+    cache: bool
+    context_file: str | None = None
+    contexts_run: str | None = None
+    input_file: str | None = None
+    conversations_run: str | None = None
+    output_file: str | None = None
+    paths: Paths
+    theme: Theme
+    persona: Persona
+    user_persona: UserPersona
+    models: Models
+    tracking: Tracking
+    # Stage knobs: present when that stage (or the pipeline that includes it) is selected.
+    contexts: ContextsStage | None = None
+    conversations: ConversationsStage | None = None
+    prepare: PrepareStage | None = None
+    pipeline: PipelineStage | None = None
+
+
+def register_resolvers() -> None:
+    """Resolvers used in conf/: ${project_root:} is where outputs/ and mlruns/ go."""
+    if not OmegaConf.has_resolver("project_root"):
+        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names at the parent of `loc`, to list next to an unknown key."""
+    current: Any = model
+    for part in loc[:-1]:
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        annotation = fields[part].annotation
+        args = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        current = args[0] if args else annotation
+    fields = getattr(current, "model_fields", None)
+    return sorted(fields) if fields else []
+
+
+def format_validation_error(err: ValidationError, raw: dict) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(AppConfig, e["loc"])
+            lines.append(f"  {key}: unknown key" + (f" (allowed here: {', '.join(allowed)})" if allowed else ""))
+        elif e["type"] == "missing":
+            lines.append(f"  {key}: missing")
+        else:
+            lines.append(f"  {key}={e.get('input')!r}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def validate_config(cfg: DictConfig) -> AppConfig:
+    """Resolve and validate the composed config (without the hydra node)."""
+    try:
+        raw = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except Exception as e:  # interpolation / missing-value errors from OmegaConf
+        raise ConfigError(f"the config does not resolve: {e}") from None
+    raw.pop("hydra", None)
+    try:
+        return AppConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(
+            "invalid configuration:\n" + format_validation_error(e, raw),
+            "correct the key on the command line or in conf/ (python src/run.py --cfg job shows the composed config)",
+        ) from None
+
+
+_SECRET_KEY = re.compile(r"(api_?key|secret|password|passwd|auth_token|access_token|bearer)$", re.IGNORECASE)
+
+
+def is_secret_key(key: str) -> bool:
+    return bool(_SECRET_KEY.search(key.rsplit(".", 1)[-1]))

@@ -1,0 +1,1 @@
+"""Fine-tuning data and backends."""

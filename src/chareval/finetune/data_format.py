@@ -1,0 +1,124 @@
+"""Together AI's conversational fine-tuning format: one {"messages": [...]} object per line.
+The validator is used by stage=prepare and again before any upload."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chareval.schemas import Conversation
+
+ROLES = ("system", "user", "assistant")
+MESSAGE_KEYS = {"role", "content", "weight"}
+
+
+def validate_example(example: Any) -> list[str]:
+    """Every reason this example would be rejected (empty list = valid)."""
+    if not isinstance(example, dict):
+        return [f"a line must be a JSON object, found {type(example).__name__}"]
+    problems = []
+    extra = sorted(set(example) - {"messages"})
+    if extra:
+        problems.append(f"unexpected top-level keys {extra}: only 'messages' is allowed")
+    messages = example.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return problems + ["'messages' must be a non-empty list"]
+    roles = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            problems.append(f"messages[{i}] must be an object")
+            continue
+        unknown = sorted(set(m) - MESSAGE_KEYS)
+        if unknown:
+            problems.append(f"messages[{i}] has unexpected keys {unknown}")
+        role = m.get("role")
+        if role not in ROLES:
+            problems.append(f"messages[{i}].role is {role!r}; allowed: {', '.join(ROLES)}")
+        if role == "system" and i > 0:
+            problems.append(f"messages[{i}]: a system message is allowed only first")
+        content = m.get("content")
+        if not isinstance(content, str) or not content.strip():
+            problems.append(f"messages[{i}].content must be a non-empty string")
+        if "weight" in m and (isinstance(m["weight"], bool) or m["weight"] not in (0, 1)):
+            problems.append(f"messages[{i}].weight must be 0 or 1")
+        roles.append(role)
+    turns = roles[1:] if roles and roles[0] == "system" else roles
+    if not turns:
+        problems.append("no user or assistant message")
+    elif turns[0] != "user":
+        problems.append(f"after the optional system message the first message must be 'user', found {turns[0]!r}")
+    for i in range(1, len(turns)):
+        if turns[i] == turns[i - 1] and turns[i] in ("user", "assistant"):
+            offset = i + (len(roles) - len(turns))
+            problems.append(f"messages[{offset}]: roles must alternate user/assistant, found two {turns[i]!r} in a row")
+            break
+    if turns and turns[-1] != "assistant":
+        problems.append("the last message must be 'assistant' (there is nothing to learn after it)")
+    return problems
+
+
+@dataclass
+class FileReport:
+    path: Path
+    lines: int = 0
+    valid: int = 0
+    problems: dict[int, list[str]] = field(default_factory=dict)  # line number -> reasons
+
+    @property
+    def ok(self) -> bool:
+        return self.lines > 0 and not self.problems
+
+    def describe(self, limit: int = 20) -> str:
+        head = f"{self.path}: {self.valid} of {self.lines} lines valid"
+        rows = [f"  line {n}: {'; '.join(p)}" for n, p in list(self.problems.items())[:limit]]
+        if len(self.problems) > limit:
+            rows.append(f"  ... and {len(self.problems) - limit} more bad lines")
+        return "\n".join([head, *rows])
+
+
+def validate_file(path: Path) -> FileReport:
+    """Check every line of a fine-tuning file and report each bad one."""
+    report = FileReport(Path(path))
+    with Path(path).open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            report.lines += 1
+            try:
+                example = json.loads(line)
+            except json.JSONDecodeError as e:
+                report.problems[number] = [f"not valid JSON: {e.msg} at column {e.colno}"]
+                continue
+            problems = validate_example(example)
+            if problems:
+                report.problems[number] = problems
+            else:
+                report.valid += 1
+    return report
+
+
+def conversation_to_example(conversation: Conversation) -> tuple[dict | None, str | None]:
+    """A conversation as a training example, or (None, reason) when it cannot be one.
+    The assistant's system prompt (documents included) comes first, then the opening prompt the
+    assistant saw as the user's turn, then the conversation. A trailing user message is dropped:
+    there is no assistant reply to learn from it."""
+    if conversation.error:
+        return None, "the conversation ended with an error"
+    turns = [{"role": m.role, "content": m.content} for m in conversation.messages]
+    while turns and turns[-1]["role"] == "user":
+        turns.pop()
+    if not turns:
+        return None, "no assistant message"
+    example = {
+        "messages": [
+            {"role": "system", "content": conversation.assistant_system_prompt},
+            {"role": "user", "content": conversation.opening_prompt},
+            *turns,
+        ]
+    }
+    problems = validate_example(example)
+    if problems:
+        return None, problems[0]
+    return example, None

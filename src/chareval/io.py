@@ -1,0 +1,105 @@
+"""File I/O for records: atomic rewrites, crash-safe appends, validated reads with clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from chareval.errors import InputError
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file + rename, so a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o644)  # mkstemp makes 0600; these are ordinary output files
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_records_json(path: Path, records: list[BaseModel]) -> None:
+    write_text_atomic(path, json.dumps([r.model_dump(mode="json") for r in records], indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def append_jsonl(path: Path, record: BaseModel) -> None:
+    """Append one record as a line and fsync it: what has finished survives a crash."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record.model_dump(mode="json"), ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    more = f" (and {err.error_count() - 1} more problems)" if err.error_count() > 1 else ""
+    return f"{loc}: {first['msg']}{more}"
+
+
+def read_records_json(path: Path, model: type[R]) -> list[R]:
+    """Read a JSON list of records, naming the file and item on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist", "check the path (it is relative to the current directory)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path} is not valid JSON: line {e.lineno}, column {e.colno}: {e.msg}") from None
+    if not isinstance(data, list):
+        raise InputError(f"{path} should hold a JSON list of {model.__name__} records, found {type(data).__name__}")
+    try:
+        return TypeAdapter(list[model]).validate_python(data)
+    except ValidationError as e:
+        raise InputError(f"{path} is not a list of {model.__name__} records: item {_describe(e)}") from None
+
+
+def read_records_jsonl(path: Path, model: type[R], *, tolerate_torn_tail: bool = False) -> list[R]:
+    """Read JSONL records. With tolerate_torn_tail, a half-written last line (a crash while
+    appending) is dropped and cut from the file so that appends can resume cleanly."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist", "check the path (it is relative to the current directory)")
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    records: list[R] = []
+    offset = 0
+    for number, line in enumerate(lines, start=1):
+        is_last = number == len(lines)
+        if line.strip():
+            try:
+                records.append(model.model_validate_json(line))
+            except ValidationError as e:
+                if tolerate_torn_tail and (is_last or number == len(lines) - 1 and not lines[-1]):
+                    with path.open("r+b") as f:
+                        f.truncate(offset)
+                    break
+                raise InputError(f"{path}:{number} is not a valid {model.__name__} record: {_describe(e)}") from None
+        offset += len(line) + 1
+    return records
+
+
+def latest_by_id(records: list[R]) -> list[R]:
+    """Keep the last record for each id, in first-seen order (a retried item supersedes its error)."""
+    by_id: dict[str, R] = {}
+    for r in records:
+        by_id[r.id] = r  # re-assigning keeps the key's first position
+    return list(by_id.values())

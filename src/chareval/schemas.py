@@ -1,0 +1,104 @@
+"""Records passed between stages and written to disk. Every reader validates against these."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class Record(BaseModel):
+    """Base of every record a stage writes: strict keys and a schema version."""
+
+    model_config = ConfigDict(extra="forbid")
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+class Usage(BaseModel):
+    """Token, cost and latency totals for one call or a sum of calls."""
+
+    model_config = ConfigDict(extra="forbid")
+    calls: int = 0
+    cached_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    thinking_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(**{k: getattr(self, k) + getattr(other, k) for k in Usage.model_fields})
+
+
+class Document(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    title: str
+    content: str
+
+
+class Context(Record):
+    """One scenario for conversations: what the user is after, and documents the assistant gets."""
+
+    id: str
+    title: str
+    scenario: str
+    user_goal: str
+    documents: list[Document]
+    model: str
+
+
+class Message(BaseModel):
+    """One message of a conversation, with the model that wrote it."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["assistant", "user"]
+    content: str
+    turn: int = Field(ge=0)
+    model: str
+    thinking: str | None = None
+
+
+class Conversation(Record):
+    """One simulated conversation; `error` is set when it could not be completed."""
+
+    id: str
+    context_id: str
+    assistant_persona: str
+    user_persona: str
+    assistant_model: str
+    user_model: str
+    turns: int
+    seed: int
+    # Kept in the record so that prepare reproduces exactly what the assistant saw.
+    assistant_system_prompt: str
+    opening_prompt: str
+    messages: list[Message]
+    usage: Usage
+    error: str | None = None
+
+
+class ErrorRecord(Record):
+    """A work item that failed, with the reason and the raw model output when there was one."""
+
+    stage: str
+    item_id: str
+    error: str
+    raw_text: str | None = None
+
+
+# --- what the contexts model is asked to produce (the code adds ids and provenance) ---------
+# Lengths are bounded so that a small model's JSON grammar cannot run on forever.
+
+
+class DocumentDraft(BaseModel):
+    title: str = Field(min_length=1, max_length=80)
+    content: str = Field(min_length=1, max_length=700)
+
+
+class ContextDraft(BaseModel):
+    title: str = Field(min_length=1, max_length=80)
+    scenario: str = Field(min_length=1, max_length=600)
+    user_goal: str = Field(min_length=1, max_length=300)
+    documents: list[DocumentDraft] = Field(min_length=1, max_length=3)

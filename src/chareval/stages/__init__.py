@@ -1,0 +1,41 @@
+"""The stage registry: name -> function, and the input each stage needs when run on its own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from chareval.stages import contexts, conversations, prepare
+from chareval.stages.base import StageContext, StageResult
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str  # the key in the previous stage's outputs
+    file_key: str  # config key of a file path
+    run_key: str  # config key of an MLflow run id whose artifact is used
+    artifact: str  # that artifact's file name
+
+
+@dataclass(frozen=True)
+class Stage:
+    run: Callable[[StageContext, dict[str, Path]], StageResult]
+    needs: InputSpec | None = None
+    # Files it writes in the run folder: logged even when the stage fails part-way.
+    writes: tuple[str, ...] = ()
+
+
+STAGES: dict[str, Stage] = {
+    "contexts": Stage(contexts.run, writes=("contexts.json", "contexts_errors.jsonl")),
+    "conversations": Stage(
+        conversations.run,
+        InputSpec("contexts", "context_file", "contexts_run", "contexts.json"),
+        writes=("conversations.jsonl",),
+    ),
+    "prepare": Stage(
+        prepare.run,
+        InputSpec("conversations", "input_file", "conversations_run", "conversations.jsonl"),
+        writes=("finetune.jsonl",),
+    ),
+}

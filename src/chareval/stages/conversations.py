@@ -1,0 +1,112 @@
+"""stage=conversations: the assistant persona against the simulated user over each context.
+turns=1 is the assistant alone, 2 adds the user, 3 the assistant again, and so on."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tqdm import tqdm
+
+from chareval.errors import CharevalError, ModelError
+from chareval.io import append_jsonl, latest_by_id, read_records_json, read_records_jsonl
+from chareval.llm import LLMResponse, derive_seed
+from chareval.schemas import Context, Conversation, Message, Usage
+from chareval.stages.base import StageContext, StageResult
+from chareval.stages.prompts import assistant_system_prompt, assistant_view, user_system_prompt, user_view
+
+log = logging.getLogger(__name__)
+
+
+def plan(contexts: list[Context], n: int) -> list[tuple[str, Context]]:
+    """The first n contexts; with more conversations than contexts, the contexts are used again
+    in order (each repeat samples with its own seed)."""
+    if n > len(contexts):
+        log.warning("num_conversations=%d > %d contexts: contexts are reused in order", n, len(contexts))
+    return [(f"conv-{i + 1:03d}", contexts[i % len(contexts)]) for i in range(n)]
+
+
+def speaker(turn: int) -> str:
+    return "assistant" if turn % 2 == 0 else "user"  # the assistant opens
+
+
+def _reply(ctx: StageContext, role: str, system: str, view, seed: int) -> LLMResponse:
+    response = ctx.client.ask(role, system, view, seed=seed)
+    if not response.text and ctx.settings.conversations.retry_empty_reply:
+        response = ctx.client.ask(role, system, view, seed=derive_seed(seed, "retry-empty"))
+    if not response.text:
+        raise ModelError(f"{response.model} returned an empty message")
+    return response
+
+
+def simulate(ctx: StageContext, conv_id: str, context: Context) -> Conversation:
+    s = ctx.settings
+    system_assistant = assistant_system_prompt(s.persona, context)
+    system_user = user_system_prompt(s.user_persona, context)
+    messages: list[Message] = []
+    usage = Usage()
+    error = None
+    for turn in range(s.turns):
+        role = speaker(turn)
+        if role == "assistant":
+            system, view = system_assistant, assistant_view(s.persona.opening_prompt, messages)
+        else:
+            system, view = system_user, user_view(messages)
+        try:
+            response = _reply(ctx, role, system, view, derive_seed(s.seed, conv_id, context.id, turn))
+        except ModelError as e:
+            error = f"turn {turn} ({role}): {e.message}"
+            log.warning("%s stopped at %s", conv_id, error)
+            break
+        usage += response.usage
+        messages.append(Message(role=role, content=response.text, turn=turn, model=response.model, thinking=response.thinking))
+    return Conversation(
+        id=conv_id,
+        context_id=context.id,
+        assistant_persona=s.persona.name,
+        user_persona=s.user_persona.name,
+        assistant_model=ctx.client.model_for("assistant"),
+        user_model=ctx.client.model_for("user"),
+        turns=s.turns,
+        seed=s.seed,
+        assistant_system_prompt=system_assistant,
+        opening_prompt=s.persona.opening_prompt,
+        messages=messages,
+        usage=usage,
+        error=error,
+    )
+
+
+def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
+    s = ctx.settings
+    contexts = read_records_json(inputs["contexts"], Context)
+    if not contexts:
+        raise CharevalError(f"{inputs['contexts']} holds no contexts", "generate some with stage=contexts")
+    out = ctx.run_dir / "conversations.jsonl"
+    # Resume: finished conversations already in this run folder are kept; errored ones are retried.
+    existing = latest_by_id(read_records_jsonl(out, Conversation, tolerate_torn_tail=True)) if out.exists() else []
+    done = {c.id for c in existing if c.error is None}
+    work = [(cid, c) for cid, c in plan(contexts, s.num_conversations) if cid not in done]
+    if done:
+        log.info("resuming: %d conversations already in %s", len(done), out)
+    bar = tqdm(work, desc="conversations", unit="conv", dynamic_ncols=True)
+    n_failed = 0
+    for conv_id, context in bar:
+        conversation = simulate(ctx, conv_id, context)
+        append_jsonl(out, conversation)  # written as each conversation finishes
+        total = ctx.client.meter.total()
+        n_failed += conversation.error is not None
+        bar.set_postfix(tokens=total.input_tokens + total.output_tokens, errors=n_failed)
+    final = latest_by_id(read_records_jsonl(out, Conversation))
+    wanted = {cid for cid, _ in plan(contexts, s.num_conversations)}
+    final = [c for c in final if c.id in wanted]
+    n_errors = sum(1 for c in final if c.error)
+    return StageResult(
+        outputs={"conversations": out},
+        metrics={
+            "conversations.count": len(final),
+            "conversations.n_errors": n_errors,
+            "conversations.messages": sum(len(c.messages) for c in final),
+        },
+        summary=f"{len(final)} conversations ({n_errors} with errors) -> {out}",
+    )

@@ -1,0 +1,45 @@
+"""stage=prepare: conversations -> Together conversational fine-tuning JSONL."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+from chareval.errors import CharevalError
+from chareval.finetune.data_format import conversation_to_example, validate_file
+from chareval.io import latest_by_id, read_records_jsonl, write_jsonl_atomic
+from chareval.schemas import Conversation
+from chareval.stages.base import StageContext, StageResult
+
+log = logging.getLogger(__name__)
+
+
+def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
+    s = ctx.settings
+    conversations = latest_by_id(read_records_jsonl(inputs["conversations"], Conversation))
+    out = Path(s.output_file).resolve() if s.output_file else ctx.run_dir / "finetune.jsonl"
+    examples, skipped = [], Counter()
+    for conversation in conversations:
+        if conversation.error and not s.prepare.skip_errored:
+            raise CharevalError(
+                f"{conversation.id} has an error ({conversation.error})",
+                "rerun stage=conversations to retry it, or set prepare.skip_errored=true",
+            )
+        example, reason = conversation_to_example(conversation)
+        if example is None:
+            skipped[reason] += 1
+            log.info("skipping %s: %s", conversation.id, reason)
+            continue
+        examples.append(example)
+    write_jsonl_atomic(out, examples)
+    for reason, count in skipped.items():
+        log.warning("skipped %d conversation(s): %s", count, reason)
+    report = validate_file(out)
+    if report.problems:  # conversation_to_example validates, so this is a bug if it ever fires
+        raise CharevalError(f"the written file does not validate:\n{report.describe()}")
+    return StageResult(
+        outputs={"finetune": out},
+        metrics={"prepare.examples": len(examples), "prepare.skipped": sum(skipped.values())},
+        summary=f"{len(examples)} fine-tuning examples ({sum(skipped.values())} skipped) -> {out}",
+    )

@@ -1,0 +1,205 @@
+"""MLflow: where runs go, what each stage run records, and the parent run of a sweep."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from chareval.config import is_secret_key
+from chareval.errors import CharevalError
+
+log = logging.getLogger(__name__)
+
+SWEEP_RUN_ENV = "CHAREVAL_SWEEP_RUN_ID"
+# Param values longer than this are logged as a hash (the full text is in the config artifact):
+# enough to see in the MLflow UI that a prompt changed between runs.
+MAX_PARAM_CHARS = 250
+
+
+def default_uri(root: str | Path) -> str:
+    return f"sqlite:///{Path(root) / 'mlruns' / 'mlflow.db'}"
+
+
+def resolve_uri(configured: str | None, root: str | Path) -> str:
+    """MLFLOW_TRACKING_URI beats tracking.uri beats the sqlite store under the project root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or configured or default_uri(root)
+
+
+def use_store(uri: str, experiment: str, root: str | Path) -> str:
+    """Point MLflow at the store and return the experiment id (created if missing). In the default
+    store, artifacts go under <root>/mlruns/artifacts/ (MLflow refuses a plain ./mlruns file store)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    try:
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            experiment_id = found.experiment_id
+        else:
+            location = None
+            if uri == default_uri(root):
+                location = (Path(root) / "mlruns" / "artifacts" / experiment).as_uri()
+            experiment_id = client.create_experiment(experiment, artifact_location=location)
+        mlflow.set_experiment(experiment_id=experiment_id)
+        return experiment_id
+    except Exception as e:  # any store problem: unreachable server, locked or corrupt database
+        raise CharevalError(
+            f"cannot use the MLflow store {uri}: {type(e).__name__}: {e}",
+            "check tracking.uri / MLFLOW_TRACKING_URI, or run with tracking.enabled=false",
+        ) from None
+
+
+def flatten_params(container: Any, prefix: str = "") -> dict[str, str]:
+    """Scalars of a nested config as dotted keys. Secrets are never logged; long texts become hashes."""
+    out: dict[str, str] = {}
+    if isinstance(container, dict):
+        for key, value in container.items():
+            out.update(flatten_params(value, f"{prefix}{key}."))
+        return out
+    if isinstance(container, list):
+        if all(not isinstance(v, (dict, list)) for v in container):
+            return _param(prefix[:-1], ",".join(map(str, container)))
+        for i, value in enumerate(container):
+            out.update(flatten_params(value, f"{prefix}{i}."))
+        return out
+    return _param(prefix[:-1], container)
+
+
+def _param(key: str, value: Any) -> dict[str, str]:
+    if is_secret_key(key):
+        return {}
+    text = "null" if value is None else str(value)
+    if len(text) > MAX_PARAM_CHARS:
+        text = f"sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]} ({len(text)} chars)"
+    return {key: text}
+
+
+def git_commit(root: str | Path) -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if sha.returncode != 0:
+        return "unknown"
+    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+class StageRun:
+    """The MLflow run of one stage (or a no-op when tracking is off)."""
+
+    def __init__(self, run_id: str | None):
+        self.run_id = run_id
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        if self.run_id:
+            import mlflow
+
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if self.run_id and Path(path).exists():
+            import mlflow
+
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        if self.run_id:
+            import mlflow
+
+            mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+@contextmanager
+def start_run(
+    enabled: bool,
+    *,
+    run_name: str,
+    tags: dict[str, Any],
+    params: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[StageRun]:
+    """An MLflow run, nested under the active run or `parent_run_id`. A failure inside marks it
+    FAILED (KILLED on Ctrl-C) and still propagates."""
+    if not enabled:
+        yield StageRun(None)
+        return
+    import mlflow
+
+    nested = mlflow.active_run() is not None
+    with mlflow.start_run(
+        run_name=run_name,
+        nested=nested,
+        parent_run_id=None if nested else parent_run_id,
+        tags={k: str(v) for k, v in tags.items()},
+    ) as run:
+        if params:
+            items = list(params.items())
+            for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+                mlflow.log_params(dict(items[i : i + 100]))
+        yield StageRun(run.info.run_id)
+
+
+class SweepCallback(Callback):
+    """A multirun is one MLflow parent run with each job as a child: created here, before the
+    jobs start, and handed to them through the environment."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.tracking import MlflowClient
+
+        if not config.tracking.enabled:
+            return
+        root = config.paths.root
+        experiment_id = use_store(resolve_uri(config.tracking.uri, root), config.tracking.experiment, root)
+        overrides = list(config.hydra.overrides.task)
+        run = MlflowClient().create_run(
+            experiment_id,
+            run_name=f"sweep {Path(config.hydra.sweep.dir).name}",
+            tags={
+                "chareval.kind": "sweep",
+                "chareval.sweep_dir": str(config.hydra.sweep.dir),
+                "chareval.sweep_overrides": " ".join(overrides)[:5000],
+                "git.commit": git_commit(root),
+            },
+        )
+        os.environ[SWEEP_RUN_ENV] = run.info.run_id
+        log.info("MLflow sweep run %s", run.info.run_id)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.tracking import MlflowClient
+
+        run_id = os.environ.pop(SWEEP_RUN_ENV, None)
+        if run_id:
+            MlflowClient().set_terminated(run_id)
+
+
+def resolved_yaml(cfg: DictConfig) -> str:
+    """The composed config without the hydra node, interpolations resolved."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    return OmegaConf.to_yaml(OmegaConf.create(redact(container)))
+
+
+def redact(container: Any, prefix: str = "") -> Any:
+    """A copy with the value of every secret-looking key replaced."""
+    if isinstance(container, dict):
+        return {
+            k: "***" if is_secret_key(f"{prefix}{k}") and v is not None else redact(v, f"{prefix}{k}.")
+            for k, v in container.items()
+        }
+    if isinstance(container, list):
+        return [redact(v, prefix) for v in container]
+    return container
