@@ -25,7 +25,7 @@ def main(cfg: DictConfig) -> None:
     run_dir = HydraConfig.get().runtime.output_dir
     resume = f"rerun the same command with hydra.run.dir={run_dir} to resume where it stopped"
     try:
-        job = Job(cfg)
+        job = Job.from_hydra(cfg)
         outputs = job.run()
     except CharevalError as e:
         print(f"error: {e}", file=sys.stderr)

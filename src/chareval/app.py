@@ -36,25 +36,43 @@ log = logging.getLogger(__name__)
 class Job:
     """One invocation of src/run.py (one job of a multirun)."""
 
-    def __init__(self, cfg: DictConfig):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        *,
+        stage: str,
+        run_dir: Path,
+        choices: dict[str, str] | None = None,
+        parent_run_id: str | None = None,
+    ):
         self.settings: AppConfig = validate_config(cfg)
-        hydra = HydraConfig.get()
-        self.stage: str = hydra.runtime.choices["stage"]
-        self.run_dir = Path(hydra.runtime.output_dir)
-        self.choices = {k: v for k, v in hydra.runtime.choices.items() if not k.startswith("hydra/") and v is not None}
-        in_sweep = hydra.mode == RunMode.MULTIRUN
-        self.parent_run_id = os.environ.get(SWEEP_RUN_ENV) if in_sweep else None
+        self.stage = stage
+        self.run_dir = Path(run_dir)
+        self.choices = choices or {}
+        self.parent_run_id = parent_run_id
         self.config_yaml = resolved_yaml(cfg)
         s = self.settings
         self.tracking_uri = resolve_uri(s.tracking.uri, s.paths.root)
         if s.tracking.enabled:
-            use_store(self.tracking_uri, s.tracking.experiment, s.paths.root)
+            use_store(self.tracking_uri, s.tracking.experiment)
         cache = DiskCache(Path(s.paths.cache) / "llm") if s.cache else None
         self.client = LLMClient(s.models, cache)
         self.params = flatten_params(redact(s.model_dump(mode="json")))
         self.commit = git_commit(s.paths.root)
         self.summaries: list[str] = []
-        self._last_usage = Usage()
+        self._last_usage, self._last_latency = Usage(), 0.0
+
+    @classmethod
+    def from_hydra(cls, cfg: DictConfig) -> Job:
+        hydra = HydraConfig.get()
+        in_sweep = hydra.mode == RunMode.MULTIRUN
+        return cls(
+            cfg,
+            stage=hydra.runtime.choices["stage"],
+            run_dir=Path(hydra.runtime.output_dir),
+            choices={k: v for k, v in hydra.runtime.choices.items() if not k.startswith("hydra/") and v is not None},
+            parent_run_id=os.environ.get(SWEEP_RUN_ENV) if in_sweep else None,
+        )
 
     # --- tags shared by every run of this job ---------------------------------------------
     def _tags(self, stage: str) -> dict[str, str]:
@@ -69,7 +87,7 @@ class Job:
         if self.stage != "pipeline":
             return self._stage(self.stage, {}, parent_run_id=self.parent_run_id)
         outputs: dict[str, Path] = {}
-        started, before = time.perf_counter(), Usage()
+        started, total, latency = time.perf_counter(), Usage(), 0.0
         with start_run(
             enabled,
             run_name=f"pipeline {self.run_dir.name}",
@@ -80,8 +98,8 @@ class Job:
             parent.log_artifact(self.run_dir / "config.yaml")
             for stage in self.settings.pipeline.stages:
                 outputs.update(self._stage(stage, outputs))
-                before = before + self._last_usage
-            parent.log_metrics(usage_metrics(before) | {"wall_time_s": time.perf_counter() - started})
+                total, latency = total + self._last_usage, latency + self._last_latency
+            parent.log_metrics(usage_metrics(total, latency) | {"wall_time_s": time.perf_counter() - started})
         return outputs
 
     def _stage(self, stage: str, previous: dict[str, Path], parent_run_id: str | None = None) -> dict[str, Path]:
@@ -106,9 +124,10 @@ class Job:
             finally:
                 # Whatever was written (all of it, or what finished before a failure) is logged.
                 self._log_outputs(run, stage, result)
-                usage = self.client.meter.total()
-                self._last_usage = usage
-                metrics = usage_metrics(usage) | {"wall_time_s": time.perf_counter() - started}
+                meter = self.client.meter
+                self._last_usage = meter.total()
+                self._last_latency = meter.latency_s
+                metrics = usage_metrics(meter.total(), meter.latency_s) | {"wall_time_s": time.perf_counter() - started}
                 run.log_metrics(metrics | (result.metrics if result else {}))
         log.info("%s done: %s", stage, result.summary)
         self.summaries.append(result.summary)
@@ -137,7 +156,7 @@ class Job:
         )
 
 
-def usage_metrics(usage: Usage) -> dict[str, float]:
+def usage_metrics(usage: Usage, latency_s: float) -> dict[str, float]:
     return {
         "model.calls": usage.calls,
         "model.cached_calls": usage.cached_calls,
@@ -145,7 +164,7 @@ def usage_metrics(usage: Usage) -> dict[str, float]:
         "tokens.output": usage.output_tokens,
         "tokens.thinking": usage.thinking_tokens,
         "cost_usd": usage.cost_usd,
-        "model.latency_s": usage.latency_s,
+        "model.latency_s": latency_s,
     }
 
 

@@ -14,7 +14,7 @@ from chareval.errors import ConfigError
 
 STAGES = ("contexts", "conversations", "prepare")
 ROLES = ("contexts", "assistant", "user", "judge")
-PROVIDERS = ("local",)
+PROVIDERS = ("local", "anthropic", "openrouter", "openai_compatible", "together")
 
 
 class Strict(BaseModel):

@@ -17,7 +17,8 @@ class Record(BaseModel):
 
 
 class Usage(BaseModel):
-    """Token, cost and latency totals for one call or a sum of calls."""
+    """Token and cost totals for one call or a sum of calls. Latency is not kept here: records
+    must be identical when a run is repeated (it goes to MLflow metrics instead)."""
 
     model_config = ConfigDict(extra="forbid")
     calls: int = 0
@@ -26,7 +27,6 @@ class Usage(BaseModel):
     output_tokens: int = 0
     thinking_tokens: int = 0
     cost_usd: float = 0.0
-    latency_s: float = 0.0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(**{k: getattr(self, k) + getattr(other, k) for k in Usage.model_fields})

