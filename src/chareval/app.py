@@ -15,6 +15,7 @@ from chareval.config import AppConfig, validate_config
 from chareval.errors import ConfigError, InputError
 from chareval.io import write_text_atomic
 from chareval.llm import DiskCache, LLMClient, UsageMeter
+from chareval.llm.keys import load_env_file, require_keys
 from chareval.schemas import Usage
 from chareval.stages import STAGES, InputSpec
 from chareval.stages.base import StageContext, StageResult
@@ -52,6 +53,9 @@ class Job:
         self.parent_run_id = parent_run_id
         self.config_yaml = resolved_yaml(cfg)
         s = self.settings
+        load_env_file(s.paths.root)
+        stages = s.pipeline.stages if stage == "pipeline" else [stage]
+        require_keys(s.models, [role for name in stages for role in STAGES[name].roles])
         self.tracking_uri = resolve_uri(s.tracking.uri, s.paths.root)
         if s.tracking.enabled:
             use_store(self.tracking_uri, s.tracking.experiment)
@@ -160,6 +164,8 @@ def usage_metrics(usage: Usage, latency_s: float) -> dict[str, float]:
     return {
         "model.calls": usage.calls,
         "model.cached_calls": usage.cached_calls,
+        "model.retries": usage.retries,
+        "model.fallbacks": usage.fallbacks,
         "tokens.input": usage.input_tokens,
         "tokens.output": usage.output_tokens,
         "tokens.thinking": usage.thinking_tokens,

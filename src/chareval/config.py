@@ -7,7 +7,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from chareval import PROJECT_ROOT
 from chareval.errors import ConfigError
@@ -37,8 +37,57 @@ class LocalProvider(Strict):
     repeat_penalty: float = Field(default=1.0, ge=1.0, le=2.0)
 
 
+class RemoteProvider(Strict):
+    # null = the provider's <NAME>_BASE_URL environment variable, else its public endpoint.
+    base_url: str | None = None
+    max_in_flight: int = Field(default=4, ge=1, le=256)
+
+
+class Thinking(Strict):
+    enabled: bool = True
+    budget_tokens: int = Field(default=10_000, ge=1024)
+
+
+class AnthropicProvider(RemoteProvider):
+    thinking: Thinking = Thinking()
+
+
+class OpenRouterProvider(RemoteProvider):
+    # Route only to providers that honour every parameter (response_format above all).
+    require_parameters: bool = True
+
+
+class OpenAICompatibleProvider(RemoteProvider):
+    base_url: str  # e.g. http://localhost:8000/v1 for vLLM, :11434/v1 for Ollama
+    api_key_env: str | None = None  # the variable holding its key, if the server wants one
+
+
 class Providers(Strict):
     local: LocalProvider | None = None
+    anthropic: AnthropicProvider | None = None
+    openrouter: OpenRouterProvider | None = None
+    openai_compatible: OpenAICompatibleProvider | None = None
+    together: RemoteProvider | None = None  # serves fine-tuned models (OpenAI-compatible API)
+
+
+class RetrySettings(Strict):
+    max_attempts: int = Field(default=6, ge=1, le=50)
+    initial_backoff_s: float = Field(default=1.0, ge=0)
+    max_backoff_s: float = Field(default=60.0, ge=0)
+    attempt_timeout_s: float = Field(default=600.0, gt=0)
+    total_timeout_s: float = Field(default=1800.0, gt=0)
+
+
+class Price(Strict):
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+class Policy(Strict):
+    """Allowed models per role, and fallbacks that must be configured (the seed's rules)."""
+
+    allowed: dict[Literal["contexts", "assistant", "user", "judge"], list[str]]
+    required_fallback: dict[str, str] = {}
 
 
 class Models(Strict):
@@ -49,6 +98,12 @@ class Models(Strict):
     judge: ModelString
     generation: dict[Literal["contexts", "assistant", "user", "judge"], Generation]
     providers: Providers = Providers()
+    # primary model -> the model that answers when the primary stays overloaded
+    fallback: dict[str, ModelString] = {}
+    policy: Policy | None = None
+    retry: RetrySettings = RetrySettings()
+    # USD per million tokens, used when the provider's response carries no cost
+    prices: dict[str, Price] = {}
 
     @field_validator("contexts", "assistant", "user", "judge")
     @classmethod
@@ -57,6 +112,32 @@ class Models(Strict):
         if provider not in PROVIDERS:
             raise ValueError(f"unknown provider '{provider}' in '{value}'; known providers: {', '.join(PROVIDERS)}")
         return value
+
+    @model_validator(mode="after")
+    def _policy_and_thinking(self) -> Models:
+        if self.policy:
+            for role, allowed in self.policy.allowed.items():
+                if getattr(self, role) not in allowed:
+                    raise ValueError(
+                        f"models.{role}={getattr(self, role)} is not allowed by the {self.name} preset; "
+                        f"allowed: {', '.join(allowed)}"
+                    )
+            for primary, required in self.policy.required_fallback.items():
+                if primary in self.roles().values() and self.fallback.get(primary) != required:
+                    raise ValueError(f"the {self.name} preset requires models.fallback.{primary}={required}")
+        anthropic = self.providers.anthropic
+        for role, model in self.roles().items():
+            if model.startswith("anthropic/") and (anthropic is None or anthropic.thinking.enabled):
+                gen = self.generation.get(role)
+                budget = anthropic.thinking.budget_tokens if anthropic else Thinking().budget_tokens
+                if gen and gen.max_tokens <= budget:
+                    raise ValueError(f"models.generation.{role}.max_tokens must be above the thinking budget ({budget})")
+                if gen and gen.temperature is not None:
+                    raise ValueError(f"models.generation.{role}.temperature must be unset: thinking forbids it")
+        return self
+
+    def roles(self) -> dict[str, str]:
+        return {role: getattr(self, role) for role in ROLES}
 
 
 class Theme(Strict):

@@ -27,6 +27,8 @@ class Usage(BaseModel):
     output_tokens: int = 0
     thinking_tokens: int = 0
     cost_usd: float = 0.0
+    retries: int = 0
+    fallbacks: int = 0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(**{k: getattr(self, k) + getattr(other, k) for k in Usage.model_fields})

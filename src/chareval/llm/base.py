@@ -58,6 +58,15 @@ class Provider(Protocol):
     def complete(self, request: LLMRequest) -> LLMResponse: ...
 
 
+def with_cost(usage: Usage, model: str, prices: dict) -> Usage:
+    """Fill in the cost from the price table (USD per million tokens) when the provider gave none."""
+    price = prices.get(model)
+    if usage.cost_usd or price is None:
+        return usage
+    cost = (usage.input_tokens * price.input_per_mtok + usage.output_tokens * price.output_per_mtok) / 1e6
+    return usage.model_copy(update={"cost_usd": cost})
+
+
 def derive_seed(seed: int, *parts: object) -> int:
     """A per-call seed from the run seed and the item's identity: reproducible in any order."""
     digest = hashlib.sha256("\x1f".join(map(str, (seed, *parts))).encode()).hexdigest()

@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 
 from pydantic import BaseModel, ValidationError
 
@@ -42,15 +43,53 @@ class UsageMeter:
             return sum(self.by_role.values(), Usage())
 
 
-def build_provider(model: str, models: Models) -> Provider:
+def _settings(models: Models, provider: str, default):
+    """The provider's settings from conf/models/*.yaml, or its defaults when the preset has none."""
+    found = getattr(models.providers, provider)
+    if found is None and default is None:
+        raise ConfigError(f"models.providers.{provider} is not configured", f"add providers.{provider} to conf/models/{models.name}.yaml")
+    return found or default
+
+
+def build_provider(model: str, models: Models, slots: Callable[[str, int], threading.Semaphore]) -> Provider:
+    """The provider for a provider/model string, wrapped in its fallback when one is configured."""
+    from chareval.config import AnthropicProvider, OpenRouterProvider, RemoteProvider
+    from chareval.llm import keys
+
     provider, _, name = model.partition("/")
     if provider == "local":
         from chareval.llm.local import LocalLlamaProvider
 
-        if models.providers.local is None:
-            raise ConfigError(f"{model} needs models.providers.local settings", "use models=local or add providers.local")
-        return LocalLlamaProvider(name, models.providers.local)
-    raise ConfigError(f"no provider '{provider}' for model '{model}'")
+        built: Provider = LocalLlamaProvider(name, _settings(models, "local", None))
+    elif provider == "anthropic":
+        from chareval.llm.anthropic_provider import AnthropicMessagesProvider
+
+        s = _settings(models, "anthropic", AnthropicProvider())
+        built = AnthropicMessagesProvider(name, s, models.retry, models.prices, slots(provider, s.max_in_flight))
+    elif provider in ("openrouter", "openai_compatible", "together"):
+        from chareval.llm.openai_provider import OpenAIChatProvider
+
+        default = {"openrouter": OpenRouterProvider(), "together": RemoteProvider()}.get(provider)
+        s = _settings(models, provider, default)
+        url = s.base_url if provider == "openai_compatible" else keys.base_url(provider, s.base_url)
+        built = OpenAIChatProvider(
+            provider,
+            name,
+            base_url=url,
+            api_key=keys.api_key(provider, getattr(s, "api_key_env", None)),
+            retry=models.retry,
+            prices=models.prices,
+            slots=slots(provider, s.max_in_flight),
+            require_parameters=getattr(s, "require_parameters", False),
+        )
+    else:
+        raise ConfigError(f"no provider '{provider}' for model '{model}'")
+    if model in models.fallback:
+        from chareval.llm.fallback import FallbackProvider
+
+        target = models.fallback[model]
+        return FallbackProvider(built, build_provider(target, models.model_copy(update={"fallback": {}}), slots), target)
+    return built
 
 
 class LLMClient:
@@ -59,13 +98,29 @@ class LLMClient:
         self.cache = cache
         self.meter = meter or UsageMeter()
         self._providers: dict[str, Provider] = {}
+        self._slots: dict[str, threading.Semaphore] = {}
         self._lock = threading.Lock()
 
     def provider(self, model: str) -> Provider:
         with self._lock:
             if model not in self._providers:
-                self._providers[model] = build_provider(model, self.models)
+                self._providers[model] = build_provider(model, self.models, self._slot)
             return self._providers[model]
+
+    def _slot(self, provider: str, limit: int) -> threading.Semaphore:
+        """One in-flight limit per provider, shared by every role and thread of this client."""
+        if provider not in self._slots:
+            self._slots[provider] = threading.BoundedSemaphore(limit)
+        return self._slots[provider]
+
+    def parallelism(self, *roles: str) -> int:
+        """How many work items may usefully run at once for these roles (local: one)."""
+        limits = []
+        for role in roles:
+            provider = self.model_for(role).split("/", 1)[0]
+            settings = getattr(self.models.providers, provider, None)
+            limits.append(getattr(settings, "max_in_flight", 1) if provider != "local" else 1)
+        return max(limits or [1])
 
     def model_for(self, role: str) -> str:
         return getattr(self.models, role)

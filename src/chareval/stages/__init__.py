@@ -24,14 +24,17 @@ class Stage:
     needs: InputSpec | None = None
     # Files it writes in the run folder: logged even when the stage fails part-way.
     writes: tuple[str, ...] = ()
+    # Model roles it calls: their API keys are checked before any work starts.
+    roles: tuple[str, ...] = ()
 
 
 STAGES: dict[str, Stage] = {
-    "contexts": Stage(contexts.run, writes=("contexts.json", "contexts_errors.jsonl")),
+    "contexts": Stage(contexts.run, writes=("contexts.json", "contexts_errors.jsonl"), roles=("contexts",)),
     "conversations": Stage(
         conversations.run,
         InputSpec("contexts", "context_file", "contexts_run", "contexts.json"),
         writes=("conversations.jsonl",),
+        roles=("assistant", "user"),
     ),
     "prepare": Stage(
         prepare.run,

@@ -4,6 +4,7 @@ turns=1 is the assistant alone, 2 adds the user, 3 the assistant again, and so o
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from tqdm import tqdm
@@ -89,14 +90,22 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     work = [(cid, c) for cid, c in plan(contexts, s.num_conversations) if cid not in done]
     if done:
         log.info("resuming: %d conversations already in %s", len(done), out)
-    bar = tqdm(work, desc="conversations", unit="conv", dynamic_ncols=True)
+    # Conversations run side by side up to the providers' in-flight limits; the turns of one
+    # conversation stay in order. Only this thread writes the file.
     n_failed = 0
-    for conv_id, context in bar:
-        conversation = simulate(ctx, conv_id, context)
-        append_jsonl(out, conversation)  # written as each conversation finishes
-        total = ctx.client.meter.total()
-        n_failed += conversation.error is not None
-        bar.set_postfix(tokens=total.input_tokens + total.output_tokens, errors=n_failed)
+    pool = ThreadPoolExecutor(max_workers=ctx.client.parallelism("assistant", "user"))
+    futures = [pool.submit(simulate, ctx, conv_id, context) for conv_id, context in work]
+    try:
+        with tqdm(total=len(work), desc="conversations", unit="conv", dynamic_ncols=True) as bar:
+            for future in as_completed(futures):
+                conversation = future.result()
+                append_jsonl(out, conversation)  # written as each conversation finishes
+                n_failed += conversation.error is not None
+                total = ctx.client.meter.total()
+                bar.update(1)
+                bar.set_postfix(errors=n_failed, tokens=total.input_tokens + total.output_tokens, cost=f"${total.cost_usd:.4f}")
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # on a failure or Ctrl-C: start nothing new
     final = latest_by_id(read_records_jsonl(out, Conversation))
     wanted = {cid for cid, _ in plan(contexts, s.num_conversations)}
     final = [c for c in final if c.id in wanted]

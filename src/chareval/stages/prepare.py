@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     s = ctx.settings
-    conversations = latest_by_id(read_records_jsonl(inputs["conversations"], Conversation))
+    conversations = sorted(latest_by_id(read_records_jsonl(inputs["conversations"], Conversation)), key=lambda c: c.id)
     out = Path(s.output_file).resolve() if s.output_file else ctx.run_dir / "finetune.jsonl"
     examples, skipped = [], Counter()
     for conversation in conversations:

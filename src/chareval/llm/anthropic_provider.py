@@ -1,0 +1,108 @@
+"""Anthropic Messages API (official SDK). Thinking is always on for the seed's Sonnet 4 (budget
+10000, max_tokens above it, no temperature); requests are streamed so long generations never hit
+the SDK's non-streaming limit. Structured output with thinking on: one tool offered with
+tool_choice auto (a forced tool_choice is refused with thinking), then validated by the client."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import anthropic
+
+from chareval.config import AnthropicProvider as AnthropicSettings
+from chareval.config import RetrySettings
+from chareval.llm.base import LLMRequest, LLMResponse, with_cost
+from chareval.llm.keys import api_key, base_url
+from chareval.llm.retry import call_with_retries
+from chareval.schemas import Usage
+
+TOOL_NAME = "submit_answer"
+TOOL_INSTRUCTION = (
+    f"\n\nWhen you have your answer, call the tool `{TOOL_NAME}` exactly once with it. "
+    "Its input must follow the tool's schema."
+)
+
+
+class AnthropicMessagesProvider:
+    name = "anthropic"
+
+    def __init__(self, model: str, settings: AnthropicSettings, retry: RetrySettings, prices: dict, slots: threading.Semaphore):
+        self.model = model
+        self.settings = settings
+        self.retry = retry
+        self.prices = prices
+        self.slots = slots
+        self.base_url = base_url("anthropic", settings.base_url)
+        self.client = anthropic.Anthropic(
+            api_key=api_key("anthropic"),
+            base_url=self.base_url,
+            max_retries=0,  # retries are ours: counted, logged, with the fallback after them
+            timeout=retry.attempt_timeout_s,
+        )
+
+    def identity(self) -> dict[str, Any]:
+        return {"provider": self.name, "base_url": self.base_url, "thinking": self.settings.thinking.model_dump()}
+
+    def params(self, request: LLMRequest) -> dict[str, Any]:
+        system = request.system
+        params: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": request.max_tokens,
+            "messages": [m.model_dump() for m in request.messages],
+        }
+        if self.settings.thinking.enabled:
+            params["thinking"] = {"type": "enabled", "budget_tokens": self.settings.thinking.budget_tokens}
+        elif request.temperature is not None:
+            params["temperature"] = request.temperature
+        if request.response_schema is not None:
+            params["tools"] = [
+                {
+                    "name": TOOL_NAME,
+                    "description": f"Submit the answer as a {request.response_schema.__name__} object.",
+                    "input_schema": request.response_schema.model_json_schema(),
+                }
+            ]
+            params["tool_choice"] = {"type": "auto"}
+            system += TOOL_INSTRUCTION
+        params["system"] = system
+        return params
+
+    def complete(self, request: LLMRequest) -> LLMResponse:
+        params = self.params(request)
+
+        def call():
+            with self.slots, self.client.messages.stream(**params) as stream:
+                return stream.get_final_message()
+
+        started = time.perf_counter()
+        message, retries = call_with_retries(call, provider=self.name, model=self.model, settings=self.retry)
+        latency = time.perf_counter() - started
+        texts, thinking, tool_input = [], [], None
+        for block in message.content:
+            if block.type == "thinking":
+                thinking.append(block.thinking)
+            elif block.type == "text":
+                texts.append(block.text)
+            elif block.type == "tool_use" and block.name == TOOL_NAME:
+                tool_input = block.input
+        # With a schema, the tool's input is the answer; a model that answered in text instead
+        # gets its text validated (and re-asked) by the client.
+        text = json.dumps(tool_input, ensure_ascii=False) if tool_input is not None else "".join(texts).strip()
+        usage = Usage(
+            calls=1,
+            input_tokens=message.usage.input_tokens,
+            output_tokens=message.usage.output_tokens,  # includes the thinking tokens
+            retries=retries,
+        )
+        model = f"anthropic/{message.model or self.model}"
+        return LLMResponse(
+            text=text,
+            model=model,
+            usage=with_cost(usage, f"anthropic/{self.model}", self.prices),
+            latency_s=latency,
+            thinking="\n\n".join(thinking) or None,
+            finish_reason=message.stop_reason,
+        )

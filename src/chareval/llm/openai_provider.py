@@ -1,0 +1,144 @@
+"""OpenAI chat-completions providers (openai SDK): OpenRouter, and any OpenAI-compatible server
+(vLLM, Ollama, llama.cpp). Structured output through response_format json_schema; on OpenRouter
+only providers that honour it are used. Reasoning (Qwen3's <think> blocks) is kept aside."""
+
+from __future__ import annotations
+
+import copy
+import re
+import threading
+import time
+from typing import Any
+
+import openai
+
+from chareval.config import RetrySettings
+from chareval.llm.base import LLMRequest, LLMResponse, with_cost
+from chareval.llm.retry import call_with_retries
+from chareval.schemas import Usage
+
+THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
+
+
+def split_thinking(content: str) -> tuple[str, str | None]:
+    """Text without <think>…</think> blocks (an unclosed one runs to the end), and the blocks."""
+    blocks = [m.strip() for m in THINK.findall(content)]
+    return THINK.sub("", content).strip(), "\n\n".join(b for b in blocks if b) or None
+
+
+def strict_schema(schema: dict) -> dict:
+    """JSON schema for strict mode: no additional properties on any object."""
+    schema = copy.deepcopy(schema)
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "object":
+                node.setdefault("additionalProperties", False)
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(schema)
+    return schema
+
+
+class OpenAIChatProvider:
+    """`name` is the provider prefix of the model strings it serves (openrouter, openai_compatible)."""
+
+    def __init__(
+        self,
+        name: str,
+        model: str,
+        *,
+        base_url: str,
+        api_key: str | None,
+        retry: RetrySettings,
+        prices: dict,
+        slots: threading.Semaphore,
+        require_parameters: bool = False,
+    ):
+        self.name = name
+        self.model = model
+        self.base_url = base_url
+        self.retry = retry
+        self.prices = prices
+        self.slots = slots
+        self.require_parameters = require_parameters
+        self.client = openai.OpenAI(
+            api_key=api_key or "not-needed",  # self-hosted servers often take no key
+            base_url=base_url,
+            max_retries=0,
+            timeout=retry.attempt_timeout_s,
+        )
+
+    def identity(self) -> dict[str, Any]:
+        return {"provider": self.name, "base_url": self.base_url}
+
+    def params(self, request: LLMRequest) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": "system", "content": request.system}, *(m.model_dump() for m in request.messages)],
+            "max_tokens": request.max_tokens,
+        }
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+        if request.seed is not None:
+            params["seed"] = request.seed
+        extra: dict[str, Any] = {}
+        if request.response_schema is not None:
+            params["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": request.response_schema.__name__,
+                    "strict": True,
+                    "schema": strict_schema(request.response_schema.model_json_schema()),
+                },
+            }
+            if self.require_parameters:
+                extra["provider"] = {"require_parameters": True}
+        if self.name == "openrouter":
+            extra["usage"] = {"include": True}  # OpenRouter then reports the cost of the call
+        if extra:
+            params["extra_body"] = extra
+        return params
+
+    def complete(self, request: LLMRequest) -> LLMResponse:
+        params = self.params(request)
+
+        def call():
+            with self.slots:
+                return self.client.chat.completions.create(**params)
+
+        started = time.perf_counter()
+        response, retries = call_with_retries(call, provider=self.name, model=self.model, settings=self.retry)
+        latency = time.perf_counter() - started
+        choice = response.choices[0]
+        text, thinking = split_thinking(choice.message.content or "")
+        reasoning = (choice.message.model_extra or {}).get("reasoning")
+        if reasoning and not thinking:
+            thinking = reasoning
+        raw_usage = response.usage
+        extra_usage = (raw_usage.model_extra or {}) if raw_usage else {}
+        usage = Usage(
+            calls=1,
+            input_tokens=raw_usage.prompt_tokens if raw_usage else 0,
+            output_tokens=raw_usage.completion_tokens if raw_usage else 0,
+            thinking_tokens=_reasoning_tokens(raw_usage),
+            cost_usd=float(extra_usage.get("cost") or 0.0),
+            retries=retries,
+        )
+        return LLMResponse(
+            text=text,
+            model=f"{self.name}/{response.model or self.model}",
+            usage=with_cost(usage, f"{self.name}/{self.model}", self.prices),
+            latency_s=latency,
+            thinking=thinking,
+            finish_reason=choice.finish_reason,
+        )
+
+
+def _reasoning_tokens(usage) -> int:
+    details = getattr(usage, "completion_tokens_details", None) if usage else None
+    return int(getattr(details, "reasoning_tokens", 0) or 0) if details else 0

@@ -1,0 +1,88 @@
+"""Stages on hosted providers (local fake servers): in-flight limits, the cache, and no key leaks."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import DATA, run_cli
+from fake_apis import FakeAPI, anthropic_stream, chat_completion
+
+KEY = "sk-SENTINEL-never-written-7d1c"
+DRAFT = {"title": "Returns desk veteran", "scenario": "S", "user_goal": "G", "documents": [{"title": "Policy", "content": "30 days."}]}
+
+
+def anthropic_reply(seen, n):
+    if "tools" in seen.body:
+        return anthropic_stream(thinking="design it", tool_input=DRAFT)
+    return anthropic_stream("I hear you, but at Brightside we assume good faith.", thinking="hold the line")
+
+
+def openrouter_reply(seen, n):
+    return chat_completion("<think>push harder</think>Come on, customers are the worst, right?", "qwen/qwen3-32b", cost=0.0002)
+
+
+def test_in_flight_limit_is_respected_and_turns_stay_in_order(make_job):
+    with FakeAPI(lambda seen, n: chat_completion(f"reply {n}", "m"), delay_s=0.25) as api:
+        job = make_job(
+            "conversations", "models=openai_compatible", f"models.providers.openai_compatible.base_url={api.url}/v1",
+            "models.providers.openai_compatible.max_in_flight=2", f"context_file={DATA / 'contexts.json'}",
+            "num_conversations=6", "turns=2",
+        )
+        outputs = job.run()
+    assert len(api.requests) == 12
+    assert api.max_in_flight == 2  # never more than the limit, and the limit was used
+    from chareval.io import read_records_jsonl
+    from chareval.schemas import Conversation
+
+    for conv in read_records_jsonl(outputs["conversations"], Conversation):
+        assert [m.role for m in conv.messages] == ["assistant", "user"]
+        # The user's request was sent after the assistant's reply, with that reply in it.
+        assert conv.messages[0].content in str([r.body for r in api.requests])
+
+
+def test_a_finished_config_rerun_sends_no_request(make_job, workdir):
+    with FakeAPI(lambda seen, n: chat_completion(f"reply {n}", "m")) as api:
+        args = ["models=openai_compatible", f"models.providers.openai_compatible.base_url={api.url}/v1",
+                f"context_file={DATA / 'contexts.json'}", "num_conversations=2", "turns=3"]
+        make_job("conversations", *args, run_dir=workdir / "first").run()
+        sent = len(api.requests)
+        again = make_job("conversations", *args, run_dir=workdir / "second")
+        again.run()
+    assert sent == 6 and len(api.requests) == sent
+    assert again.client.meter.total().cached_calls == 6
+    from chareval.io import read_records_jsonl
+    from chareval.schemas import Conversation
+
+    def by_id(folder):  # written in completion order, which concurrency may change
+        return sorted(read_records_jsonl(workdir / folder / "conversations.jsonl", Conversation), key=lambda c: c.id)
+
+    assert by_id("first") == by_id("second")
+
+
+@pytest.mark.parametrize("placement", ["env", "dotenv"])
+def test_seed_pipeline_runs_and_the_key_is_never_written(tmp_path, placement):
+    with FakeAPI(anthropic_reply) as anth, FakeAPI(openrouter_reply) as router:
+        env = {
+            "ANTHROPIC_BASE_URL": anth.url,
+            "OPENROUTER_BASE_URL": router.url + "/api/v1",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+        }
+        keys = {"ANTHROPIC_API_KEY": KEY, "OPENROUTER_API_KEY": KEY}
+        root_args = []
+        if placement == "env":
+            env |= keys
+        else:  # a .env file in the project root, as the README says; here a copy of the project root
+            root = tmp_path / "project"
+            root.mkdir()
+            (root / ".env").write_text("".join(f"{k}={v}\n" for k, v in keys.items()))
+            root_args = [f"paths.root={root}"]
+            env |= {"ANTHROPIC_API_KEY": "", "OPENROUTER_API_KEY": ""}
+        result = run_cli(
+            "models=seed", "num_contexts=2", "num_conversations=2", "turns=3", *root_args,
+            f"paths.outputs={tmp_path / 'outputs'}", env=env,
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(anth.requests) == 2 + 4 and len(router.requests) == 2  # contexts + assistant turns; user turns
+    assert "2 fine-tuning examples" in result.stdout
+    leaks = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != ".env" and KEY.encode() in p.read_bytes()]
+    assert leaks == []
+    assert KEY not in result.stdout + result.stderr
