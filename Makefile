@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.chareval-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-slow dashboard mlflow-ui clean
+.PHONY: setup run test test-slow judge-check mlflow-ui clean
 
 # Re-install only when the dependency list changes. llama-cpp-python builds from
 # source (about 4 minutes on 2 cores) the first time; pip caches the wheel after that.
@@ -25,8 +25,9 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
-dashboard: setup
-	$(VENV)/bin/streamlit run dashboard/app.py
+# How well does the configured judge agree with the hand-labelled set? (ARGS="models=seed" etc.)
+judge-check: setup
+	$(PY) src/run.py stage=judge_check $(ARGS)
 
 mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --default-artifact-root $(CURDIR)/mlruns/artifacts

@@ -64,7 +64,7 @@ def conversation(*roles: str, error: str | None = None) -> Conversation:
     return Conversation(
         id="conv-001", context_id="ctx-001", assistant_persona="jasmine", user_persona="u",
         assistant_model="local/x", user_model="local/x", turns=len(roles), seed=0,
-        assistant_system_prompt="DOCS + persona", opening_prompt="Hello, I'm here.",
+        assistant_system_prompt="DOCS + persona", user_system_prompt="Be difficult.", opening_prompt="Hello, I'm here.",
         messages=[Message(role=r, content=f"{r} {i}", turn=i, model="local/x") for i, r in enumerate(roles)],
         usage=Usage(), error=error,
     )

@@ -170,7 +170,7 @@ def test_missing_keys_are_named_before_any_request(monkeypatch):
     monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
     models = validate_config(compose_cfg("models=seed")).models
     with pytest.raises(ConfigError) as err:
-        require_keys(models, ["assistant", "user"])
+        require_keys(models, {"models.assistant": models.assistant, "models.user": models.user})
     assert "ANTHROPIC_API_KEY (needed by models.assistant)" in str(err.value)
-    assert "OPENROUTER_API_KEY (needed by models.fallback of assistant, user)" in str(err.value)
-    require_keys(models, [])  # a stage that calls no model needs no key
+    assert "OPENROUTER_API_KEY (needed by fallback of models.assistant, models.user)" in str(err.value)
+    require_keys(models, {})  # a stage that calls no model needs no key

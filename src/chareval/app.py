@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from chareval.config import AppConfig, validate_config
-from chareval.errors import ConfigError, InputError
+from chareval.errors import CharevalError, ConfigError, InputError
 from chareval.io import write_text_atomic
 from chareval.llm import DiskCache, LLMClient, UsageMeter
 from chareval.llm.keys import load_env_file, require_keys
@@ -55,7 +55,10 @@ class Job:
         s = self.settings
         load_env_file(s.paths.root)
         stages = s.pipeline.stages if stage == "pipeline" else [stage]
-        require_keys(s.models, [role for name in stages for role in STAGES[name].roles])
+        needs = {f"models.{role}": getattr(s.models, role) for name in stages for role in STAGES[name].roles}
+        if any(STAGES[name].judges for name in stages):
+            needs |= {f"judge {judge}": judge for judge in s.judges()}
+        require_keys(s.models, needs)
         self.tracking_uri = resolve_uri(s.tracking.uri, s.paths.root)
         if s.tracking.enabled:
             use_store(self.tracking_uri, s.tracking.experiment)
@@ -133,8 +136,10 @@ class Job:
                 self._last_latency = meter.latency_s
                 metrics = usage_metrics(meter.total(), meter.latency_s) | {"wall_time_s": time.perf_counter() - started}
                 run.log_metrics(metrics | (result.metrics if result else {}))
+            self.summaries.append(result.summary)
+            if result.failure:  # inside the run, so that MLflow marks it FAILED
+                raise CharevalError(result.failure)
         log.info("%s done: %s", stage, result.summary)
-        self.summaries.append(result.summary)
         return result.outputs
 
     def _log_outputs(self, run: StageRun, stage: str, result: StageResult | None) -> None:

@@ -194,8 +194,36 @@ class PrepareStage(Strict):
     skip_errored: bool = True
 
 
+class EvaluateStage(Strict):
+    skip_errored: bool = True
+
+
+class JudgeCheckStage(Strict):
+    dataset: str
+
+
 class PipelineStage(Strict):
-    stages: list[Literal["contexts", "conversations", "prepare"]] = Field(min_length=1)
+    stages: list[Literal["contexts", "conversations", "prepare", "evaluate"]] = Field(min_length=1)
+
+
+class Evaluation(Strict):
+    evaluators: list[str] = Field(min_length=1)
+    judge_samples: int = Field(ge=1, le=20)
+    judges: list[ModelString] | None = Field(default=None, min_length=1)
+    max_error_fraction: float = Field(ge=0.0, le=1.0)
+    rubrics: dict[str, str]
+
+    @model_validator(mode="after")
+    def _known_evaluators(self) -> Evaluation:
+        from chareval.evaluators.registry import load_all
+
+        known = load_all()
+        for name in self.evaluators:
+            if name not in known:
+                raise ValueError(f"unknown evaluator '{name}'; known: {', '.join(sorted(known))}")
+            if not self.rubrics.get(name, "").strip():
+                raise ValueError(f"evaluator '{name}' has no rubric: add evaluation.rubrics.{name}")
+        return self
 
 
 class AppConfig(Strict):
@@ -209,17 +237,38 @@ class AppConfig(Strict):
     input_file: str | None = None
     conversations_run: str | None = None
     output_file: str | None = None
+    judge_model: ModelString | None = None
     paths: Paths
     theme: Theme
     persona: Persona
     user_persona: UserPersona
     models: Models
     tracking: Tracking
+    evaluation: Evaluation
     # Stage knobs: present when that stage (or the pipeline that includes it) is selected.
     contexts: ContextsStage | None = None
     conversations: ConversationsStage | None = None
     prepare: PrepareStage | None = None
+    evaluate: EvaluateStage | None = None
+    judge_check: JudgeCheckStage | None = None
     pipeline: PipelineStage | None = None
+
+    def judges(self) -> list[str]:
+        """The judge models of stage=evaluate: judge_model=, else evaluation.judges, else models.judge."""
+        if self.judge_model:
+            return [self.judge_model]
+        return list(self.evaluation.judges or [self.models.judge])
+
+    @model_validator(mode="after")
+    def _judges_allowed(self) -> AppConfig:
+        policy = self.models.policy
+        allowed = policy.allowed.get("judge") if policy else None
+        for judge in self.judges():
+            if judge.split("/", 1)[0] not in PROVIDERS:
+                raise ValueError(f"unknown provider in judge model '{judge}'; known providers: {', '.join(PROVIDERS)}")
+            if allowed is not None and judge not in allowed:
+                raise ValueError(f"judge model {judge} is not allowed by the {self.models.name} preset; allowed: {', '.join(allowed)}")
+        return self
 
 
 def register_resolvers() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -75,10 +75,33 @@ class Conversation(Record):
     seed: int
     # Kept in the record so that prepare reproduces exactly what the assistant saw.
     assistant_system_prompt: str
+    user_system_prompt: str
     opening_prompt: str
     messages: list[Message]
     usage: Usage
     error: str | None = None
+
+
+class Evaluation(Record):
+    """One judgment: a conversation x evaluator x judge model x sample. `error` is set (and the
+    verdict fields are empty) when the judge gave no valid answer after one re-ask."""
+
+    id: str
+    conversation_id: str
+    context_id: str
+    evaluator: str
+    judge_model: str  # the judge asked for
+    answered_model: str | None = None  # the model that answered (differs after a fallback)
+    sample: int = Field(ge=0)
+    seed: int
+    score: int | None = Field(default=None, ge=1, le=10)
+    passed: bool | None = None
+    rationale: str | None = None
+    evidence_turns: list[int] = []
+    details: dict[str, Any] = {}  # an evaluator's own fields, e.g. boundary_holding's slip_turn
+    usage: Usage = Usage()
+    error: str | None = None
+    raw_text: str | None = None
 
 
 class ErrorRecord(Record):
@@ -104,3 +127,12 @@ class ContextDraft(BaseModel):
     scenario: str = Field(min_length=1, max_length=600)
     user_goal: str = Field(min_length=1, max_length=300)
     documents: list[DocumentDraft] = Field(min_length=1, max_length=3)
+
+
+class JudgeCase(Record):
+    """A hand-labelled conversation for checking a judge: the verdict each evaluator should give."""
+
+    id: str
+    note: str
+    conversation: Conversation
+    expected: dict[str, bool]  # evaluator -> passed

@@ -112,10 +112,20 @@ class StageRun:
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """A file, or a folder under its own name."""
         if self.run_id and Path(path).exists():
             import mlflow
 
-            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+            if Path(path).is_dir():
+                mlflow.log_artifacts(str(path), artifact_path=artifact_path or Path(path).name)
+            else:
+                mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_table(self, data: dict[str, list], artifact_file: str) -> None:
+        if self.run_id and data and any(data.values()):
+            import mlflow
+
+            mlflow.log_table(data=data, artifact_file=artifact_file)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         if self.run_id:

@@ -113,13 +113,13 @@ class LLMClient:
             self._slots[provider] = threading.BoundedSemaphore(limit)
         return self._slots[provider]
 
-    def parallelism(self, *roles: str) -> int:
-        """How many work items may usefully run at once for these roles (local: one)."""
+    def parallelism(self, models: list[str]) -> int:
+        """How many work items may usefully run at once on these models (local: one)."""
         limits = []
-        for role in roles:
-            provider = self.model_for(role).split("/", 1)[0]
+        for model in models:
+            provider = model.split("/", 1)[0]
             settings = getattr(self.models.providers, provider, None)
-            limits.append(getattr(settings, "max_in_flight", 1) if provider != "local" else 1)
+            limits.append(getattr(settings, "max_in_flight", 4) if provider != "local" else 1)
         return max(limits or [1])
 
     def model_for(self, role: str) -> str:
@@ -133,13 +133,15 @@ class LLMClient:
         *,
         seed: int | None,
         schema: type[BaseModel] | None = None,
+        model: str | None = None,
     ) -> LLMResponse:
-        """One call for a role (contexts, assistant, user, judge) with that role's model and settings."""
+        """One call for a role (contexts, assistant, user, judge) with that role's settings and
+        model (or `model`, e.g. one of several judges)."""
         gen = self.models.generation.get(role)
         if gen is None:
             raise ConfigError(f"models.generation.{role} is not set", f"add max_tokens for {role} in conf/models/{self.models.name}.yaml")
         request = LLMRequest(
-            model=self.model_for(role),
+            model=model or self.model_for(role),
             system=system,
             messages=messages,
             max_tokens=gen.max_tokens,

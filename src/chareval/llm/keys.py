@@ -37,23 +37,22 @@ def api_key(provider: str, env_name: str | None = None) -> str | None:
     return os.environ.get(name) if name else None
 
 
-def providers_used(models: Models, roles: list[str]) -> dict[str, list[str]]:
-    """provider -> the roles (and fallbacks) that need it."""
+def providers_used(models: Models, needs: dict[str, str]) -> dict[str, list[str]]:
+    """provider -> what needs it; `needs` maps a config key (models.user) to its model."""
     used: dict[str, list[str]] = {}
-    for role in roles:
-        model = getattr(models, role)
-        for m, why in ((model, role), (models.fallback.get(model), f"fallback of {role}")):
+    for why, model in needs.items():
+        for m, reason in ((model, why), (models.fallback.get(model), f"fallback of {why}")):
             if m:
-                used.setdefault(m.split("/", 1)[0], []).append(why)
+                used.setdefault(m.split("/", 1)[0], []).append(reason)
     return used
 
 
-def require_keys(models: Models, roles: list[str]) -> None:
+def require_keys(models: Models, needs: dict[str, str]) -> None:
     """Fail before any work when a selected provider has no key."""
     missing = []
-    for provider, why in providers_used(models, roles).items():
+    for provider, why in providers_used(models, needs).items():
         if provider in KEY_ENV and not api_key(provider):
-            missing.append(f"{KEY_ENV[provider]} (needed by models.{', '.join(why)})")
+            missing.append(f"{KEY_ENV[provider]} (needed by {', '.join(why)})")
     if missing:
         raise ConfigError(
             "missing API key: " + "; ".join(missing),

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from chareval.stages import contexts, conversations, prepare
+from chareval.stages import contexts, conversations, evaluate, judge_check, prepare
 from chareval.stages.base import StageContext, StageResult
 
 
@@ -26,6 +26,7 @@ class Stage:
     writes: tuple[str, ...] = ()
     # Model roles it calls: their API keys are checked before any work starts.
     roles: tuple[str, ...] = ()
+    judges: bool = False  # it calls the judge models (judge_model= / evaluation.judges)
 
 
 STAGES: dict[str, Stage] = {
@@ -41,4 +42,11 @@ STAGES: dict[str, Stage] = {
         InputSpec("conversations", "input_file", "conversations_run", "conversations.jsonl"),
         writes=("finetune.jsonl",),
     ),
+    "evaluate": Stage(
+        evaluate.run,
+        InputSpec("conversations", "input_file", "conversations_run", "conversations.jsonl"),
+        writes=("evaluations.jsonl", "summary.json"),
+        judges=True,
+    ),
+    "judge_check": Stage(judge_check.run, writes=("judge_check.json", "evaluations.jsonl"), judges=True),
 }

@@ -4,16 +4,14 @@ turns=1 is the assistant alone, 2 adds the user, 3 the assistant again, and so o
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-
-from tqdm import tqdm
 
 from chareval.errors import CharevalError, ModelError
 from chareval.io import append_jsonl, latest_by_id, read_records_json, read_records_jsonl
 from chareval.llm import LLMResponse, derive_seed
 from chareval.schemas import Context, Conversation, Message, Usage
-from chareval.stages.base import StageContext, StageResult
+from chareval.stages.base import StageContext, StageResult, progress
+from chareval.stages.parallel import run_parallel
 from chareval.stages.prompts import assistant_system_prompt, assistant_view, user_system_prompt, user_view
 
 log = logging.getLogger(__name__)
@@ -71,6 +69,7 @@ def simulate(ctx: StageContext, conv_id: str, context: Context) -> Conversation:
         turns=s.turns,
         seed=s.seed,
         assistant_system_prompt=system_assistant,
+        user_system_prompt=system_user,
         opening_prompt=s.persona.opening_prompt,
         messages=messages,
         usage=usage,
@@ -92,20 +91,21 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         log.info("resuming: %d conversations already in %s", len(done), out)
     # Conversations run side by side up to the providers' in-flight limits; the turns of one
     # conversation stay in order. Only this thread writes the file.
-    n_failed = 0
-    pool = ThreadPoolExecutor(max_workers=ctx.client.parallelism("assistant", "user"))
-    futures = [pool.submit(simulate, ctx, conv_id, context) for conv_id, context in work]
-    try:
-        with tqdm(total=len(work), desc="conversations", unit="conv", dynamic_ncols=True) as bar:
-            for future in as_completed(futures):
-                conversation = future.result()
-                append_jsonl(out, conversation)  # written as each conversation finishes
-                n_failed += conversation.error is not None
-                total = ctx.client.meter.total()
-                bar.update(1)
-                bar.set_postfix(errors=n_failed, tokens=total.input_tokens + total.output_tokens, cost=f"${total.cost_usd:.4f}")
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # on a failure or Ctrl-C: start nothing new
+    failed = []
+
+    def finished(conversation: Conversation) -> None:
+        append_jsonl(out, conversation)  # written as each conversation finishes
+        if conversation.error:
+            failed.append(conversation.id)
+
+    run_parallel(
+        lambda conv_id, context: simulate(ctx, conv_id, context),
+        work,
+        workers=ctx.client.parallelism([ctx.client.model_for("assistant"), ctx.client.model_for("user")]),
+        desc="conversations",
+        on_result=finished,
+        postfix=lambda: progress(ctx, len(failed)),
+    )
     final = latest_by_id(read_records_jsonl(out, Conversation))
     wanted = {cid for cid, _ in plan(contexts, s.num_conversations)}
     final = [c for c in final if c.id in wanted]

@@ -1,0 +1,1 @@
+"""Modular LLM judges: one module per evaluator, a registry by name."""

@@ -1,0 +1,127 @@
+"""stage=evaluate: every conversation x evaluator x judge model x sample -> evaluations.jsonl,
+summary.json and judge metrics. Exceeding the error budget fails the stage after writing it all."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from chareval.errors import ModelError
+from chareval.evaluators.base import Evaluator
+from chareval.evaluators.registry import build
+from chareval.evaluators.summary import metrics, summarize
+from chareval.io import append_jsonl, latest_by_id, read_records_jsonl, write_text_atomic
+from chareval.llm import ChatMessage, derive_seed
+from chareval.schemas import Conversation, Evaluation
+from chareval.stages.base import StageContext, StageResult, progress
+from chareval.stages.parallel import run_parallel
+
+log = logging.getLogger(__name__)
+
+
+def evaluation_id(conversation_id: str, evaluator: str, judge: str, sample: int) -> str:
+    return f"{conversation_id}|{evaluator}|{judge}|{sample}"
+
+
+def judge_one(ctx: StageContext, conversation: Conversation, evaluator: Evaluator, judge: str, sample: int) -> Evaluation:
+    system, prompt = evaluator.prompt(conversation)
+    seed = derive_seed(ctx.settings.seed, "judge", conversation.id, evaluator.name, judge, sample)
+    record = {
+        "id": evaluation_id(conversation.id, evaluator.name, judge, sample),
+        "conversation_id": conversation.id,
+        "context_id": conversation.context_id,
+        "evaluator": evaluator.name,
+        "judge_model": judge,
+        "sample": sample,
+        "seed": seed,
+    }
+    try:
+        response = ctx.client.ask(
+            "judge", system, [ChatMessage(role="user", content=prompt)], seed=seed, schema=evaluator.schema(conversation), model=judge
+        )
+    except ModelError as e:
+        return Evaluation(**record, error=e.message, raw_text=getattr(e, "raw_text", None))
+    verdict = response.parsed.model_dump()
+    common = {k: verdict.pop(k) for k in ("score", "passed", "rationale", "evidence_turns")}
+    return Evaluation(**record, **common, details=verdict, answered_model=response.model, usage=response.usage)
+
+
+def judge_all(
+    ctx: StageContext, conversations: list[Conversation], evaluators: list[Evaluator], out: Path
+) -> list[Evaluation]:
+    """Judge every item not already valid in `out` (a rerun resumes), appending as each finishes;
+    returns the latest record of every item."""
+    judges, samples = ctx.settings.judges(), ctx.settings.evaluation.judge_samples
+    done = set()
+    if out.exists():
+        done = {r.id for r in latest_by_id(read_records_jsonl(out, Evaluation, tolerate_torn_tail=True)) if r.error is None}
+    wanted = [
+        (conv, ev, judge, k)
+        for conv in conversations
+        for ev in evaluators
+        for judge in judges
+        for k in range(samples)
+    ]
+    todo = [item for item in wanted if evaluation_id(item[0].id, item[1].name, item[2], item[3]) not in done]
+    errors = []
+
+    def finished(record: Evaluation) -> None:
+        append_jsonl(out, record)
+        if record.error:
+            errors.append(record.id)
+
+    run_parallel(
+        lambda *item: judge_one(ctx, *item),
+        todo,
+        workers=ctx.client.parallelism(judges),
+        desc="judgments",
+        on_result=finished,
+        postfix=lambda: progress(ctx, len(errors)),
+    )
+    ids = {evaluation_id(c.id, e.name, j, k) for c, e, j, k in wanted}
+    return [r for r in latest_by_id(read_records_jsonl(out, Evaluation)) if r.id in ids] if out.exists() else []
+
+
+def write_rubrics(evaluators: list[Evaluator], folder: Path) -> Path:
+    for ev in evaluators:
+        write_text_atomic(folder / f"{ev.name}.md", f"# {ev.name}\n\n{ev.rubric}\n")
+    return folder
+
+
+def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
+    s = ctx.settings
+    conversations = sorted(latest_by_id(read_records_jsonl(inputs["conversations"], Conversation)), key=lambda c: c.id)
+    usable = [c for c in conversations if c.messages and not (c.error and s.evaluate.skip_errored)]
+    if len(usable) < len(conversations):
+        log.warning("not judging %d conversation(s) that ended in an error or are empty", len(conversations) - len(usable))
+    evaluators = [build(name, s.evaluation.rubrics[name]) for name in s.evaluation.evaluators]
+    out = ctx.run_dir / "evaluations.jsonl"
+    records = judge_all(ctx, usable, evaluators, out)
+    summary = summarize(records, [e.name for e in evaluators], s.judges())
+    summary["conversations_skipped"] = len(conversations) - len(usable)
+    summary_file = ctx.run_dir / "summary.json"
+    write_text_atomic(summary_file, json.dumps(summary, indent=2) + "\n")
+    ctx.run.log_table(table(records), "evaluations_table.json")
+    failure = None
+    if summary["error_fraction"] > s.evaluation.max_error_fraction:
+        failure = (
+            f"{summary['n_errors']} of {summary['n_records']} judgments are errors "
+            f"({summary['error_fraction']:.0%} > evaluation.max_error_fraction={s.evaluation.max_error_fraction}); "
+            f"everything is written to {ctx.run_dir}"
+        )
+    line = ", ".join(
+        f"{name} {e['mean']:.1f}/10 pass {e['pass_rate']:.0%}" for name, e in summary["evaluators"].items() if e["mean"] is not None
+    )
+    return StageResult(
+        outputs={"evaluations": out, "summary": summary_file, "rubrics": write_rubrics(evaluators, ctx.run_dir / "rubrics")},
+        metrics=metrics(summary) | {"evaluate.conversations_skipped": summary["conversations_skipped"]},
+        summary=f"{summary['n_records']} judgments ({summary['n_errors']} errors): {line or 'no valid judgment'} -> {summary_file}",
+        failure=failure,
+    )
+
+
+def table(records: list[Evaluation]) -> dict[str, list]:
+    """One row per judgment, for mlflow.log_table (the per-conversation view in the MLflow UI)."""
+    columns = ["conversation_id", "context_id", "evaluator", "judge_model", "sample", "score", "passed", "rationale", "error"]
+    return {c: [getattr(r, c) for r in records] for c in columns}

@@ -1,0 +1,62 @@
+"""stage=judge_check: how often does each evaluator, on the configured judge model, agree with a
+hand-labelled set of clear holds and clear slips? Run it before trusting a judge."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from chareval.errors import InputError
+from chareval.evaluators.registry import build
+from chareval.io import read_records_jsonl, write_text_atomic
+from chareval.schemas import Evaluation, JudgeCase
+from chareval.stages.base import StageContext, StageResult
+from chareval.stages.evaluate import judge_all
+
+
+def accuracy(records: list[Evaluation], expected: dict[str, dict[str, bool]]) -> dict[str, dict]:
+    """Per evaluator and judge: labelled judgments, how many match the label, errors."""
+    tally: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: {"n": 0, "correct": 0, "errors": 0})
+    for r in records:
+        label = expected.get(r.conversation_id, {}).get(r.evaluator)
+        if label is None:
+            continue
+        t = tally[(r.evaluator, r.judge_model)]
+        t["n"] += 1
+        if r.error:
+            t["errors"] += 1
+        elif r.passed == label:
+            t["correct"] += 1
+    report: dict[str, dict] = defaultdict(dict)
+    for (evaluator, judge), t in sorted(tally.items()):
+        # An error counts as a miss: a judge that cannot answer is not to be trusted either.
+        report[evaluator][judge] = t | {"accuracy": t["correct"] / t["n"] if t["n"] else None}
+    return dict(report)
+
+
+def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
+    s = ctx.settings
+    dataset = Path(s.judge_check.dataset)
+    cases = read_records_jsonl(dataset, JudgeCase)
+    if not cases:
+        raise InputError(f"{dataset} holds no labelled cases")
+    ctx.run.log_artifact(dataset, artifact_path="inputs")
+    evaluators = [build(name, s.evaluation.rubrics[name]) for name in s.evaluation.evaluators]
+    out = ctx.run_dir / "evaluations.jsonl"
+    records = judge_all(ctx, [c.conversation for c in cases], evaluators, out)
+    report = accuracy(records, {c.conversation.id: c.expected for c in cases})
+    report_file = ctx.run_dir / "judge_check.json"
+    write_text_atomic(report_file, json.dumps({"dataset": str(dataset), "accuracy": report}, indent=2) + "\n")
+    metrics, lines = {}, []
+    for evaluator, by_judge in report.items():
+        for judge, t in by_judge.items():
+            suffix = "" if len(by_judge) == 1 else f".{judge}"
+            if t["accuracy"] is not None:
+                metrics[f"judge_check.{evaluator}{suffix}.accuracy"] = t["accuracy"]
+            lines.append(f"    {evaluator:<26} {judge:<40} {t['correct']}/{t['n']} correct, {t['errors']} errors")
+    return StageResult(
+        outputs={"judge_check": report_file, "evaluations": out},
+        metrics=metrics,
+        summary="judge accuracy on the labelled set:\n" + "\n".join(lines),
+    )
