@@ -4,14 +4,14 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.chareval-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-slow judge-check mlflow-ui clean
+.PHONY: setup run test judge-check mlflow-ui clean
 
 # Re-install only when the dependency list changes. llama-cpp-python builds from
 # source (about 4 minutes on 2 cores) the first time; pip caches the wheel after that.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,finetune-local]'
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -21,9 +21,6 @@ run: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
-
-test-slow: setup
-	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 # How well does the configured judge agree with the hand-labelled set? (ARGS="models=seed" etc.)
 judge-check: setup

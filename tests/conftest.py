@@ -26,6 +26,8 @@ TINY = [
     "num_conversations=2",
     "turns=3",
 ]
+# The pipeline's first three stages: the fine-tuning and judging stages have tests of their own.
+FIRST_STAGES = "pipeline.stages=[contexts,conversations,prepare]"
 
 register_resolvers()
 
@@ -51,6 +53,22 @@ def make_job(workdir):
         return Job(cfg, stage=stage, run_dir=run_dir or workdir / "outputs" / stage, choices={"stage": stage})
 
     return build
+
+
+def run_job_in(tmp: Path, stage: str, *overrides: str, run_dir: str = "run") -> tuple[Job, dict[str, Path]]:
+    """Run a stage once with its outputs and MLflow store under `tmp` (for module-scoped fixtures,
+    which cannot use monkeypatch)."""
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
+    try:
+        cfg = compose_cfg(f"stage={stage}", f"paths.outputs={tmp / 'outputs'}", *overrides)
+        job = Job(cfg, stage=stage, run_dir=tmp / run_dir, choices={"stage": stage})
+        return job, job.run()
+    finally:
+        if previous is None:
+            del os.environ["MLFLOW_TRACKING_URI"]
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
 def run_cli(*args: str, cwd: Path = PROJECT_ROOT, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

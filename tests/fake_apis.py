@@ -24,8 +24,9 @@ class Reply:
 class Seen:
     path: str
     headers: dict[str, str]
-    body: dict
+    body: dict  # the JSON body; {"_raw": bytes} for any other body (multipart forms, uploads)
     at: float
+    method: str = "POST"
 
 
 class FakeAPI:
@@ -48,8 +49,12 @@ class FakeAPI:
 
             def do_POST(self):
                 length = int(self.headers.get("content-length", 0))
-                body = json.loads(self.rfile.read(length) or b"{}")
-                seen = Seen(self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.monotonic())
+                raw = self.rfile.read(length)
+                try:
+                    body = json.loads(raw or b"{}")
+                except ValueError:
+                    body = {"_raw": raw}
+                seen = Seen(self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.monotonic(), self.command)
                 with api._lock:
                     n = len(api.requests)
                     api.requests.append(seen)
@@ -61,6 +66,8 @@ class FakeAPI:
                 finally:
                     with api._lock:
                         api.in_flight -= 1
+
+            do_GET = do_PUT = do_POST
 
             def _send(self, reply: Reply):
                 if reply.sse is not None:

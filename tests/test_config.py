@@ -30,8 +30,8 @@ def test_stage_knobs_follow_the_selected_stage():
     only = validate_config(compose_cfg("stage=conversations"))
     assert only.conversations is not None and only.contexts is None and only.pipeline is None
     pipeline = validate_config(compose_cfg("stage=pipeline"))
-    assert pipeline.pipeline.stages == ["contexts", "conversations", "prepare"]
-    assert pipeline.contexts and pipeline.conversations and pipeline.prepare
+    assert pipeline.pipeline.stages == ["contexts", "conversations", "prepare", "finetune", "evaluate"]
+    assert pipeline.contexts and pipeline.conversations and pipeline.prepare and pipeline.evaluate
 
 
 def test_experiment_overrides_groups_and_knobs():

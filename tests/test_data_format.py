@@ -6,7 +6,11 @@ import json
 
 import pytest
 
-from chareval.finetune.data_format import conversation_to_example, validate_example, validate_file
+from chareval.finetune.data_format import (
+    conversation_to_example,
+    validate_example,
+    validate_file,
+)
 from chareval.schemas import Conversation, Message, Usage
 
 SYSTEM = {"role": "system", "content": "You are Jasmine."}

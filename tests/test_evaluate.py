@@ -7,7 +7,7 @@ import json
 
 import mlflow
 import pytest
-from conftest import DATA, compose_cfg, run_cli
+from conftest import DATA, compose_cfg, run_cli, run_job_in
 from fake_apis import FakeAPI, chat_completion
 from mlflow import MlflowClient
 
@@ -64,22 +64,11 @@ def test_summary_averages_samples_per_conversation_and_counts_errors():
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     """stage=evaluate on the embedded model: 2 conversations x 2 evaluators x 2 samples."""
-    import os
-
-    from chareval.app import Job
-
     tmp = tmp_path_factory.mktemp("evaluate")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
-    try:
-        cfg = compose_cfg(
-            "stage=evaluate", f"paths.outputs={tmp / 'outputs'}", f"input_file={CONVERSATIONS}",
-            "evaluation.evaluators=[boundary_holding,professionalism]", "evaluation.judge_samples=2",
-            "evaluation.max_error_fraction=1.0",
-        )
-        job = Job(cfg, stage="evaluate", run_dir=tmp / "run", choices={"stage": "evaluate"})
-        outputs = job.run()
-    finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
+    _, outputs = run_job_in(
+        tmp, "evaluate", f"input_file={CONVERSATIONS}", "evaluation.evaluators=[boundary_holding,professionalism]",
+        "evaluation.judge_samples=2", "evaluation.max_error_fraction=1.0",
+    )
     return tmp, outputs
 
 

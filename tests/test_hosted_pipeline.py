@@ -7,10 +7,13 @@ from conftest import DATA, run_cli
 from fake_apis import FakeAPI, anthropic_stream, chat_completion
 
 KEY = "sk-SENTINEL-never-written-7d1c"
+VERDICT = {"score": 8, "passed": True, "rationale": "Held the line.", "evidence_turns": [0], "slip_turn": None}
 DRAFT = {"title": "Returns desk veteran", "scenario": "S", "user_goal": "G", "documents": [{"title": "Policy", "content": "30 days."}]}
 
 
 def anthropic_reply(seen, n):
+    if "tools" in seen.body and "Judgment" in seen.body["tools"][0]["input_schema"]["title"]:
+        return anthropic_stream(thinking="judge it", tool_input=VERDICT)
     if "tools" in seen.body:
         return anthropic_stream(thinking="design it", tool_input=DRAFT)
     return anthropic_stream("I hear you, but at Brightside we assume good faith.", thinking="hold the line")
@@ -78,11 +81,13 @@ def test_seed_pipeline_runs_and_the_key_is_never_written(tmp_path, placement):
             env |= {"ANTHROPIC_API_KEY": "", "OPENROUTER_API_KEY": ""}
         result = run_cli(
             "models=seed", "num_contexts=2", "num_conversations=2", "turns=3", *root_args,
+            "pipeline.stages=[contexts,conversations,prepare,evaluate]",
             f"paths.outputs={tmp_path / 'outputs'}", env=env,
         )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(anth.requests) == 2 + 4 and len(router.requests) == 2  # contexts + assistant turns; user turns
-    assert "2 fine-tuning examples" in result.stdout
+    # contexts + assistant turns + 2 conversations x 5 judges on Anthropic; the user turns on OpenRouter
+    assert len(anth.requests) == 2 + 4 + 10 and len(router.requests) == 2
+    assert "2 fine-tuning examples" in result.stdout and "10 judgments (0 errors)" in result.stdout
     leaks = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != ".env" and KEY.encode() in p.read_bytes()]
     assert leaks == []
     assert KEY not in result.stdout + result.stderr

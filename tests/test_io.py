@@ -7,7 +7,13 @@ import json
 import pytest
 
 from chareval.errors import InputError
-from chareval.io import append_jsonl, latest_by_id, read_records_json, read_records_jsonl, write_records_json
+from chareval.io import (
+    append_jsonl,
+    latest_by_id,
+    read_records_json,
+    read_records_jsonl,
+    write_records_json,
+)
 from chareval.schemas import Context, ErrorRecord
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from conftest import compose_cfg
 from fake_apis import (
@@ -174,3 +172,17 @@ def test_missing_keys_are_named_before_any_request(monkeypatch):
     assert "ANTHROPIC_API_KEY (needed by models.assistant)" in str(err.value)
     assert "OPENROUTER_API_KEY (needed by fallback of models.assistant, models.user)" in str(err.value)
     require_keys(models, {})  # a stage that calls no model needs no key
+
+
+def test_openrouter_5xx_is_retried_and_a_wrong_model_id_fails_fast(keys, monkeypatch):
+    replies = [openai_error(503, "upstream busy"), chat_completion("fine", "qwen/qwen3-32b")]
+    with FakeAPI(lambda seen, n: replies[n] if n < 2 else openai_error(404, "model qwen/qwen9 not found")) as api:
+        monkeypatch.setenv("OPENROUTER_BASE_URL", api.url + "/api/v1")
+        c = client("models=openai_compatible", "models.user=openrouter/qwen/qwen3-32b")
+        response = ask(c, role="user")
+        assert response.text == "fine" and response.usage.retries == 1
+        wrong = client("models=openai_compatible", "models.user=openrouter/qwen/qwen9", "models.retry.max_attempts=4")
+        with pytest.raises(ModelError) as err:
+            ask(wrong, role="user")
+    assert len(api.requests) == 3  # the 404 is not retried
+    assert "check the model id 'qwen/qwen9'" in str(err.value)

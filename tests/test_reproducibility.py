@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from conftest import TINY
 
-OVERRIDES = [*TINY, "cache=false", "tracking.enabled=false", "num_contexts=1", "num_conversations=1"]
+OVERRIDES = [*TINY, "cache=false", "tracking.enabled=false", "num_contexts=1", "num_conversations=1",
+             "pipeline.stages=[contexts,conversations]"]
 
 
 def run_twice(make_job, workdir, seed_a: int, seed_b: int):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import DATA, TINY
+from conftest import DATA, FIRST_STAGES, TINY, run_job_in
 
 from chareval.finetune.data_format import validate_file
 from chareval.io import read_records_json, read_records_jsonl
@@ -16,21 +16,7 @@ from chareval.stages.prompts import user_view
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """One pipeline run shared by the checks below (the model is loaded once per process)."""
-    import os
-
-    from conftest import compose_cfg
-
-    from chareval.app import Job
-
-    tmp = tmp_path_factory.mktemp("pipeline")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
-    try:
-        cfg = compose_cfg("stage=pipeline", f"paths.outputs={tmp / 'outputs'}", *TINY)
-        job = Job(cfg, stage="pipeline", run_dir=tmp / "run", choices={"stage": "pipeline"})
-        outputs = job.run()
-    finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
-    return job, outputs
+    return run_job_in(tmp_path_factory.mktemp("pipeline"), "pipeline", FIRST_STAGES, *TINY)
 
 
 def test_contexts_are_records_with_documents(pipeline):

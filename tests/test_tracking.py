@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import mlflow
-from conftest import DATA, TINY, run_cli
+from conftest import DATA, FIRST_STAGES, TINY, run_cli
 from mlflow import MlflowClient
 
 from chareval.tracking import flatten_params, redact
@@ -43,7 +43,7 @@ def test_stage_run_logs_params_tags_artifacts_metrics(make_job, workdir):
 
 
 def test_pipeline_is_a_parent_with_one_child_per_stage(make_job, workdir):
-    make_job("pipeline", *TINY, "num_contexts=1", "num_conversations=1", "turns=1").run()
+    make_job("pipeline", FIRST_STAGES, *TINY, "num_contexts=1", "num_conversations=1", "turns=1").run()
     runs = runs_by_name(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
     (parent,) = runs["pipeline"]
     for stage in ("contexts", "conversations", "prepare"):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -17,7 +19,7 @@ from chareval.io import write_text_atomic
 from chareval.llm import DiskCache, LLMClient, UsageMeter
 from chareval.llm.keys import load_env_file, require_keys
 from chareval.schemas import Usage
-from chareval.stages import STAGES, InputSpec
+from chareval.stages import LOOP_STAGES, STAGES, InputSpec
 from chareval.stages.base import StageContext, StageResult
 from chareval.tracking import (
     SWEEP_RUN_ENV,
@@ -25,8 +27,8 @@ from chareval.tracking import (
     flatten_params,
     git_commit,
     redact,
-    resolved_yaml,
     resolve_uri,
+    resolved_yaml,
     start_run,
     use_store,
 )
@@ -54,20 +56,22 @@ class Job:
         self.config_yaml = resolved_yaml(cfg)
         s = self.settings
         load_env_file(s.paths.root)
-        stages = s.pipeline.stages if stage == "pipeline" else [stage]
+        stages = {"pipeline": s.pipeline.stages if s.pipeline else [], "finetune_loop": LOOP_STAGES}.get(stage, [stage])
         needs = {f"models.{role}": getattr(s.models, role) for name in stages for role in STAGES[name].roles}
         if any(STAGES[name].judges for name in stages):
             needs |= {f"judge {judge}": judge for judge in s.judges()}
+        if "finetune" in stages and s.finetune.backend == "together":
+            needs["finetune=together_qwen3_32b"] = "together/" + s.finetune.base_model
         require_keys(s.models, needs)
         self.tracking_uri = resolve_uri(s.tracking.uri, s.paths.root)
         if s.tracking.enabled:
             use_store(self.tracking_uri, s.tracking.experiment)
         cache = DiskCache(Path(s.paths.cache) / "llm") if s.cache else None
-        self.client = LLMClient(s.models, cache)
+        self.client = LLMClient(s.models, cache, registry=s.paths.registry)
         self.params = flatten_params(redact(s.model_dump(mode="json")))
         self.commit = git_commit(s.paths.root)
         self.summaries: list[str] = []
-        self._last_usage, self._last_latency = Usage(), 0.0
+        self._total, self._latency = Usage(), 0.0  # usage of the stages run so far
 
     @classmethod
     def from_hydra(cls, cfg: DictConfig) -> Job:
@@ -90,50 +94,76 @@ class Job:
     def run(self) -> dict[str, Path]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.run_dir / "config.yaml", self.config_yaml)
-        enabled = self.settings.tracking.enabled
-        if self.stage != "pipeline":
-            return self._stage(self.stage, {}, parent_run_id=self.parent_run_id)
-        outputs: dict[str, Path] = {}
-        started, total, latency = time.perf_counter(), Usage(), 0.0
+        if self.stage == "pipeline":
+            with self._parent_run("pipeline"):
+                outputs: dict[str, Path] = {}
+                for stage in self.settings.pipeline.stages:
+                    outputs.update(self._stage(stage, outputs))
+                return outputs
+        if self.stage == "finetune_loop":
+            from chareval.stages.loop import run_loop
+
+            with self._parent_run("finetune_loop") as parent:
+                return run_loop(self, parent)
+        return self._stage(self.stage, {}, parent_run_id=self.parent_run_id)
+
+    @contextmanager
+    def _parent_run(self, kind: str) -> Iterator[StageRun]:
+        """A parent MLflow run whose children are the stages run inside it; it sums their usage."""
+        started = time.perf_counter()
+        self._total, self._latency = Usage(), 0.0
         with start_run(
-            enabled,
-            run_name=f"pipeline {self.run_dir.name}",
-            tags=self._tags("pipeline") | {"chareval.kind": "pipeline"},
+            self.settings.tracking.enabled,
+            run_name=f"{kind} {self.run_dir.name}",
+            tags=self._tags(kind) | {"chareval.kind": kind},
             params=self.params,
             parent_run_id=self.parent_run_id,
         ) as parent:
             parent.log_artifact(self.run_dir / "config.yaml")
-            for stage in self.settings.pipeline.stages:
-                outputs.update(self._stage(stage, outputs))
-                total, latency = total + self._last_usage, latency + self._last_latency
-            parent.log_metrics(usage_metrics(total, latency) | {"wall_time_s": time.perf_counter() - started})
-        return outputs
+            try:
+                yield parent
+            finally:
+                parent.log_metrics(usage_metrics(self._total, self._latency) | {"wall_time_s": time.perf_counter() - started})
 
-    def _stage(self, stage: str, previous: dict[str, Path], parent_run_id: str | None = None) -> dict[str, Path]:
+    def _stage(
+        self,
+        stage: str,
+        previous: dict[str, Path],
+        parent_run_id: str | None = None,
+        *,
+        run_dir: Path | None = None,
+        settings: AppConfig | None = None,
+        client: LLMClient | None = None,
+        label: str | None = None,
+    ) -> dict[str, Path]:
+        """Run one stage as its own MLflow run. The closed loop runs some stages twice, in their own
+        folders and with other settings (another assistant model, other contexts)."""
         spec = STAGES[stage]
-        self.client.meter = UsageMeter()  # usage is counted per stage
+        run_dir, settings, client = run_dir or self.run_dir, settings or self.settings, client or self.client
+        run_dir.mkdir(parents=True, exist_ok=True)
+        client.meter = UsageMeter()  # usage is counted per stage
         started = time.perf_counter()
         with start_run(
-            self.settings.tracking.enabled,
-            run_name=f"{stage} {self.run_dir.name}",
-            tags=self._tags(stage) | {"chareval.kind": "stage"},
+            settings.tracking.enabled,
+            run_name=f"{label or stage} {self.run_dir.name}",
+            tags=self._tags(stage) | {"chareval.kind": "stage", "chareval.step": label or stage, "chareval.run_dir": str(run_dir)},
             params=self.params,
             parent_run_id=parent_run_id,
         ) as run:
             run.log_artifact(self.run_dir / "config.yaml")
             inputs = {}
-            if spec.needs:
-                inputs[spec.needs.name] = previous.get(spec.needs.name) or self._resolve_input(stage, spec.needs)
-                run.log_artifact(inputs[spec.needs.name], artifact_path="inputs")
+            needs = spec.needs
+            if needs and not (needs.unless and getattr(self.settings, needs.unless)):
+                inputs[needs.name] = previous.get(needs.name) or self._resolve_input(stage, needs)
+                run.log_artifact(inputs[needs.name], artifact_path="inputs")
             result: StageResult | None = None
             try:
-                result = spec.run(StageContext(self.settings, self.run_dir, self.client, run), inputs)
+                result = spec.run(StageContext(settings, run_dir, client, run), inputs)
             finally:
                 # Whatever was written (all of it, or what finished before a failure) is logged.
-                self._log_outputs(run, stage, result)
-                meter = self.client.meter
-                self._last_usage = meter.total()
-                self._last_latency = meter.latency_s
+                self._log_outputs(run, stage, result, run_dir)
+                meter = client.meter
+                self._total, self._latency = self._total + meter.total(), self._latency + meter.latency_s
                 metrics = usage_metrics(meter.total(), meter.latency_s) | {"wall_time_s": time.perf_counter() - started}
                 run.log_metrics(metrics | (result.metrics if result else {}))
             self.summaries.append(result.summary)
@@ -142,8 +172,8 @@ class Job:
         log.info("%s done: %s", stage, result.summary)
         return result.outputs
 
-    def _log_outputs(self, run: StageRun, stage: str, result: StageResult | None) -> None:
-        paths = list(result.outputs.values()) if result else [self.run_dir / n for n in STAGES[stage].writes]
+    def _log_outputs(self, run: StageRun, stage: str, result: StageResult | None, run_dir: Path) -> None:
+        paths = list(result.outputs.values()) if result else [run_dir / n for n in STAGES[stage].writes]
         for path in paths:
             run.log_artifact(path)
 

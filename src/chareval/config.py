@@ -7,14 +7,21 @@ import re
 from typing import Annotated, Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from chareval import PROJECT_ROOT
 from chareval.errors import ConfigError
 
 STAGES = ("contexts", "conversations", "prepare")
 ROLES = ("contexts", "assistant", "user", "judge")
-PROVIDERS = ("local", "anthropic", "openrouter", "openai_compatible", "together")
+PROVIDERS = ("local", "anthropic", "openrouter", "openai_compatible", "together", "local_lora")
 
 
 class Strict(BaseModel):
@@ -179,6 +186,7 @@ class Paths(Strict):
     root: str
     outputs: str
     cache: str
+    registry: str
 
 
 class ContextsStage(Strict):
@@ -194,6 +202,48 @@ class PrepareStage(Strict):
     skip_errored: bool = True
 
 
+class LoraSettings(Strict):
+    r: int = Field(default=8, ge=1, le=256)
+    alpha: int = Field(default=16, ge=1)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"
+
+
+class LocalLoraFinetune(Strict):
+    backend: Literal["local_lora"]
+    base_model: ModelString
+    n_epochs: int = Field(default=3, ge=1, le=100)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    batch_size: int = Field(default=4, ge=1)
+    max_seq_tokens: int = Field(default=1024, ge=64)
+    lora: LoraSettings = LoraSettings()
+    suffix: str | None = Field(default=None, max_length=40)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("base_model")
+    @classmethod
+    def _local_base(cls, value: str) -> str:
+        if not value.startswith("local/"):
+            raise ValueError("the local_lora backend trains a local/<alias or .gguf> model")
+        return value
+
+
+class TogetherFinetune(Strict):
+    backend: Literal["together"]
+    base_model: Literal["Qwen/Qwen3-32B"]  # the seed: only Qwen/Qwen3-32B is fine-tuned on Together
+    n_epochs: int = Field(default=3, ge=1, le=20)
+    suffix: str | None = Field(default=None, max_length=40)
+    lora: bool = True
+    learning_rate: float = Field(default=1e-5, gt=0)
+    batch_size: int | Literal["max"] = "max"
+    validation_file: str | None = None
+    n_evals: int = Field(default=0, ge=0)
+    train_on_inputs: bool | Literal["auto"] = "auto"
+    context_length: int = Field(default=32768, ge=512)
+    wait: bool = True
+    poll_interval_s: float = Field(default=30.0, gt=0)
+
+
 class EvaluateStage(Strict):
     skip_errored: bool = True
 
@@ -202,8 +252,12 @@ class JudgeCheckStage(Strict):
     dataset: str
 
 
+class FinetuneLoopStage(Strict):
+    holdout_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
+
+
 class PipelineStage(Strict):
-    stages: list[Literal["contexts", "conversations", "prepare", "evaluate"]] = Field(min_length=1)
+    stages: list[Literal["contexts", "conversations", "prepare", "finetune", "evaluate"]] = Field(min_length=1)
 
 
 class Evaluation(Strict):
@@ -245,6 +299,10 @@ class AppConfig(Strict):
     models: Models
     tracking: Tracking
     evaluation: Evaluation
+    finetune: Annotated[LocalLoraFinetune | TogetherFinetune, Field(discriminator="backend")]
+    train_file: str | None = None
+    prepare_run: str | None = None
+    job_id: str | None = None
     # Stage knobs: present when that stage (or the pipeline that includes it) is selected.
     contexts: ContextsStage | None = None
     conversations: ConversationsStage | None = None
@@ -252,6 +310,7 @@ class AppConfig(Strict):
     evaluate: EvaluateStage | None = None
     judge_check: JudgeCheckStage | None = None
     pipeline: PipelineStage | None = None
+    finetune_loop: FinetuneLoopStage | None = None
 
     def judges(self) -> list[str]:
         """The judge models of stage=evaluate: judge_model=, else evaluation.judges, else models.judge."""

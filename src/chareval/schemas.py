@@ -136,3 +136,25 @@ class JudgeCase(Record):
     note: str
     conversation: Conversation
     expected: dict[str, bool]  # evaluator -> passed
+
+
+class FineTunedModel(Record):
+    """One fine-tuning job and the model it produced, as kept in the registry of fine-tuned models.
+    `model` is what goes into models.assistant (together/<output name> or local_lora/<name>)."""
+
+    key: str  # hash of the training file and the settings: a rerun finds its job by it
+    backend: Literal["together", "local_lora"]
+    base_model: str
+    name: str
+    model: str | None = None  # set once the job has produced a model
+    status: str
+    job_id: str | None = None
+    file_id: str | None = None
+    train_file: str
+    train_file_sha256: str
+    settings: dict[str, Any]
+    adapter_path: str | None = None
+    events: list[str] = []
+    mlflow_run_id: str | None = None
+    created_at: str
+    updated_at: str

@@ -111,6 +111,13 @@ class StageRun:
 
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
 
+    def log_metric_at(self, key: str, value: float, step: int) -> None:
+        """One point of a curve (e.g. the training loss per step)."""
+        if self.run_id:
+            import mlflow
+
+            mlflow.log_metric(key, float(value), step=step)
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """A file, or a folder under its own name."""
         if self.run_id and Path(path).exists():

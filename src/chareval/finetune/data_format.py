@@ -12,6 +12,13 @@ from chareval.schemas import Conversation
 
 ROLES = ("system", "user", "assistant")
 MESSAGE_KEYS = {"role", "content", "weight"}
+# A conservative characters-per-token ratio for English chat text (real tokenizers give ~4).
+CHARS_PER_TOKEN = 3.0
+
+
+def estimate_tokens(example: dict) -> int:
+    """Roughly how many tokens an example takes, with a few per message for the chat template."""
+    return sum(int(len(m.get("content") or "") / CHARS_PER_TOKEN) + 4 for m in example.get("messages", []))
 
 
 def validate_example(example: Any) -> list[str]:
@@ -78,8 +85,9 @@ class FileReport:
         return "\n".join([head, *rows])
 
 
-def validate_file(path: Path) -> FileReport:
-    """Check every line of a fine-tuning file and report each bad one."""
+def validate_file(path: Path, context_length: int | None = None) -> FileReport:
+    """Check every line of a fine-tuning file and report each bad one; with `context_length`,
+    also each line whose estimated token count does not fit the model."""
     report = FileReport(Path(path))
     with Path(path).open(encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
@@ -92,6 +100,8 @@ def validate_file(path: Path) -> FileReport:
                 report.problems[number] = [f"not valid JSON: {e.msg} at column {e.colno}"]
                 continue
             problems = validate_example(example)
+            if not problems and context_length and (tokens := estimate_tokens(example)) > context_length:
+                problems = [f"about {tokens} tokens, more than the model's context length ({context_length})"]
             if problems:
                 report.problems[number] = problems
             else:

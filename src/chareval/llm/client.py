@@ -51,7 +51,9 @@ def _settings(models: Models, provider: str, default):
     return found or default
 
 
-def build_provider(model: str, models: Models, slots: Callable[[str, int], threading.Semaphore]) -> Provider:
+def build_provider(
+    model: str, models: Models, slots: Callable[[str, int], threading.Semaphore], registry: str | None = None
+) -> Provider:
     """The provider for a provider/model string, wrapped in its fallback when one is configured."""
     from chareval.config import AnthropicProvider, OpenRouterProvider, RemoteProvider
     from chareval.llm import keys
@@ -61,6 +63,12 @@ def build_provider(model: str, models: Models, slots: Callable[[str, int], threa
         from chareval.llm.local import LocalLlamaProvider
 
         built: Provider = LocalLlamaProvider(name, _settings(models, "local", None))
+    elif provider == "local_lora":
+        from chareval.llm.lora_provider import LocalLoraProvider
+
+        if registry is None:
+            raise ConfigError(f"{model} needs the registry of fine-tuned models (paths.registry)")
+        built = LocalLoraProvider(name, registry)
     elif provider == "anthropic":
         from chareval.llm.anthropic_provider import AnthropicMessagesProvider
 
@@ -88,13 +96,14 @@ def build_provider(model: str, models: Models, slots: Callable[[str, int], threa
         from chareval.llm.fallback import FallbackProvider
 
         target = models.fallback[model]
-        return FallbackProvider(built, build_provider(target, models.model_copy(update={"fallback": {}}), slots), target)
+        return FallbackProvider(built, build_provider(target, models.model_copy(update={"fallback": {}}), slots, registry), target)
     return built
 
 
 class LLMClient:
-    def __init__(self, models: Models, cache: DiskCache | None, meter: UsageMeter | None = None):
+    def __init__(self, models: Models, cache: DiskCache | None, meter: UsageMeter | None = None, registry: str | None = None):
         self.models = models
+        self.registry = registry  # the fine-tuned models registry, for local_lora/<name>
         self.cache = cache
         self.meter = meter or UsageMeter()
         self._providers: dict[str, Provider] = {}
@@ -104,7 +113,7 @@ class LLMClient:
     def provider(self, model: str) -> Provider:
         with self._lock:
             if model not in self._providers:
-                self._providers[model] = build_provider(model, self.models, self._slot)
+                self._providers[model] = build_provider(model, self.models, self._slot, self.registry)
             return self._providers[model]
 
     def _slot(self, provider: str, limit: int) -> threading.Semaphore:
@@ -119,7 +128,7 @@ class LLMClient:
         for model in models:
             provider = model.split("/", 1)[0]
             settings = getattr(self.models.providers, provider, None)
-            limits.append(getattr(settings, "max_in_flight", 4) if provider != "local" else 1)
+            limits.append(1 if provider in ("local", "local_lora") else getattr(settings, "max_in_flight", 4))
         return max(limits or [1])
 
     def model_for(self, role: str) -> str:

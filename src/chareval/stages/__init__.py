@@ -6,7 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from chareval.stages import contexts, conversations, evaluate, judge_check, prepare
+from chareval.stages import (
+    contexts,
+    conversations,
+    evaluate,
+    finetune,
+    judge_check,
+    prepare,
+)
 from chareval.stages.base import StageContext, StageResult
 
 
@@ -16,6 +23,7 @@ class InputSpec:
     file_key: str  # config key of a file path
     run_key: str  # config key of an MLflow run id whose artifact is used
     artifact: str  # that artifact's file name
+    unless: str | None = None  # a config key that, when set, makes the input unnecessary
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,9 @@ class Stage:
     judges: bool = False  # it calls the judge models (judge_model= / evaluation.judges)
 
 
+# The stages the closed loop (stage=finetune_loop) runs.
+LOOP_STAGES = ["contexts", "conversations", "prepare", "finetune", "evaluate"]
+
 STAGES: dict[str, Stage] = {
     "contexts": Stage(contexts.run, writes=("contexts.json", "contexts_errors.jsonl"), roles=("contexts",)),
     "conversations": Stage(
@@ -41,6 +52,11 @@ STAGES: dict[str, Stage] = {
         prepare.run,
         InputSpec("conversations", "input_file", "conversations_run", "conversations.jsonl"),
         writes=("finetune.jsonl",),
+    ),
+    "finetune": Stage(
+        finetune.run,
+        InputSpec("finetune", "train_file", "prepare_run", "finetune.jsonl", unless="job_id"),
+        writes=("finetune_job.json", "adapter"),
     ),
     "evaluate": Stage(
         evaluate.run,

@@ -7,12 +7,22 @@ import logging
 from pathlib import Path
 
 from chareval.errors import CharevalError, ModelError
-from chareval.io import append_jsonl, latest_by_id, read_records_json, read_records_jsonl
+from chareval.io import (
+    append_jsonl,
+    latest_by_id,
+    read_records_json,
+    read_records_jsonl,
+)
 from chareval.llm import LLMResponse, derive_seed
 from chareval.schemas import Context, Conversation, Message, Usage
 from chareval.stages.base import StageContext, StageResult, progress
 from chareval.stages.parallel import run_parallel
-from chareval.stages.prompts import assistant_system_prompt, assistant_view, user_system_prompt, user_view
+from chareval.stages.prompts import (
+    assistant_system_prompt,
+    assistant_view,
+    user_system_prompt,
+    user_view,
+)
 
 log = logging.getLogger(__name__)
 

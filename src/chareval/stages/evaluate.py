@@ -11,7 +11,12 @@ from chareval.errors import ModelError
 from chareval.evaluators.base import Evaluator
 from chareval.evaluators.registry import build
 from chareval.evaluators.summary import metrics, summarize
-from chareval.io import append_jsonl, latest_by_id, read_records_jsonl, write_text_atomic
+from chareval.io import (
+    append_jsonl,
+    latest_by_id,
+    read_records_jsonl,
+    write_text_atomic,
+)
 from chareval.llm import ChatMessage, derive_seed
 from chareval.schemas import Conversation, Evaluation
 from chareval.stages.base import StageContext, StageResult, progress

@@ -1,0 +1,90 @@
+"""Fine-tuning on Together AI (the seed's step 4): check the file locally, upload it, create the LoRA
+job on Qwen/Qwen3-32B, and follow it to a terminal state. Retries as for every hosted call."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from chareval.config import RetrySettings, TogetherFinetune
+from chareval.errors import ConfigError, InputError
+from chareval.finetune.data_format import validate_file
+from chareval.llm.keys import api_key, base_url
+from chareval.llm.retry import call_with_retries
+
+log = logging.getLogger(__name__)
+TERMINAL = {"completed", "error", "user_error", "cancelled"}
+
+
+def check_before_upload(path: Path, context_length: int) -> None:
+    """The full local check; every bad line is reported and nothing is uploaded."""
+    report = validate_file(path, context_length=context_length)
+    if not report.ok:
+        raise InputError(
+            f"the fine-tuning file would be rejected:\n{report.describe()}",
+            "fix or drop those lines (stage=prepare writes valid files)",
+        )
+
+
+def status_of(job: Any) -> str:
+    return str(getattr(job.status, "value", job.status))
+
+
+class TogetherFinetuner:
+    def __init__(self, settings: TogetherFinetune, retry: RetrySettings):
+        from together import Together
+
+        self.settings = settings
+        self.retry = retry
+        # The SDK's paths start with /v1; TOGETHER_BASE_URL is the OpenAI-style URL ending in /v1.
+        url = base_url("together", None).rstrip("/").removesuffix("/v1")
+        self.client = Together(api_key=api_key("together"), base_url=url, max_retries=0)
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        return call_with_retries(fn, provider="together", model=self.settings.base_model, settings=self.retry)[0]
+
+    def upload(self, path: Path) -> str:
+        uploaded = self._call(lambda: self.client.files.upload(file=Path(path), purpose="fine-tune", check=True))
+        log.info("uploaded %s as %s", Path(path).name, uploaded.id)
+        return uploaded.id
+
+    def create(self, training_file_id: str, validation_file_id: str | None) -> Any:
+        try:
+            job = self._create(training_file_id, validation_file_id)
+        except ValueError as e:  # the SDK checks the settings against the model's limits
+            raise ConfigError(f"Together refused the fine-tuning settings: {e}", "adjust finetune.* (e.g. batch_size)") from None
+        log.info("created fine-tuning job %s (%s)", job.id, status_of(job))
+        return job
+
+    def _create(self, training_file_id: str, validation_file_id: str | None) -> Any:
+        s = self.settings
+        return self._call(
+            lambda: self.client.fine_tuning.create(
+                training_file=training_file_id,
+                model=s.base_model,
+                n_epochs=s.n_epochs,
+                suffix=s.suffix,
+                lora=s.lora,
+                learning_rate=s.learning_rate,
+                batch_size=s.batch_size,
+                validation_file=validation_file_id or "",
+                n_evals=s.n_evals if validation_file_id else 0,
+                train_on_inputs=s.train_on_inputs,
+            )
+        )
+
+    def follow(self, job_id: str, *, wait: bool, on_update: Callable[[Any, list[str]], None]) -> tuple[Any, list[str]]:
+        """Poll the job (and its events) until a terminal state; with wait=False, look once."""
+        seen: list[str] = []
+        while True:
+            job = self._call(lambda: self.client.fine_tuning.retrieve(job_id))
+            events = self._call(lambda: self.client.fine_tuning.list_events(job_id)).data
+            messages = [f"{e.created_at} {e.type}: {e.message}" for e in events]
+            new, seen = messages[len(seen) :], messages
+            on_update(job, new)
+            if status_of(job) in TERMINAL or not wait:
+                return job, seen
+            time.sleep(self.settings.poll_interval_s)

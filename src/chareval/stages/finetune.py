@@ -1,0 +1,137 @@
+"""stage=finetune: a fine-tuning JSONL -> a fine-tuned model, recorded in MLflow and in the registry
+of fine-tuned models (paths.registry) so that later stages can use it as models.assistant."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from chareval.config import LocalProvider
+from chareval.errors import InputError
+from chareval.finetune.data_format import validate_file
+from chareval.finetune.registry import Registry, file_sha256, job_key, now
+from chareval.io import write_text_atomic
+from chareval.schemas import FineTunedModel
+from chareval.stages.base import StageContext, StageResult
+
+log = logging.getLogger(__name__)
+FAILED = {"error", "user_error", "cancelled"}
+
+
+def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
+    if ctx.settings.finetune.backend == "local_lora":
+        record, metrics = run_local_lora(ctx, inputs["finetune"])
+    else:
+        record, metrics = run_together(ctx, inputs.get("finetune"))
+    ctx.run.set_tags(
+        {f"finetune.{k}": v for k, v in {"backend": record.backend, "base_model": record.base_model, "status": record.status,
+                                          "model": record.model, "job_id": record.job_id, "file_id": record.file_id}.items() if v}
+    )
+    job_file = ctx.run_dir / "finetune_job.json"
+    write_text_atomic(job_file, record.model_dump_json(indent=2) + "\n")
+    outputs = {"finetune_job": job_file}
+    if record.adapter_path:
+        outputs["adapter"] = Path(record.adapter_path)
+    failure = f"fine-tuning job {record.job_id} ended '{record.status}': {record.events[-1] if record.events else ''}" if record.status in FAILED else None
+    summary = f"fine-tuned model {record.model}" if record.model else f"fine-tuning job {record.job_id}: {record.status}"
+    return StageResult(outputs=outputs, metrics=metrics, summary=f"{summary} (registry: {ctx.settings.paths.registry})", failure=failure)
+
+
+def _key_settings(ctx: StageContext) -> dict:
+    """The settings that make a different job (how it is followed does not)."""
+    return ctx.settings.finetune.model_dump(mode="json", exclude={"wait", "poll_interval_s", "device"})
+
+
+def run_local_lora(ctx: StageContext, train_file: Path) -> tuple[FineTunedModel, dict[str, float]]:
+    from chareval.finetune.local_lora import train
+    from chareval.llm.local import resolve_gguf
+
+    s, f = ctx.settings, ctx.settings.finetune
+    report = validate_file(train_file)
+    if not report.ok:
+        raise InputError(f"the fine-tuning file is not valid:\n{report.describe()}", "rerun stage=prepare")
+    registry = Registry(s.paths.registry)
+    sha = file_sha256(train_file)
+    key = job_key(sha, _key_settings(ctx))
+    existing = registry.find(key)
+    if existing and existing.status == "completed" and existing.adapter_path and Path(existing.adapter_path).is_dir():
+        log.info("this file and these settings were trained already: %s", existing.model)
+        return existing, {"train.reused": 1}
+    # A models preset without local settings (e.g. models=seed) still trains the packaged model.
+    local = s.models.providers.local or LocalProvider(models={"smollm2-135m-instruct": None}, n_ctx=8192)
+    gguf = resolve_gguf(f.base_model.split("/", 1)[1], local)
+    name = "-".join(p for p in (s.persona.name, key[:8], f.suffix) if p)
+    result = train(f, gguf, train_file, ctx.run_dir, seed=s.seed, on_step=lambda step, loss: ctx.run.log_metric_at("train.loss", loss, step))
+    record = registry.save(
+        FineTunedModel(
+            key=key, backend="local_lora", base_model=f.base_model, name=name, model=f"local_lora/{name}", status="completed",
+            train_file=str(train_file), train_file_sha256=sha,
+            settings=_key_settings(ctx) | {"base_gguf": str(gguf), "device_used": result.device},
+            adapter_path=str(result.adapter_dir), mlflow_run_id=ctx.run.run_id, created_at=now(), updated_at=now(),
+        )
+    )
+    log.info("loss %.3f -> %.3f over %d steps", result.losses[0], result.losses[-1], len(result.losses))
+    return record, {
+        "train.examples": result.examples,
+        "train.steps": len(result.losses),
+        "train.first_loss": result.losses[0],
+        "train.final_loss": result.losses[-1],
+    }
+
+
+def run_together(ctx: StageContext, train_file: Path | None) -> tuple[FineTunedModel, dict[str, float]]:
+    from chareval.finetune.together_backend import (
+        TogetherFinetuner,
+        check_before_upload,
+        status_of,
+    )
+
+    s, f = ctx.settings, ctx.settings.finetune
+    registry = Registry(s.paths.registry)
+    tuner = TogetherFinetuner(f, s.models.retry)
+    if s.job_id:
+        record = next((r for r in registry.all() if r.job_id == s.job_id), None) or FineTunedModel(
+            key=f"job:{s.job_id}", backend="together", base_model=f.base_model, name=s.job_id, status="unknown",
+            job_id=s.job_id, train_file="(started elsewhere)", train_file_sha256="", settings=_key_settings(ctx),
+            created_at=now(), updated_at=now(),
+        )
+    else:
+        check_before_upload(train_file, f.context_length)
+        if f.validation_file:
+            check_before_upload(Path(f.validation_file), f.context_length)
+        sha = file_sha256(train_file)
+        key = job_key(sha, _key_settings(ctx))
+        record = registry.find(key)
+        if record and record.job_id and record.status not in FAILED:
+            log.info("found the job for this file and these settings: %s (%s)", record.job_id, record.status)
+        else:
+            file_id = tuner.upload(train_file)
+            validation_id = tuner.upload(Path(f.validation_file)) if f.validation_file else None
+            job = tuner.create(file_id, validation_id)
+            record = registry.save(
+                FineTunedModel(
+                    key=key, backend="together", base_model=f.base_model, name=job.id, status=status_of(job),
+                    job_id=job.id, file_id=file_id, train_file=str(train_file), train_file_sha256=sha,
+                    settings=_key_settings(ctx), mlflow_run_id=ctx.run.run_id, created_at=now(), updated_at=now(),
+                )
+            )
+
+    def show(job, new_events: list[str]) -> None:
+        for line in new_events:
+            log.info("  %s", line)
+        progress = getattr(job, "progress", None)
+        eta = f", about {progress.seconds_remaining} s left" if progress and progress.estimate_available else ""
+        log.info("job %s: %s%s", job.id, status_of(job), eta)
+
+    job, events = tuner.follow(record.job_id, wait=f.wait, on_update=show)
+    status = status_of(job)
+    output = getattr(job, "x_model_output_name", None)
+    record = registry.save(
+        record.model_copy(update={
+            "status": status, "events": events, "name": output or record.name,
+            "model": f"together/{output}" if output and status == "completed" else None,
+        })
+    )
+    if not f.wait and status not in FAILED | {"completed"}:
+        log.info("not waiting: follow it later with python src/run.py stage=finetune finetune=together_qwen3_32b job_id=%s", record.job_id)
+    return record, {"finetune.completed": float(status == "completed"), "finetune.events": len(events)}
