@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import hydra
@@ -13,6 +14,13 @@ from chareval.errors import CharevalError
 
 register_resolvers()  # before Hydra composes: conf/ uses ${project_root:}
 log = logging.getLogger("chareval")
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt  # a kill (SIGTERM) stops as cleanly as Ctrl-C: finished work is kept
+
+
+signal.signal(signal.SIGTERM, _stop)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -90,9 +90,8 @@ def test_the_fine_tuned_model_serves_as_the_assistant(finetuned, make_job, workd
 def test_an_unknown_fine_tuned_model_is_a_clear_error(make_job):
     from chareval.errors import ConfigError
 
-    job = make_job("conversations", "models.assistant=local_lora/nope", f"context_file={DATA / 'contexts.json'}", "turns=1")
-    with pytest.raises(ConfigError, match="no fine-tuned model named 'nope'"):
-        job.run()
+    with pytest.raises(ConfigError, match="no fine-tuned model named 'nope'"):  # before any work
+        make_job("conversations", "models.assistant=local_lora/nope", f"context_file={DATA / 'contexts.json'}", "turns=1")
 
 
 def test_closed_loop_logs_before_after_and_deltas(make_job, workdir):

@@ -128,6 +128,12 @@ def test_a_corrupt_cache_entry_is_a_miss(models, tmp_path):
     assert not again.cached and again.text
 
 
+def test_an_unknown_model_stops_the_job_before_any_work(make_job, workdir):
+    with pytest.raises(ConfigError, match="unknown local model 'nope'"):
+        make_job("conversations", "models.user=local/nope", "context_file=unused.json")
+    assert not (workdir / "outputs").exists()
+
+
 def test_unknown_alias_and_missing_file_are_config_errors(models):
     with pytest.raises(ConfigError, match="unknown local model 'nope'.*smollm2-135m-instruct"):
         resolve_gguf("nope", models.providers.local)

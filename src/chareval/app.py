@@ -60,14 +60,15 @@ class Job:
         needs = {f"models.{role}": getattr(s.models, role) for name in stages for role in STAGES[name].roles}
         if any(STAGES[name].judges for name in stages):
             needs |= {f"judge {judge}": judge for judge in s.judges()}
-        if "finetune" in stages and s.finetune.backend == "together":
-            needs["finetune=together_qwen3_32b"] = "together/" + s.finetune.base_model
-        require_keys(s.models, needs)
+        fine_tuning = {"finetune=together_qwen3_32b": "together/" + s.finetune.base_model}
+        require_keys(s.models, needs | (fine_tuning if "finetune" in stages and s.finetune.backend == "together" else {}))
+        cache = DiskCache(Path(s.paths.cache) / "llm") if s.cache else None
+        self.client = LLMClient(s.models, cache, registry=s.paths.registry)
+        for model in needs.values():
+            self.client.provider(model)  # an unknown model, GGUF or fine-tuned name fails now, before any work
         self.tracking_uri = resolve_uri(s.tracking.uri, s.paths.root)
         if s.tracking.enabled:
             use_store(self.tracking_uri, s.tracking.experiment)
-        cache = DiskCache(Path(s.paths.cache) / "llm") if s.cache else None
-        self.client = LLMClient(s.models, cache, registry=s.paths.registry)
         self.params = flatten_params(redact(s.model_dump(mode="json")))
         self.commit = git_commit(s.paths.root)
         self.summaries: list[str] = []

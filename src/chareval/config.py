@@ -359,8 +359,10 @@ def format_validation_error(err: ValidationError, raw: dict) -> str:
             lines.append(f"  {key}: unknown key" + (f" (allowed here: {', '.join(allowed)})" if allowed else ""))
         elif e["type"] == "missing":
             lines.append(f"  {key}: missing")
+        elif isinstance(e.get("input"), (dict, list)):  # a whole group: its message names the key
+            lines.append(f"  {key}: {e['msg'].removeprefix('Value error, ')}")
         else:
-            lines.append(f"  {key}={e.get('input')!r}: {e['msg']}")
+            lines.append(f"  {key}={e.get('input')!r}: {e['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 

@@ -23,11 +23,17 @@ def run_parallel(
 ) -> None:
     pool = ThreadPoolExecutor(max_workers=max(1, workers))
     futures = [pool.submit(work, *item) for item in items]
+    handled = set()
     try:
         with tqdm(total=len(futures), desc=desc, unit="item", dynamic_ncols=True) as bar:
             for future in as_completed(futures):
+                handled.add(future)
                 on_result(future.result())
                 bar.update(1)
                 bar.set_postfix(postfix())
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # on a failure or Ctrl-C: start nothing new
+        # On a failure or Ctrl-C: start nothing new, let running items finish, and keep their results.
+        pool.shutdown(wait=True, cancel_futures=True)
+        for future in futures:
+            if future not in handled and future.done() and not future.cancelled() and future.exception() is None:
+                on_result(future.result())
