@@ -43,6 +43,11 @@ class LocalProvider(Strict):
     chat_format: str | None = None
     repeat_penalty: float = Field(default=1.0, ge=1.0, le=2.0)
 
+    @classmethod
+    def packaged(cls) -> LocalProvider:
+        """Settings for the packaged SmolLM2 GGUF, for presets that configure no local model."""
+        return cls(models={"smollm2-135m-instruct": None}, n_ctx=8192, repeat_penalty=1.15)
+
 
 class RemoteProvider(Strict):
     # null = the provider's <NAME>_BASE_URL environment variable, else its public endpoint.

@@ -58,7 +58,7 @@ def run_local_lora(ctx: StageContext, train_file: Path) -> tuple[FineTunedModel,
         log.info("this file and these settings were trained already: %s", existing.model)
         return existing, {"train.reused": 1}
     # A models preset without local settings (e.g. models=seed) still trains the packaged model.
-    local = s.models.providers.local or LocalProvider(models={"smollm2-135m-instruct": None}, n_ctx=8192)
+    local = s.models.providers.local or LocalProvider.packaged()
     gguf = resolve_gguf(f.base_model.split("/", 1)[1], local)
     name = "-".join(p for p in (s.persona.name, key[:8], f.suffix) if p)
     result = train(f, gguf, train_file, ctx.run_dir, seed=s.seed, on_step=lambda step, loss: ctx.run.log_metric_at("train.loss", loss, step))
