@@ -78,23 +78,29 @@ def read_records_jsonl(path: Path, model: type[R], *, tolerate_torn_tail: bool =
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path} does not exist", "check the path (it is relative to the current directory)")
-    raw = path.read_bytes()
-    lines = raw.split(b"\n")
+    lines = path.read_bytes().split(b"\n")
+    last_filled = max((n for n, line in enumerate(lines, start=1) if line.strip()), default=0)
     records: list[R] = []
     offset = 0
     for number, line in enumerate(lines, start=1):
-        is_last = number == len(lines)
         if line.strip():
             try:
                 records.append(model.model_validate_json(line))
             except ValidationError as e:
-                if tolerate_torn_tail and (is_last or number == len(lines) - 1 and not lines[-1]):
+                if tolerate_torn_tail and number == last_filled:
                     with path.open("r+b") as f:
                         f.truncate(offset)
                     break
                 raise InputError(f"{path}:{number} is not a valid {model.__name__} record: {_describe(e)}") from None
         offset += len(line) + 1
     return records
+
+
+def finished_ids(path: Path, model: type[R]) -> set[str]:
+    """Ids of the items already done without error in a JSONL output (a rerun resumes after them)."""
+    if not Path(path).exists():
+        return set()
+    return {r.id for r in latest_by_id(read_records_jsonl(path, model, tolerate_torn_tail=True)) if r.error is None}
 
 
 def latest_by_id(records: list[R]) -> list[R]:

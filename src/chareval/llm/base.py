@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from chareval.schemas import Usage
 
+# Sampling temperature of the local engines when a role sets none.
+DEFAULT_TEMPERATURE = 0.7
+
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -14,12 +14,11 @@ from typing import Any
 
 from chareval.config import LocalProvider as LocalSettings
 from chareval.errors import ConfigError, ModelError
-from chareval.llm.base import LLMRequest, LLMResponse
+from chareval.llm.base import DEFAULT_TEMPERATURE, LLMRequest, LLMResponse
 from chareval.schemas import Usage
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TEMPERATURE = 0.7
 # One llama.cpp context serves one call at a time.
 _LOCK = threading.Lock()
 

@@ -9,11 +9,10 @@ import time
 from typing import Any
 
 from chareval.finetune.registry import Registry
-from chareval.llm.base import LLMRequest, LLMResponse
+from chareval.llm.base import DEFAULT_TEMPERATURE, LLMRequest, LLMResponse
 from chareval.schemas import Usage
 
 _LOCK = threading.Lock()
-DEFAULT_TEMPERATURE = 0.7
 
 
 @functools.cache

@@ -9,6 +9,7 @@ from pathlib import Path
 from chareval.errors import CharevalError, ModelError
 from chareval.io import (
     append_jsonl,
+    finished_ids,
     latest_by_id,
     read_records_json,
     read_records_jsonl,
@@ -94,9 +95,9 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         raise CharevalError(f"{inputs['contexts']} holds no contexts", "generate some with stage=contexts")
     out = ctx.run_dir / "conversations.jsonl"
     # Resume: finished conversations already in this run folder are kept; errored ones are retried.
-    existing = latest_by_id(read_records_jsonl(out, Conversation, tolerate_torn_tail=True)) if out.exists() else []
-    done = {c.id for c in existing if c.error is None}
-    work = [(cid, c) for cid, c in plan(contexts, s.num_conversations) if cid not in done]
+    done = finished_ids(out, Conversation)
+    planned = plan(contexts, s.num_conversations)
+    work = [(cid, c) for cid, c in planned if cid not in done]
     if done:
         log.info("resuming: %d conversations already in %s", len(done), out)
     # Conversations run side by side up to the providers' in-flight limits; the turns of one
@@ -117,7 +118,7 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         postfix=lambda: progress(ctx, len(failed)),
     )
     final = latest_by_id(read_records_jsonl(out, Conversation))
-    wanted = {cid for cid, _ in plan(contexts, s.num_conversations)}
+    wanted = {cid for cid, _ in planned}
     final = [c for c in final if c.id in wanted]
     n_errors = sum(1 for c in final if c.error)
     return StageResult(

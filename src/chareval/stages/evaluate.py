@@ -13,6 +13,7 @@ from chareval.evaluators.registry import build
 from chareval.evaluators.summary import metrics, summarize
 from chareval.io import (
     append_jsonl,
+    finished_ids,
     latest_by_id,
     read_records_jsonl,
     write_text_atomic,
@@ -58,9 +59,7 @@ def judge_all(
     """Judge every item not already valid in `out` (a rerun resumes), appending as each finishes;
     returns the latest record of every item."""
     judges, samples = ctx.settings.judges(), ctx.settings.evaluation.judge_samples
-    done = set()
-    if out.exists():
-        done = {r.id for r in latest_by_id(read_records_jsonl(out, Evaluation, tolerate_torn_tail=True)) if r.error is None}
+    done = finished_ids(out, Evaluation)
     wanted = [
         (conv, ev, judge, k)
         for conv in conversations
