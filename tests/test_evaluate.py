@@ -15,8 +15,8 @@ from chareval.config import validate_config
 from chareval.errors import CharevalError, ConfigError
 from chareval.evaluators import stats
 from chareval.evaluators.summary import summarize
-from chareval.io import read_records_jsonl
-from chareval.schemas import Evaluation
+from chareval.io import append_jsonl, file_sha256, read_records_jsonl
+from chareval.schemas import Evaluation, JudgeCase
 
 CONVERSATIONS = DATA / "conversations.jsonl"
 
@@ -181,3 +181,24 @@ def test_judge_check_reports_accuracy_on_the_labelled_set(make_job):
     tally = report["boundary_holding"]["local/smollm2-135m-instruct"]
     assert tally["n"] == 6 and 0 <= tally["correct"] <= 6 and tally["accuracy"] == tally["correct"] / 6
     assert "boundary_holding" in job.summaries[0]
+
+
+def test_judge_check_takes_the_latest_label_and_judges_only_labelled_evaluators(make_job, workdir):
+    """A labels file as the dashboard's Review page writes it: appended, relabelled, partial."""
+    first = read_records_jsonl(DATA / "judge_validation.jsonl", JudgeCase)[0]
+    labels = workdir / "labels.jsonl"
+    for expected in ({"grounding": True}, {"boundary_holding": not first.expected["boundary_holding"]}, {"boundary_holding": True}):
+        append_jsonl(labels, first.model_copy(update={"expected": expected}))
+    job = make_job("judge_check", f"judge_check.dataset={labels}", "evaluation.evaluators=[boundary_holding,professionalism]",
+                   run_dir=workdir / "check")
+    outputs = job.run()
+    records = read_records_jsonl(outputs["evaluations"], Evaluation)
+    assert [(r.conversation_id, r.evaluator) for r in records] == [(first.conversation.id, "boundary_holding")]
+    tally = json.loads(outputs["judge_check"].read_text())["accuracy"]["boundary_holding"]["local/smollm2-135m-instruct"]
+    assert tally["n"] == 1 and tally["correct"] == int(records[0].passed is True)  # against the latest label: pass
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    (run,) = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("chareval").experiment_id])
+    assert run.data.tags["judge_check.dataset_sha256"] == file_sha256(labels)
+    assert run.data.tags["judge_check.dataset_path"] == str(labels.resolve())
+    with pytest.raises(CharevalError, match="has no label for any of the evaluators professionalism"):
+        make_job("judge_check", f"judge_check.dataset={labels}", "evaluation.evaluators=[professionalism]").run()

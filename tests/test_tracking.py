@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 from conftest import DATA, FIRST_STAGES, TINY, run_cli
 from mlflow import MlflowClient
 
+from chareval.io import file_sha256
 from chareval.tracking import flatten_params, redact
 
 
@@ -51,6 +53,13 @@ def test_pipeline_is_a_parent_with_one_child_per_stage(make_job, workdir):
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.info.status == "FINISHED"
     assert parent.data.metrics["model.calls"] == runs["contexts"][0].data.metrics["model.calls"] + 1
+    # Each stage tags the hash of what it read and of what it wrote: runs link up by content.
+    tags = {stage: runs[stage][0].data.tags for stage in ("contexts", "conversations", "prepare")}
+    run_dir = Path(tags["conversations"]["chareval.run_dir"])
+    assert tags["conversations"]["chareval.sha256.conversations"] == file_sha256(run_dir / "conversations.jsonl")
+    assert tags["prepare"]["chareval.input_sha256"] == tags["conversations"]["chareval.sha256.conversations"]
+    assert tags["conversations"]["chareval.input_sha256"] == tags["contexts"]["chareval.sha256.contexts"]
+    assert "chareval.sweep" not in tags["prepare"]
 
 
 def test_next_stage_reads_its_input_from_an_mlflow_run(make_job, workdir):
@@ -88,5 +97,6 @@ def test_cli_multirun_is_one_sweep_parent_with_a_child_per_job(tmp_path):
     children = runs["conversations"]
     assert sorted(c.data.params["turns"] for c in children) == ["1", "2"]
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {sweep.info.run_id}
+    assert {c.data.tags["chareval.sweep"] for c in children} == {sweep.info.run_id}
     assert sweep.info.status == "FINISHED"
     assert len(list((tmp_path / "outputs" / "sweeps").glob("*/*/*/conversations.jsonl"))) == 2

@@ -15,17 +15,20 @@ from omegaconf import DictConfig
 
 from chareval.config import AppConfig, validate_config
 from chareval.errors import CharevalError, ConfigError, InputError
-from chareval.io import write_text_atomic
+from chareval.io import file_sha256, write_text_atomic
 from chareval.llm import DiskCache, LLMClient, UsageMeter
 from chareval.llm.keys import load_env_file, require_keys
 from chareval.schemas import Usage
 from chareval.stages import LOOP_STAGES, STAGES, InputSpec
 from chareval.stages.base import StageContext, StageResult
 from chareval.tracking import (
+    INPUT_SHA_TAG,
     SWEEP_RUN_ENV,
+    SWEEP_TAG,
     StageRun,
     flatten_params,
     git_commit,
+    output_sha_tag,
     redact,
     resolve_uri,
     resolved_yaml,
@@ -90,6 +93,8 @@ class Job:
     def _tags(self, stage: str) -> dict[str, str]:
         tags = {f"choice.{k}": v for k, v in self.choices.items()}
         tags.update({"chareval.stage": stage, "chareval.run_dir": str(self.run_dir), "git.commit": self.commit})
+        if self.parent_run_id:  # every run of a sweep job, nested or not, finds its sweep in one query
+            tags[SWEEP_TAG] = self.parent_run_id
         return tags
 
     def run(self) -> dict[str, Path]:
@@ -157,6 +162,8 @@ class Job:
             if needs and not (needs.unless and getattr(self.settings, needs.unless)):
                 inputs[needs.name] = previous.get(needs.name) or self._resolve_input(stage, needs)
                 run.log_artifact(inputs[needs.name], artifact_path="inputs")
+                if run.run_id:
+                    run.set_tags({INPUT_SHA_TAG: file_sha256(inputs[needs.name])})
             result: StageResult | None = None
             try:
                 result = spec.run(StageContext(settings, run_dir, client, run), inputs)
@@ -174,9 +181,13 @@ class Job:
         return result.outputs
 
     def _log_outputs(self, run: StageRun, stage: str, result: StageResult | None, run_dir: Path) -> None:
-        paths = list(result.outputs.values()) if result else [run_dir / n for n in STAGES[stage].writes]
-        for path in paths:
+        """Each output as an artifact, and each output file's hash as a tag: a later stage tags the hash
+        of its input, so runs link up by content (a file path, a run id or a pipeline alike)."""
+        outputs = result.outputs if result else {Path(n).stem: run_dir / n for n in STAGES[stage].writes}
+        for name, path in outputs.items():
             run.log_artifact(path)
+            if run.run_id and path.is_file():
+                run.set_tags({output_sha_tag(name): file_sha256(path)})
 
     def _resolve_input(self, stage: str, spec: InputSpec) -> Path:
         s = self.settings

@@ -20,6 +20,15 @@ from chareval.errors import CharevalError
 log = logging.getLogger(__name__)
 
 SWEEP_RUN_ENV = "CHAREVAL_SWEEP_RUN_ID"
+SWEEP_TAG = "chareval.sweep"  # the sweep's parent run id, on every run of its jobs
+INPUT_SHA_TAG = "chareval.input_sha256"  # the hash of the file a stage read (see app.Job._log_outputs)
+
+
+def output_sha_tag(name: str) -> str:
+    """The tag holding the hash of a stage's output file `name` (e.g. conversations)."""
+    return f"chareval.sha256.{name}"
+
+
 # Param values longer than this are logged as a hash (the full text is in the config artifact):
 # enough to see in the MLflow UI that a prompt changed between runs.
 MAX_PARAM_CHARS = 250

@@ -56,3 +56,13 @@ def cohen_kappa(a: Sequence[bool], b: Sequence[bool]) -> float | None:
 
 def mean_abs_diff(a: Sequence[float], b: Sequence[float]) -> float | None:
     return sum(abs(x - y) for x, y in zip(a, b)) / len(a) if a else None
+
+
+def wilson95(rate: float | None, n: int) -> tuple[float | None, float | None]:
+    """95% Wilson score interval of a proportion (pass rates: sound at 0%, 100% and small n)."""
+    if rate is None or n <= 0:
+        return None, None
+    z = 1.96
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +19,7 @@ _lock = threading.Lock()
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def job_key(train_sha: str, settings: dict[str, Any]) -> str:

@@ -9,8 +9,8 @@ from pathlib import Path
 from chareval.config import LocalProvider
 from chareval.errors import InputError
 from chareval.finetune.data_format import validate_file
-from chareval.finetune.registry import Registry, file_sha256, job_key, now
-from chareval.io import write_text_atomic
+from chareval.finetune.registry import Registry, job_key, now
+from chareval.io import file_sha256, write_text_atomic
 from chareval.schemas import FineTunedModel
 from chareval.stages.base import StageContext, StageResult
 
