@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.chareval-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup run test judge-check mlflow-ui clean
+.PHONY: setup browser run test judge-check mlflow-ui dashboard clean
 
 # Re-install only when the dependency list changes. llama-cpp-python builds from
 # source (about 4 minutes on 2 cores) the first time; pip caches the wheel after that.
@@ -19,7 +19,18 @@ setup: $(STAMP)
 run: setup
 	$(PY) src/run.py
 
-test: setup
+# The dashboard's end-to-end test drives a real headless Chromium. Debian's packages need root;
+# elsewhere the test is skipped and says why.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium + chromium-driver (apt-get) for the dashboard's browser test"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+		|| echo "could not install chromium: the dashboard's browser test will be skipped"; \
+	else echo "chromium/chromedriver missing and no root to install them: the dashboard's browser test will be skipped"; fi
+
+test: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # How well does the configured judge agree with the hand-labelled set? (ARGS="models=seed" etc.)
@@ -28,6 +39,10 @@ judge-check: setup
 
 mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --default-artifact-root $(CURDIR)/mlruns/artifacts
+
+# Transcripts, verdicts and comparisons in the browser (ARGS="tracking.uri=http://..." etc.).
+dashboard: setup
+	$(VENV)/bin/streamlit run dashboard/app.py $(if $(ARGS),-- $(ARGS))
 
 clean:
 	rm -rf outputs mlruns

@@ -81,3 +81,17 @@ def run_cli(*args: str, cwd: Path = PROJECT_ROOT, env: dict | None = None, timeo
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+@pytest.fixture(scope="session")
+def dashboard_store(tmp_path_factory):
+    """The real store the dashboard's tests read (see tests/dashboard_store.py); built once a session,
+    or kept in CHAREVAL_TEST_STORE (a folder) between sessions while working on the dashboard."""
+    from dashboard_store import build, load, save
+
+    kept = os.environ.get("CHAREVAL_TEST_STORE")
+    if kept and (Path(kept) / "store.json").is_file():
+        return load(Path(kept))
+    store = build(Path(kept) if kept else tmp_path_factory.mktemp("dashboard_store"))
+    save(store)
+    return store

@@ -19,6 +19,9 @@ def test_conversations_command_from_the_readme(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 conversations (0 with errors)" in result.stdout and "mlflow ui" in result.stdout
+    # The dashboard's command, pointed at this run's store and registry.
+    assert (f"streamlit run dashboard/app.py -- tracking.uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'} "
+            f"paths.registry={tmp_path / 'outputs' / 'registry' / 'finetuned_models.jsonl'}") in result.stdout
     (out,) = (tmp_path / "outputs" / "runs").glob("*/*_conversations/conversations.jsonl")
     conversations = read_records_jsonl(out, Conversation)
     assert [len(c.messages) for c in conversations] == [3, 3]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from chareval.tracking import default_uri
+
 if TYPE_CHECKING:
     from chareval.app import Job
 
@@ -22,4 +24,18 @@ def print_report(job: Job, outputs: dict[str, Path]) -> None:
                 f"  open it: .venv/bin/mlflow ui --backend-store-uri {job.tracking_uri} "
                 f"--default-artifact-root {root / 'mlruns' / 'artifacts'}   (or: make mlflow-ui)"
             )
+        lines.append(f"  read transcripts and verdicts: {dashboard_command(job)}")
     print("\n".join(lines))
+
+
+def dashboard_command(job: Job) -> str:
+    """The dashboard on this run's store and registry (overrides only where they differ from the defaults)."""
+    s = job.settings
+    overrides = []
+    if job.tracking_uri != default_uri(s.paths.root):
+        overrides.append(f"tracking.uri={job.tracking_uri}")
+    if Path(s.paths.registry) != Path(s.paths.root) / "outputs" / "registry" / "finetuned_models.jsonl":
+        overrides.append(f"paths.registry={s.paths.registry}")
+    if overrides:
+        return ".venv/bin/streamlit run dashboard/app.py -- " + " ".join(overrides)
+    return ".venv/bin/streamlit run dashboard/app.py   (or: make dashboard)"

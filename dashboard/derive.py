@@ -1,0 +1,211 @@
+"""Tables the pages show, derived from the records the runs wrote (no Streamlit here, so they are
+tested directly). Reshaping only: scores, verdicts and statistics come from the runs' own files."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from chareval.evaluators.stats import mean, wilson95
+from chareval.schemas import Context, Conversation, Evaluation
+from chareval.stages.loop import before_after
+
+
+def valid(evaluations: list[Evaluation]) -> list[Evaluation]:
+    return [e for e in evaluations if e.error is None]
+
+
+def by_conversation(evaluations: list[Evaluation]) -> dict[str, list[Evaluation]]:
+    grouped: dict[str, list[Evaluation]] = defaultdict(list)
+    for e in evaluations:
+        grouped[e.conversation_id].append(e)
+    return grouped
+
+
+def conversation_rows(
+    conversations: list[Conversation], evaluations: list[Evaluation], contexts: dict[str, Context]
+) -> list[dict[str, Any]]:
+    """One row per conversation for the list: what it is, how it ended, how it was judged."""
+    judged = by_conversation(evaluations)
+    rows = []
+    for c in conversations:
+        verdicts = valid(judged.get(c.id, []))
+        failed = sorted({e.evaluator for e in verdicts if e.passed is False})
+        context = contexts.get(c.context_id)
+        rows.append({
+            "conversation": c.id,
+            "context": c.context_id,
+            "title": context.title if context else "",
+            "messages": len(c.messages),
+            "error": c.error or "",
+            "mean score": mean([e.score for e in verdicts]),
+            "failed evaluators": ", ".join(failed),
+            "judgment errors": sum(1 for e in judged.get(c.id, []) if e.error),
+        })
+    return rows
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A judgment pointing at one turn: cited as evidence, or the turn where the character slipped."""
+
+    kind: str  # "evidence" | "slip"
+    evaluator: str
+    judge: str
+    sample: int
+    passed: bool | None
+    score: int | None
+
+    def text(self) -> str:
+        verdict = "pass" if self.passed else "fail"
+        if self.kind == "slip":
+            return f"slip here: {self.evaluator} ({self.judge}, sample {self.sample}) - first turn where it broke"
+        return f"evidence for {self.evaluator}: {verdict} {self.score}/10 ({self.judge}, sample {self.sample})"
+
+
+def marks(evaluations: list[Evaluation]) -> dict[int, list[Mark]]:
+    """Turn -> the verdicts that cite it (evidence_turns) or put the slip there (details.slip_turn)."""
+    out: dict[int, list[Mark]] = defaultdict(list)
+    for e in valid(evaluations):
+        slip = e.details.get("slip_turn")
+        if isinstance(slip, int):
+            out[slip].append(Mark("slip", e.evaluator, e.judge_model, e.sample, e.passed, e.score))
+        for turn in e.evidence_turns:
+            out[turn].append(Mark("evidence", e.evaluator, e.judge_model, e.sample, e.passed, e.score))
+    return dict(out)
+
+
+def judgment_rows(evaluations: list[Evaluation]) -> list[dict[str, Any]]:
+    return [
+        {
+            "evaluator": e.evaluator,
+            "judge": e.judge_model,
+            "answered by": e.answered_model or "",
+            "sample": e.sample,
+            "score": e.score,
+            "passed": e.passed,
+            "evidence turns": ", ".join(map(str, e.evidence_turns)),
+            "slip turn": e.details.get("slip_turn"),
+            "error": e.error or "",
+        }
+        for e in sorted(evaluations, key=lambda e: (e.evaluator, e.judge_model, e.sample))
+    ]
+
+
+def disagreements(evaluations: list[Evaluation]) -> list[dict[str, Any]]:
+    """Conversation x evaluator where judges, or one judge's samples, gave different verdicts."""
+    groups: dict[tuple[str, str], list[Evaluation]] = defaultdict(list)
+    for e in valid(evaluations):
+        groups[(e.conversation_id, e.evaluator)].append(e)
+    rows = []
+    for (conversation, evaluator), group in sorted(groups.items()):
+        if len({e.passed for e in group}) > 1:
+            group.sort(key=lambda e: (e.judge_model, e.sample))
+            rows.append({
+                "conversation": conversation,
+                "evaluator": evaluator,
+                "passes": sum(bool(e.passed) for e in group),
+                "fails": sum(not e.passed for e in group),
+                "verdicts": "; ".join(f"{e.judge_model} #{e.sample}: {'pass' if e.passed else 'fail'} {e.score}" for e in group),
+            })
+    return rows
+
+
+def error_rows(evaluations: list[Evaluation]) -> list[dict[str, Any]]:
+    return [
+        {"id": e.id, "conversation": e.conversation_id, "evaluator": e.evaluator, "judge": e.judge_model,
+         "sample": e.sample, "error": e.error}
+        for e in evaluations if e.error
+    ]
+
+
+def score_rows(evaluations: list[Evaluation]) -> list[dict[str, Any]]:
+    return [{"evaluator": e.evaluator, "score": e.score, "verdict": "pass" if e.passed else "fail"} for e in valid(evaluations)]
+
+
+def summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """summary.json per evaluator, as the evaluate stage wrote it."""
+    rows = []
+    for name, entry in summary.get("evaluators", {}).items():
+        rows.append({
+            "evaluator": name,
+            "mean": entry.get("mean"),
+            "ci_low": entry.get("ci_low"),
+            "ci_high": entry.get("ci_high"),
+            "pass_rate": entry.get("pass_rate"),
+            "n": entry.get("n"),
+            "conversations": entry.get("n_items"),
+            "errors": entry.get("n_errors"),
+            "sample_spread": entry.get("sample_spread"),
+        })
+    return rows
+
+
+def agreement_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {"evaluator": name, "judges": pair, **figures}
+        for name, entry in summary.get("evaluators", {}).items()
+        for pair, figures in entry.get("agreement", {}).items()
+    ]
+
+
+# Dimensions a comparison can be plotted against: label -> how a run says it.
+DIMENSIONS = {
+    "persona": lambda r: r.choice("persona"),
+    "user persona": lambda r: r.choice("user_persona"),
+    "turns": lambda r: r.param("turns"),
+    "models": lambda r: r.choice("models"),
+    "assistant model": lambda r: r.param("models.assistant"),
+    "user model": lambda r: r.param("models.user"),
+    "judge": lambda r: ", ".join(r.judges()),
+    "step": lambda r: r.step,
+}
+
+
+def compare_rows(runs: list) -> list[dict[str, Any]]:
+    """Evaluate runs (RunView) x evaluator: each run's logged judge metrics, with its choices. The score
+    CI is the stage's own (t over conversations); the pass-rate interval is Wilson's, from pass_rate and n."""
+    rows = []
+    for r in runs:
+        names = sorted({k.split(".")[1] for k in r.metrics if k.startswith("judge.") and k.endswith(".mean")})
+        for name in names:
+            m = {key: r.metrics.get(f"judge.{name}.{key}") for key in ("mean", "ci_low", "ci_high", "pass_rate", "n", "n_errors")}
+            low, high = wilson95(m["pass_rate"], int(m["n"] or 0))
+            rows.append({
+                "run": r.run_id, "run name": r.name, **{d: f(r) or "" for d, f in DIMENSIONS.items()},
+                "evaluator": name, "mean": m["mean"], "ci_low": m["ci_low"], "ci_high": m["ci_high"],
+                "pass_rate": m["pass_rate"], "pass_low": low, "pass_high": high,
+                "n": m["n"], "errors": m["n_errors"], "cost_usd": r.metrics.get("cost_usd"),
+            })
+    return rows
+
+
+def pair_conversations(a: list[Conversation], b: list[Conversation]) -> list[tuple[str, Conversation | None, Conversation | None]]:
+    """Conversations of two runs on the same contexts, paired by context (the k-th of a context with
+    the k-th of the same context in the other run), in the first run's order."""
+    def keyed(conversations: list[Conversation]) -> dict[tuple[str, int], Conversation]:
+        seen: dict[str, int] = defaultdict(int)
+        out = {}
+        for c in conversations:
+            out[(c.context_id, seen[c.context_id])] = c
+            seen[c.context_id] += 1
+        return out
+
+    ka, kb = keyed(a), keyed(b)
+    order = list(ka) + [k for k in kb if k not in ka]
+    return [(context, ka.get((context, i)), kb.get((context, i))) for context, i in order]
+
+
+def delta_rows(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per evaluator: A, B and B - A for the mean score and pass rate (the closed loop's own figures)."""
+    metrics = before_after(before, after)
+    rows = []
+    for name in before.get("evaluators", {}):
+        row: dict[str, Any] = {"evaluator": name}
+        for key in ("mean", "pass_rate"):
+            row[f"A {key}"] = metrics.get(f"before.judge.{name}.{key}")
+            row[f"B {key}"] = metrics.get(f"after.judge.{name}.{key}")
+            row[f"delta {key}"] = metrics.get(f"delta.judge.{name}.{key}")
+        rows.append(row)
+    return rows
