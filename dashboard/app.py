@@ -19,6 +19,12 @@ from chareval.errors import CharevalError
 from dashboard import data, settings
 from dashboard.components import PAGES, escape
 
+# A tracking server that is down should say so in seconds, not after MLflow's minutes of retries;
+# artifact downloads need no progress bars in the server's log.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 st.set_page_config(page_title="chareval", page_icon=":material/theater_comedy:", layout="wide")
 
 
