@@ -138,7 +138,7 @@ def main() -> None:
     first = timed(runs)  # includes opening the store (MLflow checks its schema once per process)
     st.cache_data.clear()  # as the Refresh button does
     runs_cold, runs_warm = timed(runs), timed(runs)
-    shown = len(next(d for d in runs.dataframe if d.key == "runs.table").value)
+    shown = len(next(d for d in runs.dataframe if d.key and d.key.startswith("runs.table.")).value)
     transcript = AppTest.from_file(app, default_timeout=300)
     timed(transcript)
     transcript.switch_page("app_pages/conversations.py")

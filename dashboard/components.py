@@ -7,6 +7,7 @@ strings only, with any model id escaped by `escape`)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import streamlit as st
@@ -35,6 +36,12 @@ def uri() -> str:
 def escape(text: str) -> str:
     """Backslash-escape every ASCII punctuation character, so that markdown shows `text` literally."""
     return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", text)
+
+
+def table_key(name: str, ids: list[str]) -> str:
+    """A selectable table's key, new whenever its rows are: a selection belongs to the rows it was made
+    on (Streamlit keeps it by key, so row 3 of one page would otherwise select row 3 of the next)."""
+    return f"{name}.{hashlib.sha1(chr(0).join(ids).encode()).hexdigest()[:10]}"
 
 
 def empty(message: str, command: str) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -42,9 +43,14 @@ def artifact_records(store, run_id: str, path: str, model):
     return read_records_jsonl(local, model)
 
 
-def table(at: AppTest, key: str):
-    """A selectable table, by its key."""
-    return next(d for d in at.dataframe if d.key == key).value
+def keyed(at: AppTest, name: str):
+    """A selectable table, by its name (its key is the name and a digest of its rows)."""
+    (found,) = [d for d in at.dataframe if d.key and d.key.startswith(f"{name}.")]
+    return found
+
+
+def table(at: AppTest, name: str):
+    return keyed(at, name).value
 
 
 def frame(at: AppTest, column: str):
@@ -53,8 +59,8 @@ def frame(at: AppTest, column: str):
     return found
 
 
-def select_row(at: AppTest, key: str, row: int) -> AppTest:
-    at.session_state[key] = {"selection": {"rows": [row], "columns": [], "cells": []}}
+def select_row(at: AppTest, name: str, row: int) -> AppTest:
+    at.session_state[keyed(at, name).key] = {"selection": {"rows": [row], "columns": [], "cells": []}}
     return at.run()
 
 
@@ -91,7 +97,7 @@ def test_runs_filters_narrow_the_list(app, dashboard_store):
     offered = at.selectbox(key="runs.turns").options  # the choices are the values of the runs found
     at.selectbox(key="runs.stage").set_value("contexts").run()  # only the pipeline made contexts, with turns=3
     assert offered == ["1"]
-    assert not [d for d in at.dataframe if d.key == "runs.table"]
+    assert not [d for d in at.dataframe if d.key and d.key.startswith("runs.table.")]
     assert "No run matches" in at.info[0].value
 
 
@@ -148,8 +154,8 @@ def test_the_verdicts_of_another_evaluate_run_can_be_chosen(app, dashboard_store
 def test_evaluations_show_statistics_agreement_disagreements_and_errors(app, dashboard_store):
     store = dashboard_store
     at = app("evaluations", run=store.hosted_evaluate)
-    summary = json.loads(open(mlflow.artifacts.download_artifacts(
-        run_id=store.hosted_evaluate, artifact_path="summary.json", tracking_uri=store.uri)).read())
+    summary = json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=store.hosted_evaluate, artifact_path="summary.json", tracking_uri=store.uri)).read_text())
     per_evaluator, agreement = frame(at, "sample_spread"), frame(at, "kappa")
     entry = summary["evaluators"]["boundary_holding"]
     assert per_evaluator.iloc[0]["n"] == entry["n"] == 3 and per_evaluator.iloc[0]["errors"] == entry["n_errors"] == 1

@@ -15,6 +15,7 @@ from dashboard.components import (
     run_picker,
     selection,
     set_picker,
+    table_key,
     transcript,
     uri,
 )
@@ -46,7 +47,8 @@ if not judged:
 
 rows = derive.conversation_rows(conversations, evaluations, contexts)
 event = st.dataframe(
-    rows, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row", key="conversations.table",
+    rows, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row", 
+    key=table_key("conversations.table", [cs.source_run, *(c.id for c in conversations)]),
     column_config={"mean score": st.column_config.NumberColumn(format="%.1f")},
 )
 ids = [c.id for c in conversations]

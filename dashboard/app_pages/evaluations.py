@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data, derive
-from dashboard.components import empty, escape, go, run_picker, selection, uri
+from dashboard.components import empty, escape, go, run_picker, selection, table_key, uri
 
 st.title("Evaluations")
 picked = run_picker("Run", ("evaluate", "judge_check", "conversations", *data.FLOWS))
@@ -84,7 +84,7 @@ disagreements = derive.disagreements(evaluations)
 if disagreements:
     st.caption("conversations on which judges, or one judge's samples, gave different verdicts · select one to read it")
     event = st.dataframe(disagreements, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
-                         key="evaluations.disagreements")
+                         key=table_key("evaluations.disagreements", [f"{r['conversation']}|{r['evaluator']}" for r in disagreements]))
     if event.selection.rows:
         go("conversations", run=ev_run.run_id, conv=disagreements[event.selection.rows[0]]["conversation"], judged=ev_run.run_id)
 else:
@@ -93,7 +93,8 @@ else:
 errors = derive.error_rows(evaluations)
 st.subheader(f"Errors ({len(errors)})")
 if errors:
-    event = st.dataframe(errors, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row", key="evaluations.errors")
+    event = st.dataframe(errors, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
+                         key=table_key("evaluations.errors", [r["id"] for r in errors]))
     chosen = errors[event.selection.rows[0]]["id"] if event.selection.rows else errors[0]["id"]
     record = next(e for e in evaluations if e.id == chosen)
     st.caption(escape(f"raw answer of {record.id}"))

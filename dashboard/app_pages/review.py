@@ -19,6 +19,7 @@ from dashboard.components import (
     selection,
     set_picker,
     settings,
+    table_key,
     transcript,
     uri,
 )
@@ -78,7 +79,7 @@ def case_id(conversation_id: str) -> str:
 rows = [{"conversation": c.id, "labelled": case_id(c.id) in labelled, "messages": len(c.messages),
          "labels": ", ".join(f"{k}: {'pass' if v else 'fail'}" for k, v in labelled[case_id(c.id)].expected.items())
          if case_id(c.id) in labelled else ""} for c in conversations]
-event = st.dataframe(rows, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row", key="review.table")
+event = st.dataframe(rows, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row", key=table_key("review.table", [cs.source_run, *(c.id for c in conversations)]))
 if event.selection.rows:
     remember("conv", conversations[event.selection.rows[0]].id)
 current = selection("conv")

@@ -9,7 +9,7 @@ import streamlit as st
 
 from chareval.stages import STAGES
 from dashboard import data
-from dashboard.components import PAGES, empty, remember, settings, uri
+from dashboard.components import PAGES, empty, remember, settings, table_key, uri
 
 STATUSES = ["RUNNING", "FINISHED", "FAILED", "KILLED"]
 COUNTS = {  # column -> metric
@@ -104,7 +104,7 @@ event = st.dataframe(
     height=min(36 * (len(table) + 1) + 3, 640),  # room for about 17 rows before the table scrolls
     on_select="rerun",
     selection_mode="multi-row",
-    key="runs.table",
+    key=table_key("runs.table", [r.run_id for r in runs]),
     column_config={
         "started": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
         "MLflow": st.column_config.LinkColumn(display_text="open in MLflow"),
