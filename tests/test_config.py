@@ -51,7 +51,7 @@ def test_seed_models_preset_names_the_seed_models():
     [
         ("turns=0", "turns=0: Input should be greater than or equal to 1"),
         ("num_conversations=-1", "num_conversations=-1"),
-        ("+persona.favourite_colour=red", "persona.favourite_colour: unknown key (allowed here: display_name"),
+        ("+persona.favourite_colour=red", "persona.favourite_colour: unknown key (allowed here: boundaries, display_name"),
         ("models.assistant=nosuch/model", "unknown provider 'nosuch'"),
         ("models.generation.user.temperature=5", "temperature=5: Input should be less than or equal to 2"),
         ("cache=maybe", "cache='maybe'"),
@@ -64,7 +64,7 @@ def test_bad_values_fail_with_the_key_named(override, expected):
 
 
 def test_user_persona_needs_its_placeholders():
-    with pytest.raises(ConfigError, match="user_persona.system_prompt.*placeholders"):
+    with pytest.raises(ConfigError, match=r"user_persona.system_prompt.*placeholder\(s\) \{scenario\}, \{user_goal\}"):
         validate_config(compose_cfg("user_persona.system_prompt=just be rude"))
 
 

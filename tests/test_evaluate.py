@@ -174,12 +174,20 @@ def test_judge_models_are_checked_against_the_seed_policy_and_keys(monkeypatch):
         Job(cfg, stage="evaluate", run_dir="/tmp/unused")
 
 
-def test_judge_check_reports_accuracy_on_the_labelled_set(make_job):
-    job = make_job("judge_check", "evaluation.evaluators=[boundary_holding]")
+def test_judge_check_reports_accuracy_on_the_labelled_set(make_job, workdir):
+    """On a hold and a slip of two personas (the whole set takes a minute per evaluator on this model)."""
+    cases = {c.id: c for c in read_records_jsonl(DATA / "judge_validation.jsonl", JudgeCase)}
+    subset = workdir / "subset.jsonl"
+    for case_id in ("hold-clean", "slip-agrees", "bank-holds-social-engineer", "bank-slips-social-engineer"):
+        append_jsonl(subset, cases[case_id])
+    job = make_job("judge_check", f"judge_check.dataset={subset}", "evaluation.evaluators=[boundary_holding]")
     outputs = job.run()
+    records = read_records_jsonl(outputs["evaluations"], Evaluation)
     report = json.loads(outputs["judge_check"].read_text())["accuracy"]
     tally = report["boundary_holding"]["local/smollm2-135m-instruct"]
-    assert tally["n"] == 6 and 0 <= tally["correct"] <= 6 and tally["accuracy"] == tally["correct"] / 6
+    correct = sum(r.error is None and r.passed == cases[r.conversation_id.removeprefix("val-")].expected["boundary_holding"]
+                  for r in records)
+    assert tally["n"] == 4 and tally["correct"] == correct and tally["accuracy"] == correct / 4
     assert "boundary_holding" in job.summaries[0]
 
 

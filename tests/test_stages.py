@@ -43,6 +43,9 @@ def test_conversations_alternate_with_the_assistant_opening(pipeline):
         first_doc = conv.assistant_system_prompt.index(context.documents[0].content.strip())
         assert first_doc < conv.assistant_system_prompt.index("You are Jasmine")
         assert conv.usage.calls == 3 and conv.usage.output_tokens > 0
+        # What the judges will read about both sides travels with the record.
+        assert conv.characters.assistant_name == "Jasmine" and conv.characters.user_goal == context.user_goal
+        assert conv.characters.user_name == "Disillusioned candidate" and len(conv.characters.assistant_boundaries) == 4
 
 
 def test_prepare_writes_valid_together_examples(pipeline):

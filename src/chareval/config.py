@@ -16,10 +16,12 @@ from pydantic import (
     model_validator,
 )
 
-from chareval import PROJECT_ROOT
+from chareval import PROJECT_ROOT, templates
 from chareval.errors import ConfigError
 
 STAGES = ("contexts", "conversations", "prepare")
+USER_PROMPT_FIELDS = ("scenario", "user_goal")  # filled from the context
+CONTEXTS_FIELDS = ("theme_description", "theme_prompt", "assistant_name", "assistant_role", "index", "total", "previous_titles")
 ROLES = ("contexts", "assistant", "user", "judge")
 PROVIDERS = ("local", "anthropic", "openrouter", "openai_compatible", "together", "local_lora")
 
@@ -153,32 +155,56 @@ class Models(Strict):
 
 
 class Theme(Strict):
+    """What the scenarios of stage=contexts are about (by default the user persona's own theme)."""
+
     name: str
     description: str
     prompt: str = Field(min_length=1)
 
 
+def _normalized(text: str) -> str:
+    return " ".join(text.split())
+
+
 class Persona(Strict):
+    """The assistant under test. `boundaries` and `voice` are what the judges read; each must appear
+    word for word in the system prompt, so that the prose and the structured fields never drift."""
+
     name: str
     seed_name: str | None = None
     display_name: str
     role: str
+    boundaries: list[str] = Field(min_length=1)
+    voice: str = Field(min_length=1)
     opening_prompt: str = Field(min_length=1)
     system_prompt: str = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _fields_in_prompt(self) -> Persona:
+        prompt = _normalized(self.system_prompt)
+        for i, text in enumerate(self.boundaries):
+            if _normalized(text) not in prompt:
+                raise ValueError(f"boundaries.{i} does not appear word for word in system_prompt: {text[:60]!r}...")
+        if _normalized(self.voice) not in prompt:
+            raise ValueError("voice does not appear word for word in system_prompt")
+        return self
+
 
 class UserPersona(Strict):
+    """The simulated user. `pressure` (what it pushes the assistant to do) and `faithful` (what a
+    faithful simulation looks like) are what the judges read."""
+
     name: str
     display_name: str
+    description: str = Field(min_length=1)
+    pressure: str = Field(min_length=1)
+    faithful: str = Field(min_length=1)
     system_prompt: str = Field(min_length=1)
 
     @field_validator("system_prompt")
     @classmethod
-    def _has_placeholders(cls, value: str) -> str:
-        missing = [p for p in ("{scenario}", "{user_goal}") if p not in value]
-        if missing:
-            raise ValueError(f"must contain the placeholders {', '.join(missing)} (filled from the context)")
-        return value
+    def _placeholders(cls, value: str) -> str:
+        return templates.check(value, allowed=USER_PROMPT_FIELDS, required=USER_PROMPT_FIELDS)
 
 
 class Tracking(Strict):
@@ -197,6 +223,11 @@ class Paths(Strict):
 class ContextsStage(Strict):
     max_documents: int = Field(ge=1, le=3)
     instructions: str = Field(min_length=1)
+
+    @field_validator("instructions")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        return templates.check(value, allowed=CONTEXTS_FIELDS)
 
 
 class ConversationsStage(Strict):
@@ -282,6 +313,11 @@ class Evaluation(Strict):
                 raise ValueError(f"unknown evaluator '{name}'; known: {', '.join(sorted(known))}")
             if not self.rubrics.get(name, "").strip():
                 raise ValueError(f"evaluator '{name}' has no rubric: add evaluation.rubrics.{name}")
+        for name, rubric in self.rubrics.items():
+            try:
+                templates.check(rubric, allowed=templates.RUBRIC_FIELDS)
+            except ValueError as e:
+                raise ValueError(f"evaluation.rubrics.{name}: {e}") from None
         return self
 
 

@@ -62,6 +62,28 @@ class Message(BaseModel):
     thinking: str | None = None
 
 
+class Characters(BaseModel):
+    """What the judges read about the two sides, copied from the personas (and the context's user
+    goal) when the conversation was made: a record is judged by its own characters, whatever the
+    config of the evaluate run."""
+
+    model_config = ConfigDict(extra="forbid")
+    assistant_name: str
+    assistant_role: str
+    assistant_boundaries: list[str]
+    assistant_voice: str
+    user_name: str
+    user_pressure: str
+    user_faithful: str
+    user_goal: str
+
+    def rubric_values(self) -> dict[str, str]:
+        """The values of the rubric placeholders (templates.RUBRIC_FIELDS)."""
+        values = self.model_dump()
+        values["assistant_boundaries"] = "\n".join(f"- {b}" for b in self.assistant_boundaries)
+        return values
+
+
 class Conversation(Record):
     """One simulated conversation; `error` is set when it could not be completed."""
 
@@ -80,6 +102,9 @@ class Conversation(Record):
     messages: list[Message]
     usage: Usage
     error: str | None = None
+    # Absent from records made before character cards: the evaluate stage then takes the config's
+    # personas, which must be the ones the record names.
+    characters: Characters | None = None
 
 
 class Evaluation(Record):
@@ -158,3 +183,17 @@ class FineTunedModel(Record):
     mlflow_run_id: str | None = None
     created_at: str
     updated_at: str
+
+
+class JobOutcome(Record):
+    """How one job of a multirun ended, written to its run folder (job.json): the sweep's end reads
+    them all, whichever launcher ran the jobs, for its summary and comparison."""
+
+    num: int
+    overrides: list[str]
+    status: Literal["completed", "failed", "interrupted"]
+    error: str | None = None
+    run_dir: str
+    run_id: str | None = None  # the job's top MLflow run
+    choices: dict[str, str] = {}  # persona, user persona, turns, models per role, finetune, ...
+    metrics: dict[str, float] = {}  # judge.<evaluator>.*, counts, cost_usd of the job's stages

@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, Field, create_model
 
 from chareval.schemas import Conversation
+from chareval.templates import fill
 
 Score = Literal[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]  # an enum: grammars and JSON schemas enforce it
 
@@ -34,7 +35,12 @@ class Evaluator:
     name: ClassVar[str]
 
     def __init__(self, rubric: str):
-        self.rubric = rubric.strip()
+        self.rubric = rubric.strip()  # a template: filled from each conversation's characters
+
+    def rubric_for(self, conversation: Conversation) -> str:
+        if conversation.characters is None:
+            raise ValueError(f"{conversation.id} has no characters: the evaluate stage fills them first")
+        return fill(self.rubric, conversation.characters.rubric_values())
 
     def materials(self, conversation: Conversation) -> str:
         """Reference material shown before the transcript."""
@@ -56,7 +62,7 @@ class Evaluator:
         )
 
     def prompt(self, conversation: Conversation) -> tuple[str, str]:
-        system = JUDGE_SYSTEM.format(name=self.name, rubric=self.rubric)
+        system = JUDGE_SYSTEM.format(name=self.name, rubric=self.rubric_for(conversation))
         parts = [self.materials(conversation).strip(), "Transcript:", transcript(conversation)]
         return system, "\n\n".join(p for p in parts if p)
 

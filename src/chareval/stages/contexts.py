@@ -12,6 +12,7 @@ from chareval.io import append_jsonl, read_records_json, write_records_json
 from chareval.llm import ChatMessage, derive_seed
 from chareval.schemas import Context, ContextDraft, ErrorRecord
 from chareval.stages.base import StageContext, StageResult
+from chareval.templates import fill
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,15 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         log.info("resuming: %d of %d contexts already in %s", len(done), s.num_contexts, out)
     for index in tqdm(todo, desc="contexts", unit="ctx", dynamic_ncols=True):
         previous = "; ".join(c.title for c in contexts) or "none yet"
-        prompt = s.contexts.instructions.format(
-            theme_description=s.theme.description,
-            theme_prompt=s.theme.prompt.strip(),
-            index=index + 1,
-            total=s.num_contexts,
-            previous_titles=previous,
-        )
+        prompt = fill(s.contexts.instructions, {
+            "theme_description": s.theme.description,
+            "theme_prompt": s.theme.prompt.strip(),
+            "assistant_name": s.persona.display_name,
+            "assistant_role": s.persona.role,
+            "index": index + 1,
+            "total": s.num_contexts,
+            "previous_titles": previous,
+        })
         try:
             response = ctx.client.ask(
                 "contexts",

@@ -21,6 +21,7 @@ from chareval.stages.parallel import run_parallel
 from chareval.stages.prompts import (
     assistant_system_prompt,
     assistant_view,
+    characters,
     user_system_prompt,
     user_view,
 )
@@ -85,6 +86,7 @@ def simulate(ctx: StageContext, conv_id: str, context: Context) -> Conversation:
         messages=messages,
         usage=usage,
         error=error,
+        characters=characters(s.persona, s.user_persona, context.user_goal),
     )
 
 

@@ -22,6 +22,7 @@ from chareval.llm import ChatMessage, derive_seed
 from chareval.schemas import Conversation, Evaluation
 from chareval.stages.base import StageContext, StageResult, progress
 from chareval.stages.parallel import run_parallel
+from chareval.stages.prompts import with_characters
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,9 @@ def judge_all(
 ) -> list[Evaluation]:
     """Judge every item not already valid in `out` (a rerun resumes), appending as each finishes;
     returns the latest record of every item."""
-    judges, samples = ctx.settings.judges(), ctx.settings.evaluation.judge_samples
+    s = ctx.settings
+    judges, samples = s.judges(), s.evaluation.judge_samples
+    conversations = [with_characters(c, s.persona, s.user_persona) for c in conversations]  # fails before any call
     done = finished_ids(out, Evaluation)
     wanted = [
         (conv, ev, judge, k)
