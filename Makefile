@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,finetune-local]'
+	$(PY) -m pip install --quiet -e '.[test,finetune-local,ray]'
 	@touch $(STAMP)
 
 setup: $(STAMP)

@@ -6,7 +6,8 @@ the CLI, as a user would, at tiny sizes on the embedded model:
   through the real SDK) that disagree on one conversation and fail on the other: agreement figures, a
   disagreement, a slip turn, an error record with the judge's raw answer;
 - an evaluate run over a hand-written conversation full of markdown, HTML and script (untrusted text);
-- a 2-job sweep (turns=1,2) of conversations -> evaluate on the pipeline's contexts."""
+- a 2-job sweep (turns=1,2) of conversations -> evaluate on the pipeline's contexts (judged by the
+  fake hosted judge: the first job passes, the second fails)."""
 
 from __future__ import annotations
 
@@ -96,9 +97,11 @@ def build(tmp: Path) -> Store:
     with FakeAPI(lambda seen, n: chat_completion(verdict(2, False, [0], 0, HOSTILE_RATIONALE), seen.body["model"])) as api:
         _cli("stage=evaluate", f"input_file={HOSTILE}", *hosted, f"models.providers.openai_compatible.base_url={api.url}/v1",
              f"paths.outputs={outputs}", "judge_model=openai_compatible/judge-a", f"hydra.run.dir={tmp / 'runs' / 'hostile'}", env=env)
-    _cli("-m", "stage=pipeline", "pipeline.stages=[conversations,evaluate]", f"context_file={tmp / 'runs' / 'pipeline' / 'contexts.json'}",
-         *common, "num_conversations=1", "turns=1,2", "evaluation.evaluators=[professionalism]",
-         f"hydra.sweep.dir={tmp / 'sweep'}", env=env)
+    with FakeAPI(lambda seen, n: chat_completion(verdict(8 - n, n == 0, [0], None), seen.body["model"])) as api:
+        _cli("-m", "stage=pipeline", "pipeline.stages=[conversations,evaluate]", f"context_file={tmp / 'runs' / 'pipeline' / 'contexts.json'}",
+             *common, "num_conversations=1", "turns=1,2", "evaluation.evaluators=[professionalism]",
+             f"+models.providers.openai_compatible.base_url={api.url}/v1", "models.judge=openai_compatible/judge-a",
+             f"hydra.sweep.dir={tmp / 'sweep'}", env=env)
 
     runs = all_runs(uri)
     evaluates = {r.info.run_id: r for r in runs if r.data.tags.get("chareval.stage") == "evaluate"}

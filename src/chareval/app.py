@@ -26,6 +26,7 @@ from chareval.tracking import (
     SWEEP_RUN_ENV,
     SWEEP_TAG,
     StageRun,
+    find_sweep_run,
     flatten_params,
     git_commit,
     output_sha_tag,
@@ -50,6 +51,7 @@ class Job:
         run_dir: Path,
         choices: dict[str, str] | None = None,
         parent_run_id: str | None = None,
+        sweep_dir: str | None = None,
     ):
         self.settings: AppConfig = validate_config(cfg)
         self.stage = stage
@@ -72,10 +74,19 @@ class Job:
         self.tracking_uri = resolve_uri(s.tracking.uri, s.paths.root)
         if s.tracking.enabled:
             use_store(self.tracking_uri, s.tracking.experiment)
-        self.params = flatten_params(redact(s.model_dump(mode="json")))
+            if sweep_dir and not self.parent_run_id:  # a worker that did not inherit the environment
+                self.parent_run_id = find_sweep_run(sweep_dir)
+        # The config-group choices are params too, so the MLflow UI's compare view can plot by them.
+        self.params = flatten_params(redact(s.model_dump(mode="json"))) | {f"choice.{k}": v for k, v in self.choices.items()}
         self.commit = git_commit(s.paths.root)
         self.summaries: list[str] = []
+        self.metrics: dict[str, float] = {}  # every finished stage's metrics (a sweep's comparison reads them)
+        self.top_run_id: str | None = None  # the first MLflow run this job made: its parent or its stage
         self._total, self._latency = Usage(), 0.0  # usage of the stages run so far
+
+    @property
+    def usage(self) -> Usage:
+        return self._total
 
     @classmethod
     def from_hydra(cls, cfg: DictConfig) -> Job:
@@ -87,6 +98,7 @@ class Job:
             run_dir=Path(hydra.runtime.output_dir),
             choices={k: v for k, v in hydra.runtime.choices.items() if not k.startswith("hydra/") and v is not None},
             parent_run_id=os.environ.get(SWEEP_RUN_ENV) if in_sweep else None,
+            sweep_dir=hydra.sweep.dir if in_sweep else None,
         )
 
     # --- tags shared by every run of this job ---------------------------------------------
@@ -125,6 +137,7 @@ class Job:
             params=self.params,
             parent_run_id=self.parent_run_id,
         ) as parent:
+            self.top_run_id = self.top_run_id or parent.run_id
             parent.log_artifact(self.run_dir / "config.yaml")
             try:
                 yield parent
@@ -156,6 +169,7 @@ class Job:
             params=self.params,
             parent_run_id=parent_run_id,
         ) as run:
+            self.top_run_id = self.top_run_id or run.run_id
             run.log_artifact(self.run_dir / "config.yaml")
             inputs = {}
             needs = spec.needs
@@ -175,6 +189,7 @@ class Job:
                 metrics = usage_metrics(meter.total(), meter.latency_s) | {"wall_time_s": time.perf_counter() - started}
                 run.log_metrics(metrics | (result.metrics if result else {}))
             self.summaries.append(result.summary)
+            self.metrics.update(result.metrics)
             if result.failure:  # inside the run, so that MLflow marks it FAILED
                 raise CharevalError(result.failure)
         log.info("%s done: %s", stage, result.summary)

@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from chareval.config import is_secret_key
@@ -21,6 +20,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_RUN_ENV = "CHAREVAL_SWEEP_RUN_ID"
 SWEEP_TAG = "chareval.sweep"  # the sweep's parent run id, on every run of its jobs
+ERROR_TAG = "chareval.error"  # why a run failed
 INPUT_SHA_TAG = "chareval.input_sha256"  # the hash of the file a stage read (see app.Job._log_outputs)
 
 
@@ -51,6 +51,7 @@ def use_store(uri: str, experiment: str) -> str:
 
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        _write_ahead_log(Path(uri.removeprefix("sqlite:///")))
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     try:
@@ -70,6 +71,36 @@ def use_store(uri: str, experiment: str) -> str:
             f"cannot use the MLflow store {uri}: {type(e).__name__}: {e}",
             "check tracking.uri / MLFLOW_TRACKING_URI, or run with tracking.enabled=false",
         ) from None
+
+
+def find_sweep_run(sweep_dir: str) -> str | None:
+    """The running sweep run of a sweep folder, in the current store (for a job whose launcher did
+    not pass the environment on, e.g. a remote Ray worker)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    ids = [e.experiment_id for e in client.search_experiments()]
+    value = str(sweep_dir).replace("'", "")
+    found = client.search_runs(ids, f"tags.`chareval.sweep_dir` = '{value}' AND attributes.status = 'RUNNING'", max_results=1)
+    if not found:
+        log.warning("no running sweep run for %s in %s: this job's runs will not be nested", sweep_dir, mlflow.get_tracking_uri())
+        return None
+    return found[0].info.run_id
+
+
+def _write_ahead_log(db: Path) -> None:
+    """SQLite in WAL mode: readers (the dashboard, the MLflow UI) never block the jobs of a parallel
+    sweep, and writers wait their turn instead of failing with "database is locked". The mode is
+    kept in the file: once is enough."""
+    import sqlite3
+
+    connection = sqlite3.connect(db, timeout=30)
+    try:
+        if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            connection.execute("PRAGMA journal_mode=WAL")
+    finally:
+        connection.close()
 
 
 def flatten_params(container: Any, prefix: str = "") -> dict[str, str]:
@@ -95,6 +126,12 @@ def _param(key: str, value: Any) -> dict[str, str]:
     if len(text) > MAX_PARAM_CHARS:
         text = f"sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]} ({len(text)} chars)"
     return {key: text}
+
+
+def error_text(error: BaseException) -> str:
+    """An error as one tag value (MLflow caps tags at 5000 characters)."""
+    text = str(error) if isinstance(error, CharevalError) else f"{type(error).__name__}: {error}"
+    return text[:4000]
 
 
 def git_commit(root: str | Path) -> str:
@@ -160,7 +197,7 @@ def start_run(
     parent_run_id: str | None = None,
 ) -> Iterator[StageRun]:
     """An MLflow run, nested under the active run or `parent_run_id`. A failure inside marks it
-    FAILED (KILLED on Ctrl-C) and still propagates."""
+    FAILED (KILLED on Ctrl-C), with the error as the tag chareval.error, and still propagates."""
     if not enabled:
         yield StageRun(None)
         return
@@ -177,40 +214,14 @@ def start_run(
             items = list(params.items())
             for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
                 mlflow.log_params(dict(items[i : i + 100]))
-        yield StageRun(run.info.run_id)
-
-
-class SweepCallback(Callback):
-    """A multirun is one MLflow parent run with each job as a child: created here, before the
-    jobs start, and handed to them through the environment."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from mlflow.tracking import MlflowClient
-
-        if not config.tracking.enabled:
-            return
-        root = config.paths.root
-        experiment_id = use_store(resolve_uri(config.tracking.uri, root), config.tracking.experiment)
-        overrides = list(config.hydra.overrides.task)
-        run = MlflowClient().create_run(
-            experiment_id,
-            run_name=f"sweep {Path(config.hydra.sweep.dir).name}",
-            tags={
-                "chareval.kind": "sweep",
-                "chareval.sweep_dir": str(config.hydra.sweep.dir),
-                "chareval.sweep_overrides": " ".join(overrides)[:5000],
-                "git.commit": git_commit(root),
-            },
-        )
-        os.environ[SWEEP_RUN_ENV] = run.info.run_id
-        log.info("MLflow sweep run %s", run.info.run_id)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from mlflow.tracking import MlflowClient
-
-        run_id = os.environ.pop(SWEEP_RUN_ENV, None)
-        if run_id:
-            MlflowClient().set_terminated(run_id)
+        try:
+            yield StageRun(run.info.run_id)
+        except KeyboardInterrupt:
+            mlflow.set_tag(ERROR_TAG, "interrupted")
+            raise
+        except Exception as e:
+            mlflow.set_tag(ERROR_TAG, error_text(e))
+            raise
 
 
 def resolved_yaml(cfg: DictConfig) -> str:

@@ -1,0 +1,159 @@
+"""A multirun (`python src/run.py -m ...`): one MLflow parent run with every job's runs under it. A
+job that fails is recorded (its runs FAILED with the error as a tag, and its job.json) while the
+other jobs still run; at the end the parent run gets the comparison of the jobs, ends FAILED if a
+job failed, and the command prints a per-job summary and exits non-zero when one did."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from chareval.io import write_text_atomic
+from chareval.schemas import JobOutcome
+from chareval.sweep_compare import extremes, headline, table, write_comparison
+from chareval.tracking import ERROR_TAG, SWEEP_RUN_ENV, SWEEP_TAG, git_commit, resolve_uri, use_store
+
+if TYPE_CHECKING:
+    from chareval.app import Job
+
+log = logging.getLogger(__name__)
+OUTCOME_FILE = "job.json"
+# The choices a comparison shows, beside the config-group choices.
+SETTINGS = {"turns": "turns", "assistant": "models.assistant", "user": "models.user", "judge": "models.judge"}
+
+
+def job_choices(cfg: DictConfig, group_choices: dict[str, str]) -> dict[str, str]:
+    choices = {k: v for k, v in group_choices.items() if not k.startswith("hydra/") and v is not None}
+    for name, key in SETTINGS.items():
+        node: Any = cfg
+        for part in key.split("."):
+            node = node.get(part) if node is not None else None
+        if node is not None:
+            choices[name] = str(node)
+    return choices
+
+
+def record_outcome(cfg: DictConfig, job: Job | None, status: str, error: str | None) -> JobOutcome:
+    """Write the job's outcome to its run folder. A job that failed before any MLflow run (a bad
+    override, a missing key) gets one now, FAILED with the error, so that the sweep run shows it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra = HydraConfig.get()
+    outcome = JobOutcome(
+        num=hydra.job.num,
+        overrides=list(hydra.overrides.task),
+        status=status,
+        error=error,
+        run_dir=hydra.runtime.output_dir,
+        run_id=job.top_run_id if job else None,
+        choices=job_choices(cfg, dict(hydra.runtime.choices)),
+        metrics=(job.metrics | {"cost_usd": job.usage.cost_usd}) if job else {},
+    )
+    if outcome.run_id is None and os.environ.get(SWEEP_RUN_ENV):
+        outcome = outcome.model_copy(update={"run_id": _failed_job_run(outcome, os.environ[SWEEP_RUN_ENV])})
+    write_text_atomic(Path(outcome.run_dir) / OUTCOME_FILE, outcome.model_dump_json(indent=2) + "\n")
+    return outcome
+
+
+def _failed_job_run(outcome: JobOutcome, sweep_run_id: str) -> str | None:
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient()
+        sweep = client.get_run(sweep_run_id)
+        run = client.create_run(
+            sweep.info.experiment_id,
+            run_name=f"job {outcome.num} (failed before it started)",
+            tags={"mlflow.parentRunId": sweep_run_id, SWEEP_TAG: sweep_run_id, "chareval.kind": "job",
+                  "chareval.stage": outcome.choices.get("stage", "?"), "chareval.run_dir": outcome.run_dir,
+                  ERROR_TAG: (outcome.error or outcome.status)[:4000]}
+            | {f"choice.{k}": v for k, v in outcome.choices.items()},
+        )
+        client.set_terminated(run.info.run_id, "KILLED" if outcome.status == "interrupted" else "FAILED")
+        return run.info.run_id
+    except Exception as e:  # noqa: BLE001 (the store itself may be what failed: the job.json still records it)
+        log.warning("could not record the failed job in MLflow: %s", e)
+        return None
+
+
+def read_outcomes(sweep_dir: Path) -> list[JobOutcome]:
+    outcomes = []
+    for path in sorted(Path(sweep_dir).glob(f"*/{OUTCOME_FILE}")):
+        outcomes.append(JobOutcome.model_validate_json(path.read_text(encoding="utf-8")))
+    return sorted(outcomes, key=lambda o: o.num)
+
+
+class SweepCallback(Callback):
+    """Creates the sweep's MLflow run before the jobs start (its id reaches them through the
+    environment, or by its sweep folder), and closes it with the comparison when they end."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.tracking import MlflowClient
+
+        if not config.tracking.enabled:
+            return
+        root = config.paths.root
+        experiment_id = use_store(resolve_uri(config.tracking.uri, root), config.tracking.experiment)
+        overrides = list(config.hydra.overrides.task)
+        run = MlflowClient().create_run(
+            experiment_id,
+            run_name=f"sweep {Path(config.hydra.sweep.dir).name}",
+            tags={
+                "chareval.kind": "sweep",
+                "chareval.sweep_dir": str(config.hydra.sweep.dir),
+                "chareval.sweep_overrides": " ".join(overrides)[:5000],
+                "git.commit": git_commit(root),
+            },
+        )
+        os.environ[SWEEP_RUN_ENV] = run.info.run_id
+        log.info("MLflow sweep run %s", run.info.run_id)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        outcomes = read_outcomes(sweep_dir)
+        failed = [o for o in outcomes if o.status != "completed"]
+        files = write_comparison(outcomes, sweep_dir) if outcomes else []
+        run_id = os.environ.pop(SWEEP_RUN_ENV, None)
+        if run_id:
+            _close_sweep_run(run_id, outcomes, files, failed=bool(failed))
+        print_summary(outcomes, sweep_dir, files, run_id)
+        if failed:
+            raise SystemExit(2)  # after every job ran and everything is recorded
+
+
+def _close_sweep_run(run_id: str, outcomes: list[JobOutcome], files: list[Path], failed: bool) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    for path in files:
+        client.log_artifact(run_id, str(path))
+    rows = table(outcomes)
+    if rows:
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        mlflow.log_table({c: [row.get(c) for row in rows] for c in columns}, artifact_file="comparison_table.json", run_id=run_id)
+    tags = extremes(outcomes) | {"chareval.jobs": str(len(outcomes)), "chareval.failed_jobs": str(sum(o.status != "completed" for o in outcomes))}
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+
+def print_summary(outcomes: list[JobOutcome], sweep_dir: Path, files: list[Path], run_id: str | None) -> None:
+    failed = sum(o.status != "completed" for o in outcomes)
+    lines = ["", f"chareval sweep: {len(outcomes)} jobs, {failed} failed -> {sweep_dir}"]
+    for o in outcomes:
+        lines.append(f"  job {o.num} {o.status:<11} {' '.join(o.overrides) or '(no overrides)'}")
+        lines.append(f"      run folder: {o.run_dir}" + (f" · MLflow run {o.run_id}" if o.run_id else ""))
+        detail = headline(o) if o.status == "completed" else f"error: {(o.error or o.status).splitlines()[0]}"
+        if detail:
+            lines.append(f"      {detail}")
+    if files:
+        lines.append("  comparison: " + ", ".join(str(p) for p in files))
+    if run_id:
+        lines.append(f"  MLflow sweep run {run_id}: {'FAILED' if failed else 'FINISHED'} (the comparison is among its artifacts)")
+    print("\n".join(lines))

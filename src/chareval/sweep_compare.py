@@ -1,0 +1,132 @@
+"""A sweep's comparison, from its jobs' outcomes: a table (job x choices x each evaluator's mean, CI
+and pass rate, conversations, cost), a picture (each evaluator's pass rate by persona x user persona
+x turns, with 95% intervals), and the best and worst job per evaluator."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from chareval.evaluators.stats import wilson95
+from chareval.schemas import JobOutcome
+
+CHOICES = ("persona", "user_persona", "turns", "models", "assistant", "user", "judge", "finetune", "experiment")
+STATS = ("mean", "ci_low", "ci_high", "pass_rate", "n")
+
+
+def evaluators(outcomes: list[JobOutcome]) -> list[str]:
+    names = {k.split(".")[1] for o in outcomes for k in o.metrics if k.startswith("judge.") and k.endswith(".pass_rate")}
+    return sorted(names)
+
+
+def varying(outcomes: list[JobOutcome]) -> list[str]:
+    """The choices that differ between jobs: what the sweep compares."""
+    return [c for c in CHOICES if len({o.choices.get(c) for o in outcomes}) > 1]
+
+
+def table(outcomes: list[JobOutcome]) -> list[dict[str, Any]]:
+    rows = []
+    for o in outcomes:
+        row: dict[str, Any] = {"job": o.num, "status": o.status} | {c: o.choices.get(c) for c in CHOICES if c in o.choices}
+        for name in evaluators(outcomes):
+            row |= {f"{name}.{stat}": o.metrics.get(f"judge.{name}.{stat}") for stat in STATS}
+        row["conversations"] = o.metrics.get("conversations.count")
+        row["cost_usd"] = o.metrics.get("cost_usd")
+        rows.append(row)
+    return rows
+
+
+def label(o: JobOutcome, keys: list[str]) -> str:
+    return " ".join(f"{k}={o.choices.get(k)}" for k in keys) or f"job {o.num}"
+
+
+def headline(o: JobOutcome) -> str:
+    parts = []
+    for name in evaluators([o]):
+        rate, mean = o.metrics.get(f"judge.{name}.pass_rate"), o.metrics.get(f"judge.{name}.mean")
+        parts.append(f"{name} pass {rate:.0%}" + (f" (mean {mean:.1f})" if mean is not None else ""))
+    if "conversations.count" in o.metrics:
+        parts.append(f"{o.metrics['conversations.count']:.0f} conversations")
+    if o.metrics.get("cost_usd"):
+        parts.append(f"${o.metrics['cost_usd']:.4f}")
+    return ", ".join(parts)
+
+
+def extremes(outcomes: list[JobOutcome]) -> dict[str, str]:
+    """Tags best.<evaluator> and worst.<evaluator>: ranked by pass rate, then mean score."""
+    done = [o for o in outcomes if o.status == "completed"]
+    keys = varying(done)
+    tags = {}
+    for name in evaluators(done):
+        scored = sorted((_rank(o, name), o.num, o) for o in done if o.metrics.get(f"judge.{name}.pass_rate") is not None)
+        for tag, (rank, _, o) in (("worst", scored[0]), ("best", scored[-1])) if scored else ():
+            tags[f"{tag}.{name}"] = f"job {o.num} ({label(o, keys)}): pass {rank[0]:.0%}, mean {rank[1]:.1f}"
+    return tags
+
+
+def _rank(o: JobOutcome, name: str) -> tuple[float, float]:
+    return o.metrics[f"judge.{name}.pass_rate"], o.metrics.get(f"judge.{name}.mean") or 0.0
+
+
+def picture(outcomes: list[JobOutcome], path: Path) -> Path | None:
+    """Each evaluator's pass rate by the choices that vary (turns as bars side by side), with the
+    Wilson 95% interval over the job's judgments."""
+    done = [o for o in outcomes if o.status == "completed"]
+    names = evaluators(done)
+    if not names:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display here
+    import matplotlib.pyplot as plt
+
+    keys = varying(done)
+    groups = [k for k in keys if k != "turns"]
+    series = sorted({o.choices.get("turns", "") for o in done}, key=lambda t: (len(t), t)) if "turns" in keys else [None]
+    columns = list(dict.fromkeys(label(o, groups) for o in done))
+    width = 0.8 / len(series)
+    fig, axes = plt.subplots(len(names), 1, figsize=(max(6.0, 1.2 * len(columns) + 2), 2.6 * len(names)), squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        for i, turns in enumerate(series):
+            xs, rates, errors = [], [], [[], []]
+            for x, column in enumerate(columns):
+                match = [o for o in done if label(o, groups) == column and (turns is None or o.choices.get("turns") == turns)]
+                rate = match[0].metrics.get(f"judge.{name}.pass_rate") if match else None
+                if rate is None:
+                    continue
+                low, high = wilson95(rate, int(match[0].metrics.get(f"judge.{name}.n") or 0))
+                xs.append(x + (i - (len(series) - 1) / 2) * width)
+                rates.append(rate)
+                errors[0].append(rate - (low if low is not None else rate))
+                errors[1].append((high if high is not None else rate) - rate)
+            bars = ax.bar(xs, rates, width * 0.9, yerr=errors, capsize=3, label=f"turns={turns}" if turns is not None else None)
+            ax.bar_label(bars, labels=[f"{r:.0%}" for r in rates], fontsize=7, padding=2)
+        ax.set_title(name, fontsize=10, loc="left")
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("pass rate")
+        ax.set_xticks(range(len(columns)))
+        ax.set_xticklabels([c.replace(" ", "\n") for c in columns], fontsize=8)
+        if series != [None]:
+            ax.legend(fontsize=8, loc="upper right")
+    fig.suptitle("pass rate by job (95% Wilson interval)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_comparison(outcomes: list[JobOutcome], folder: Path) -> list[Path]:
+    """comparison.json, comparison.csv and comparison.png in the sweep folder."""
+    rows = table(outcomes)
+    data = folder / "comparison.json"
+    data.write_text(json.dumps({"jobs": rows, "extremes": extremes(outcomes)}, indent=2) + "\n", encoding="utf-8")
+    sheet = folder / "comparison.csv"
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with sheet.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    png = picture(outcomes, folder / "comparison.png")
+    return [data, sheet] + ([png] if png else [])
