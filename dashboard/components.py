@@ -172,6 +172,7 @@ def context_panel(context: Context | None, conversation: Conversation) -> None:
     st.subheader("Context")
     if context is None:
         st.caption(escape(f"context {conversation.context_id}: its contexts file is not in MLflow (no contexts run found)"))
+        characters_panel(conversation)
         return
     st.caption(escape(f"{context.id} · written by {context.model}"))
     st.text(context.title)
@@ -184,6 +185,18 @@ def context_panel(context: Context | None, conversation: Conversation) -> None:
         with st.expander(f"document {number}"):
             st.text(document.title)
             st.text(document.content)
+    characters_panel(conversation)
+
+
+def characters_panel(conversation: Conversation) -> None:
+    """What the judges were told about the two sides (the rubrics are filled from it)."""
+    card = conversation.characters
+    if card is None:
+        return
+    with st.expander("the characters, as the judges read them"):
+        st.text(f"{card.assistant_name}, {card.assistant_role}. Voice: {card.assistant_voice}")
+        st.text("Boundaries:\n" + "\n".join(f"- {b}" for b in card.assistant_boundaries))
+        st.text(f"The user ({card.user_name}): {card.user_pressure}. Goal: {card.user_goal}")
 
 
 def judgments_panel(evaluations: list[Evaluation]) -> None:

@@ -133,6 +133,8 @@ def test_transcript_in_order_with_context_and_verdicts_marked(app, dashboard_sto
     context = read_records_json(store.root / "runs" / "pipeline" / "contexts.json", Context)[0]
     texts = [t.value for t in at.text]
     assert context.title in texts and context.scenario in texts and context.documents[0].content in texts
+    boundaries = next(t for t in texts if t.startswith("Boundaries:"))  # what the judges were told, beside the verdicts
+    assert all(b in boundaries for b in conversation.characters.assistant_boundaries)
     judgments = frame(at, "answered by")
     assert sorted(judgments["judge"]) == ["openai_compatible/judge-a", "openai_compatible/judge-b"]
 

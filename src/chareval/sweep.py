@@ -146,8 +146,13 @@ def _close_sweep_run(run_id: str, outcomes: list[JobOutcome], files: list[Path],
 def print_summary(outcomes: list[JobOutcome], sweep_dir: Path, files: list[Path], run_id: str | None) -> None:
     failed = sum(o.status != "completed" for o in outcomes)
     lines = ["", f"chareval sweep: {len(outcomes)} jobs, {failed} failed -> {sweep_dir}"]
+    # The overrides every job shares once; each job then shows what makes it differ.
+    common = [x for x in outcomes[0].overrides if all(x in o.overrides for o in outcomes)] if outcomes else []
+    if common:
+        lines.append(f"  every job: {' '.join(common)}")
     for o in outcomes:
-        lines.append(f"  job {o.num} {o.status:<11} {' '.join(o.overrides) or '(no overrides)'}")
+        own = [x for x in o.overrides if x not in common]
+        lines.append(f"  job {o.num} {o.status:<11} {' '.join(own) or '(no overrides of its own)'}")
         lines.append(f"      run folder: {o.run_dir}" + (f" · MLflow run {o.run_id}" if o.run_id else ""))
         detail = headline(o) if o.status == "completed" else f"error: {(o.error or o.status).splitlines()[0]}"
         if detail:

@@ -71,8 +71,9 @@ def _rank(o: JobOutcome, name: str) -> tuple[float, float]:
 
 
 def picture(outcomes: list[JobOutcome], path: Path) -> Path | None:
-    """Each evaluator's pass rate by the choices that vary (turns as bars side by side), with the
-    Wilson 95% interval over the job's judgments."""
+    """Each evaluator's pass rate with its Wilson 95% interval over the job's judgments: the first
+    choice that varies (e.g. persona) as coloured bars, grouped along x by the others (e.g. user
+    persona and turns)."""
     done = [o for o in outcomes if o.status == "completed"]
     names = evaluators(done)
     if not names:
@@ -82,35 +83,39 @@ def picture(outcomes: list[JobOutcome], path: Path) -> Path | None:
     matplotlib.use("Agg")  # files only: no display here
     import matplotlib.pyplot as plt
 
-    keys = varying(done)
-    groups = [k for k in keys if k != "turns"]
-    series = sorted({o.choices.get("turns", "") for o in done}, key=lambda t: (len(t), t)) if "turns" in keys else [None]
-    columns = list(dict.fromkeys(label(o, groups) for o in done))
+    keys = varying(done) or ["job"]
+    series_key, group_keys = keys[0], keys[1:]
+
+    def value(o: JobOutcome, key: str) -> str:
+        return str(o.num) if key == "job" else str(o.choices.get(key))
+
+    series = list(dict.fromkeys(value(o, series_key) for o in done))
+    groups = list(dict.fromkeys(" / ".join(value(o, k) for k in group_keys) for o in done))
     width = 0.8 / len(series)
-    fig, axes = plt.subplots(len(names), 1, figsize=(max(6.0, 1.2 * len(columns) + 2), 2.6 * len(names)), squeeze=False)
+    fig, axes = plt.subplots(len(names), 1, figsize=(max(6.0, 0.9 * len(groups) * len(series) + 2), 2.8 * len(names)), squeeze=False)
     for ax, name in zip(axes[:, 0], names):
-        for i, turns in enumerate(series):
+        for i, member in enumerate(series):
             xs, rates, errors = [], [], [[], []]
-            for x, column in enumerate(columns):
-                match = [o for o in done if label(o, groups) == column and (turns is None or o.choices.get("turns") == turns)]
+            for x, group in enumerate(groups):
+                match = [o for o in done if value(o, series_key) == member and " / ".join(value(o, k) for k in group_keys) == group]
                 rate = match[0].metrics.get(f"judge.{name}.pass_rate") if match else None
                 if rate is None:
                     continue
                 low, high = wilson95(rate, int(match[0].metrics.get(f"judge.{name}.n") or 0))
                 xs.append(x + (i - (len(series) - 1) / 2) * width)
                 rates.append(rate)
-                errors[0].append(rate - (low if low is not None else rate))
-                errors[1].append((high if high is not None else rate) - rate)
-            bars = ax.bar(xs, rates, width * 0.9, yerr=errors, capsize=3, label=f"turns={turns}" if turns is not None else None)
+                errors[0].append(rate - (rate if low is None else low))
+                errors[1].append((rate if high is None else high) - rate)
+            bars = ax.bar(xs, rates, width * 0.9, yerr=errors, capsize=3, label=member)
             ax.bar_label(bars, labels=[f"{r:.0%}" for r in rates], fontsize=7, padding=2)
         ax.set_title(name, fontsize=10, loc="left")
-        ax.set_ylim(0, 1.05)
+        ax.set_ylim(0, 1.12)
         ax.set_ylabel("pass rate")
-        ax.set_xticks(range(len(columns)))
-        ax.set_xticklabels([c.replace(" ", "\n") for c in columns], fontsize=8)
-        if series != [None]:
-            ax.legend(fontsize=8, loc="upper right")
-    fig.suptitle("pass rate by job (95% Wilson interval)", fontsize=11)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(groups, fontsize=8)
+        ax.set_xlabel(" / ".join(group_keys), fontsize=8)
+        ax.legend(title=series_key, fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle("pass rate by job, with 95% Wilson intervals", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
