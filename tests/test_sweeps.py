@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import mlflow
-from conftest import DATA, run_cli
+from conftest import DATA, compose_cfg, run_cli
 from fake_apis import FakeAPI, chat_completion
 from mlflow import MlflowClient
 
@@ -136,3 +136,26 @@ def test_best_and_worst_rank_by_pass_rate_then_mean():
                                                           ("c", 0.0, 9, "completed"), ("d", 1.0, 10, "failed")])]
     tags = extremes(jobs)  # a failed job is not ranked
     assert tags == {"best.e": "job 1 (persona=b): pass 50%, mean 7.0", "worst.e": "job 2 (persona=c): pass 0%, mean 9.0"}
+
+
+def test_a_worker_without_the_environment_finds_its_sweep_run_by_folder(tmp_path, monkeypatch):
+    """A remote Ray worker does not inherit the driver's environment: the job looks the sweep up."""
+    from chareval.tracking import SWEEP_RUN_ENV, find_sweep_run, use_store
+
+    uri, _ = store(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv(SWEEP_RUN_ENV, raising=False)
+    experiment = use_store(uri, "chareval")
+    client = MlflowClient(uri)
+    ours = client.create_run(experiment, tags={"chareval.kind": "sweep", "chareval.sweep_dir": str(tmp_path / "a")})
+    done = client.create_run(experiment, tags={"chareval.kind": "sweep", "chareval.sweep_dir": str(tmp_path / "b")})
+    client.set_terminated(done.info.run_id)
+    assert find_sweep_run(str(tmp_path / "a")) == ours.info.run_id
+    assert find_sweep_run(str(tmp_path / "b")) is None  # a finished sweep takes no more jobs
+    from chareval.app import Job
+
+    cfg = compose_cfg("stage=prepare", f"input_file={CONVERSATIONS}", f"paths.outputs={tmp_path / 'outputs'}")
+    job = Job(cfg, stage="prepare", run_dir=tmp_path / "job", sweep_dir=str(tmp_path / "a"))
+    job.run()
+    (run,) = [r for r in client.search_runs([experiment]) if r.data.tags.get("chareval.stage") == "prepare"]
+    assert run.data.tags["mlflow.parentRunId"] == run.data.tags["chareval.sweep"] == ours.info.run_id
