@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
-from conftest import TINY
+import pytest
+from conftest import TINY, run_job_in
 
 OVERRIDES = [*TINY, "cache=false", "tracking.enabled=false", "num_contexts=1", "num_conversations=1",
              "pipeline.stages=[contexts,conversations]"]
 
 
-def run_twice(make_job, workdir, seed_a: int, seed_b: int):
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Seed 3 twice, then seed 4: three runs shared by the checks below."""
+    tmp = tmp_path_factory.mktemp("reproducibility")
     files = []
-    for name, seed in (("a", seed_a), ("b", seed_b)):
-        job = make_job("pipeline", *OVERRIDES, f"seed={seed}", run_dir=workdir / name)
-        outputs = job.run()
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        _, outputs = run_job_in(tmp, "pipeline", *OVERRIDES, f"seed={seed}", run_dir=name)
         files.append((outputs["contexts"].read_bytes(), outputs["conversations"].read_bytes()))
     return files
 
 
-def test_same_seed_gives_identical_files(make_job, workdir):
-    (ctx_a, conv_a), (ctx_b, conv_b) = run_twice(make_job, workdir, 3, 3)
+def test_same_seed_gives_identical_files(runs):
+    (ctx_a, conv_a), (ctx_b, conv_b), _ = runs
     assert ctx_a == ctx_b
     assert conv_a == conv_b
 
 
-def test_another_seed_gives_other_conversations(make_job, workdir):
-    (ctx_a, conv_a), (ctx_b, conv_b) = run_twice(make_job, workdir, 3, 4)
-    assert conv_a != conv_b
+def test_another_seed_gives_other_conversations(runs):
+    (_, conv_a), _, (_, conv_c) = runs
+    assert conv_a != conv_c

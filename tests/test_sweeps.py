@@ -99,12 +99,15 @@ def test_a_failing_job_is_recorded_and_the_other_jobs_still_run(tmp_path):
 
 
 def test_joblib_runs_jobs_side_by_side_under_one_parent(tmp_path):
+    """Two conversations jobs on a hosted model (faked on loopback, 2 s a reply): with two workers
+    their runs overlap in time."""
     uri, env = store(tmp_path)
-    result = run_cli(
-        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "stage=conversations", f"context_file={DATA / 'contexts.json'}",
-        "num_conversations=1", "turns=2", "models.generation.assistant.max_tokens=24", "models.generation.user.max_tokens=24",
-        "seed=1,2", f"paths.outputs={tmp_path / 'outputs'}", env=env,
-    )
+    with FakeAPI(lambda seen, n: chat_completion(f"reply {n}", seen.body["model"]), delay_s=2.0) as api:
+        result = run_cli(
+            "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "stage=conversations", f"context_file={DATA / 'contexts.json'}",
+            "num_conversations=1", "turns=2", "models=openai_compatible", f"models.providers.openai_compatible.base_url={api.url}/v1",
+            "seed=1,2", f"paths.outputs={tmp_path / 'outputs'}", env=env,
+        )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "database is locked" not in result.stdout + result.stderr
     sweep, jobs, _ = sweep_runs(uri)
