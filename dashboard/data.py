@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from chareval.errors import InputError
+from chareval.finetune.registry import Registry
 from chareval.io import append_jsonl, file_sha256, latest_by_id, read_records_json, read_records_jsonl
 from chareval.schemas import Context, Conversation, Evaluation, FineTunedModel, JudgeCase
 from chareval.stages.judge_check import DATASET_PATH_TAG
@@ -386,21 +387,16 @@ def evaluate_runs_in(uri: str, picked: RunView) -> list[RunView]:
 # --- fine-tuned models -----------------------------------------------------------------------
 
 
-def finetuned_models(uri: str | None, registry: Path) -> list[FineTunedModel]:
+def finetuned_models(uri: str, registry: Path) -> list[FineTunedModel]:
     """The registry file, plus fine-tuning runs in MLflow that it does not list (e.g. another machine's,
     on a shared tracking server). The registry's record wins for the same job key."""
-    records = {r.key: r for r in (latest_by_key(read_records_jsonl(registry, FineTunedModel)) if registry.is_file() else [])}
-    if uri:
-        for r in find(uri, "tags.`chareval.stage` = 'finetune'"):
-            job = json_artifact(uri, r.run_id, "finetune_job.json")
-            if job:
-                record = FineTunedModel.model_validate(job)
-                records.setdefault(record.key, record)
+    records = {r.key: r for r in Registry(registry).all()}
+    for r in find(uri, "tags.`chareval.stage` = 'finetune'"):
+        job = json_artifact(uri, r.run_id, "finetune_job.json")
+        if job:
+            record = FineTunedModel.model_validate(job)
+            records.setdefault(record.key, record)
     return sorted(records.values(), key=lambda r: r.created_at, reverse=True)
-
-
-def latest_by_key(records: list[FineTunedModel]) -> list[FineTunedModel]:
-    return list({r.key: r for r in records}.values())
 
 
 def loops_of(uri: str, model: str) -> list[RunView]:
