@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.chareval-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup browser run test judge-check mlflow-ui dashboard clean
+.PHONY: setup browser run test test-fast lint format judge-check mlflow-ui dashboard clean
 
 # Re-install only when the dependency list changes. llama-cpp-python builds from
 # source (about 4 minutes on 2 cores) the first time; pip caches the wheel after that.
@@ -30,8 +30,25 @@ browser:
 		|| echo "could not install chromium: the dashboard's browser test will be skipped"; \
 	else echo "chromium/chromedriver missing and no root to install them: the dashboard's browser test will be skipped"; fi
 
-test: setup browser
+# Every test, after the lint, type and layer checks (configured in pyproject.toml).
+test: setup browser lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The inner loop: no embedded model, no LoRA, no browser, no subprocess (the `mock` provider and
+# fake HTTP APIs instead); under a minute. `make test` still runs everything.
+test-fast: setup
+	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+# Fix what the formatter and the linter can fix by themselves.
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 # How well does the configured judge agree with the hand-labelled set? (ARGS="models=seed" etc.)
 judge-check: setup

@@ -40,14 +40,16 @@ except CharevalError as e:
     st.error(escape(str(e)))
     st.stop()
 
-pages = st.navigation([
-    st.Page(PAGES["runs"], title="Runs", icon=":material/table_rows:", default=True),
-    st.Page(PAGES["conversations"], title="Conversations", icon=":material/forum:"),
-    st.Page(PAGES["evaluations"], title="Evaluations", icon=":material/gavel:"),
-    st.Page(PAGES["compare"], title="Compare", icon=":material/compare_arrows:"),
-    st.Page(PAGES["models"], title="Fine-tuned models", icon=":material/model_training:"),
-    st.Page(PAGES["review"], title="Review", icon=":material/rate_review:"),
-])
+pages = st.navigation(
+    [
+        st.Page(PAGES["runs"], title="Runs", icon=":material/table_rows:", default=True),
+        st.Page(PAGES["conversations"], title="Conversations", icon=":material/forum:"),
+        st.Page(PAGES["evaluations"], title="Evaluations", icon=":material/gavel:"),
+        st.Page(PAGES["compare"], title="Compare", icon=":material/compare_arrows:"),
+        st.Page(PAGES["models"], title="Fine-tuned models", icon=":material/model_training:"),
+        st.Page(PAGES["review"], title="Review", icon=":material/rate_review:"),
+    ]
+)
 
 with st.sidebar:
     st.caption("MLflow store")

@@ -84,8 +84,9 @@ def run_picker(label: str, stages: tuple[str, ...], key: str = "run") -> data.Ru
     by_id = {r.run_id: r for r in runs}
     if current not in ids:
         current = next((r.run_id for r in runs if r.status == "FINISHED"), ids[0])
-    choice = st.selectbox(label, ids, index=ids.index(current), format_func=lambda i: by_id[i].describe(),
-                          key=f"picker.{key}.{current}")
+    choice = st.selectbox(
+        label, ids, index=ids.index(current), format_func=lambda i: by_id[i].describe(), key=f"picker.{key}.{current}"
+    )
     if choice != current:  # remembered only when the reader picks: the widget's key stays put until then
         remember(key, choice)
     return by_id[choice]
@@ -114,7 +115,10 @@ def judge_run_picker(cs: data.ConversationSet, key: str = "judged") -> str | Non
     current = selection(key)
     default = current if current in runs else cs.judged_by[0]
     choice = st.selectbox(
-        "Verdicts of", list(runs), index=list(runs).index(default), key=f"picker.{key}.{current}",
+        "Verdicts of",
+        list(runs),
+        index=list(runs).index(default),
+        key=f"picker.{key}.{current}",
         format_func=lambda i: f"{runs[i].describe()} · judges: {', '.join(runs[i].judges())}" if runs[i] else i,
     )
     if choice != default:
@@ -148,7 +152,10 @@ def transcript(conversation: Conversation, evaluations: list[Evaluation]) -> Non
         with st.chat_message(m.role):
             st.caption(escape(f"turn {m.turn} · {m.role} · {m.model}"))
             if _provider(m.model) != _provider(configured[m.role]):
-                st.warning(escape(f"fallback: answered by {m.model} instead of {configured[m.role]}"), icon=":material/swap_horiz:")
+                st.warning(
+                    escape(f"fallback: answered by {m.model} instead of {configured[m.role]}"),
+                    icon=":material/swap_horiz:",
+                )
             if m.thinking:
                 with st.expander("thinking"):
                     st.text(m.thinking)
@@ -171,7 +178,9 @@ def transcript(conversation: Conversation, evaluations: list[Evaluation]) -> Non
 def context_panel(context: Context | None, conversation: Conversation) -> None:
     st.subheader("Context")
     if context is None:
-        st.caption(escape(f"context {conversation.context_id}: its contexts file is not in MLflow (no contexts run found)"))
+        st.caption(
+            escape(f"context {conversation.context_id}: its contexts file is not in MLflow (no contexts run found)")
+        )
         characters_panel(conversation)
         return
     st.caption(escape(f"{context.id} · written by {context.model}"))

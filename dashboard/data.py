@@ -22,8 +22,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from chareval.errors import InputError
-from chareval.finetune.registry import Registry
 from chareval.io import append_jsonl, file_sha256, latest_by_id, read_records_json, read_records_jsonl
+from chareval.registry import Registry
 from chareval.schemas import Context, Conversation, Evaluation, FineTunedModel, JudgeCase
 from chareval.stages.judge_check import DATASET_PATH_TAG
 from chareval.tracking import INPUT_SHA_TAG, SWEEP_TAG, output_sha_tag
@@ -154,7 +154,11 @@ class RunFilter:
             clauses.append(f"tags.`chareval.stage` = {quote(self.stage)}")
         if self.status:
             clauses.append(f"attributes.status = {quote(self.status)}")
-        for tag, value in (("choice.persona", self.persona), ("choice.user_persona", self.user_persona), ("choice.models", self.models)):
+        for tag, value in (
+            ("choice.persona", self.persona),
+            ("choice.user_persona", self.user_persona),
+            ("choice.models", self.models),
+        ):
             if value:
                 clauses.append(f"tags.`{tag}` = {quote(value)}")
         if self.turns:
@@ -211,7 +215,9 @@ def facets(runs: list[RunView]) -> dict[str, list[str]]:
         "assistant": {r.param("models.assistant") for r in runs},
         "turns": {r.param("turns") for r in runs},
     }
-    return {k: sorted((v for v in vs if v), key=lambda x: (len(x), x) if k == "turns" else x) for k, vs in values.items()}
+    return {
+        k: sorted((v for v in vs if v), key=lambda x: (len(x), x) if k == "turns" else x) for k, vs in values.items()
+    }
 
 
 @st.cache_data(show_spinner=False)
@@ -277,7 +283,9 @@ def _records(uri: str, run_id: str, path: str | None, model: type, jsonl: bool =
     try:
         return latest_by_id(read_records_jsonl(local, model)) if jsonl else read_records_json(local, model)
     except InputError as e:  # name the artifact, not the temporary copy
-        raise InputError(e.message.replace(str(local), f"{path} of run {run_id}"), "the run's file is not a valid record file") from None
+        raise InputError(
+            e.message.replace(str(local), f"{path} of run {run_id}"), "the run's file is not a valid record file"
+        ) from None
 
 
 @st.cache_data(show_spinner=False)
@@ -333,7 +341,11 @@ def conversation_sets(uri: str, run_id: str) -> list[ConversationSet]:
         runs = descendants(uri, picked)
         sets = [_from_conversations_run(uri, r) for r in runs if r.stage == "conversations"]
         produced = {r.tags.get(output_sha_tag("conversations")) for r in runs if r.stage == "conversations"}
-        sets += [_from_evaluate_run(uri, r) for r in runs if r.stage == "evaluate" and r.tags.get(INPUT_SHA_TAG) not in produced]
+        sets += [
+            _from_evaluate_run(uri, r)
+            for r in runs
+            if r.stage == "evaluate" and r.tags.get(INPUT_SHA_TAG) not in produced
+        ]
         return sorted(sets, key=lambda s: (s.job.start_ms, s.label))
     if picked.stage == "conversations":
         return [_from_conversations_run(uri, picked)]
@@ -356,11 +368,19 @@ def _from_evaluate_run(uri: str, r: RunView) -> ConversationSet:
     sha = r.tags.get(INPUT_SHA_TAG)
     producers = find(uri, f"tags.`{output_sha_tag('conversations')}` = {quote(sha)}") if sha else []
     # Other evaluate runs of the same conversations come after the one picked.
-    others = [j.run_id for j in find(uri, f"tags.`{INPUT_SHA_TAG}` = {quote(sha)}") if j.stage == "evaluate"] if sha else []
+    others = (
+        [j.run_id for j in find(uri, f"tags.`{INPUT_SHA_TAG}` = {quote(sha)}") if j.stage == "evaluate"] if sha else []
+    )
     judged = (r.run_id, *[o for o in others if o != r.run_id])
     source = producers[0] if producers else None
-    return ConversationSet(r.describe(), r.run_id, input_artifact(uri, r.run_id) or "inputs/conversations.jsonl", judged,
-                           source.run_id if source else None, source or r)
+    return ConversationSet(
+        r.describe(),
+        r.run_id,
+        input_artifact(uri, r.run_id) or "inputs/conversations.jsonl",
+        judged,
+        source.run_id if source else None,
+        source or r,
+    )
 
 
 def set_conversations(uri: str, cs: ConversationSet) -> list[Conversation]:
@@ -418,7 +438,9 @@ def save_label(path: Path, case: JudgeCase) -> None:
 
 def judge_checks(uri: str, path: Path) -> list[RunView]:
     """judge_check runs on this labels file, newest first."""
-    return [r for r in find(uri, f"tags.`{DATASET_PATH_TAG}` = {quote(str(path.resolve()))}") if r.stage == "judge_check"]
+    return [
+        r for r in find(uri, f"tags.`{DATASET_PATH_TAG}` = {quote(str(path.resolve()))}") if r.stage == "judge_check"
+    ]
 
 
 def labels_sha(path: Path) -> str | None:

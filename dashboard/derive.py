@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from chareval.evaluators.stats import mean, wilson95
+from chareval.evaluators.summary import before_after
 from chareval.schemas import Context, Conversation, Evaluation
-from chareval.stages.loop import before_after
 
 
 def valid(evaluations: list[Evaluation]) -> list[Evaluation]:
@@ -33,16 +33,18 @@ def conversation_rows(
         verdicts = valid(judged.get(c.id, []))
         failed = sorted({e.evaluator for e in verdicts if e.passed is False})
         context = contexts.get(c.context_id)
-        rows.append({
-            "conversation": c.id,
-            "context": c.context_id,
-            "title": context.title if context else "",
-            "messages": len(c.messages),
-            "error": c.error or "",
-            "mean score": mean([e.score for e in verdicts]),
-            "failed evaluators": ", ".join(failed),
-            "judgment errors": sum(1 for e in judged.get(c.id, []) if e.error),
-        })
+        rows.append(
+            {
+                "conversation": c.id,
+                "context": c.context_id,
+                "title": context.title if context else "",
+                "messages": len(c.messages),
+                "error": c.error or "",
+                "mean score": mean([e.score for e in verdicts]),
+                "failed evaluators": ", ".join(failed),
+                "judgment errors": sum(1 for e in judged.get(c.id, []) if e.error),
+            }
+        )
     return rows
 
 
@@ -102,43 +104,59 @@ def disagreements(evaluations: list[Evaluation]) -> list[dict[str, Any]]:
     for (conversation, evaluator), group in sorted(groups.items()):
         if len({e.passed for e in group}) > 1:
             group.sort(key=lambda e: (e.judge_model, e.sample))
-            rows.append({
-                "conversation": conversation,
-                "evaluator": evaluator,
-                "passes": sum(bool(e.passed) for e in group),
-                "fails": sum(not e.passed for e in group),
-                "verdicts": "; ".join(f"{e.judge_model} #{e.sample}: {'pass' if e.passed else 'fail'} {e.score}" for e in group),
-            })
+            rows.append(
+                {
+                    "conversation": conversation,
+                    "evaluator": evaluator,
+                    "passes": sum(bool(e.passed) for e in group),
+                    "fails": sum(not e.passed for e in group),
+                    "verdicts": "; ".join(
+                        f"{e.judge_model} #{e.sample}: {'pass' if e.passed else 'fail'} {e.score}" for e in group
+                    ),
+                }
+            )
     return rows
 
 
 def error_rows(evaluations: list[Evaluation]) -> list[dict[str, Any]]:
     return [
-        {"id": e.id, "conversation": e.conversation_id, "evaluator": e.evaluator, "judge": e.judge_model,
-         "sample": e.sample, "error": e.error}
-        for e in evaluations if e.error
+        {
+            "id": e.id,
+            "conversation": e.conversation_id,
+            "evaluator": e.evaluator,
+            "judge": e.judge_model,
+            "sample": e.sample,
+            "error": e.error,
+        }
+        for e in evaluations
+        if e.error
     ]
 
 
 def score_rows(evaluations: list[Evaluation]) -> list[dict[str, Any]]:
-    return [{"evaluator": e.evaluator, "score": e.score, "verdict": "pass" if e.passed else "fail"} for e in valid(evaluations)]
+    return [
+        {"evaluator": e.evaluator, "score": e.score, "verdict": "pass" if e.passed else "fail"}
+        for e in valid(evaluations)
+    ]
 
 
 def summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """summary.json per evaluator, as the evaluate stage wrote it."""
     rows = []
     for name, entry in summary.get("evaluators", {}).items():
-        rows.append({
-            "evaluator": name,
-            "mean": entry.get("mean"),
-            "ci_low": entry.get("ci_low"),
-            "ci_high": entry.get("ci_high"),
-            "pass_rate": entry.get("pass_rate"),
-            "n": entry.get("n"),
-            "conversations": entry.get("n_items"),
-            "errors": entry.get("n_errors"),
-            "sample_spread": entry.get("sample_spread"),
-        })
+        rows.append(
+            {
+                "evaluator": name,
+                "mean": entry.get("mean"),
+                "ci_low": entry.get("ci_low"),
+                "ci_high": entry.get("ci_high"),
+                "pass_rate": entry.get("pass_rate"),
+                "n": entry.get("n"),
+                "conversations": entry.get("n_items"),
+                "errors": entry.get("n_errors"),
+                "sample_spread": entry.get("sample_spread"),
+            }
+        )
     return rows
 
 
@@ -170,20 +188,37 @@ def compare_rows(runs: list) -> list[dict[str, Any]]:
     for r in runs:
         names = sorted({k.split(".")[1] for k in r.metrics if k.startswith("judge.") and k.endswith(".mean")})
         for name in names:
-            m = {key: r.metrics.get(f"judge.{name}.{key}") for key in ("mean", "ci_low", "ci_high", "pass_rate", "n", "n_errors")}
+            m = {
+                key: r.metrics.get(f"judge.{name}.{key}")
+                for key in ("mean", "ci_low", "ci_high", "pass_rate", "n", "n_errors")
+            }
             low, high = wilson95(m["pass_rate"], int(m["n"] or 0))
-            rows.append({
-                "run": r.run_id, "run name": r.name, **{d: f(r) or "" for d, f in DIMENSIONS.items()},
-                "evaluator": name, "mean": m["mean"], "ci_low": m["ci_low"], "ci_high": m["ci_high"],
-                "pass_rate": m["pass_rate"], "pass_low": low, "pass_high": high,
-                "n": m["n"], "errors": m["n_errors"], "cost_usd": r.metrics.get("cost_usd"),
-            })
+            rows.append(
+                {
+                    "run": r.run_id,
+                    "run name": r.name,
+                    **{d: f(r) or "" for d, f in DIMENSIONS.items()},
+                    "evaluator": name,
+                    "mean": m["mean"],
+                    "ci_low": m["ci_low"],
+                    "ci_high": m["ci_high"],
+                    "pass_rate": m["pass_rate"],
+                    "pass_low": low,
+                    "pass_high": high,
+                    "n": m["n"],
+                    "errors": m["n_errors"],
+                    "cost_usd": r.metrics.get("cost_usd"),
+                }
+            )
     return rows
 
 
-def pair_conversations(a: list[Conversation], b: list[Conversation]) -> list[tuple[str, Conversation | None, Conversation | None]]:
+def pair_conversations(
+    a: list[Conversation], b: list[Conversation]
+) -> list[tuple[str, Conversation | None, Conversation | None]]:
     """Conversations of two runs on the same contexts, paired by context (the k-th of a context with
     the k-th of the same context in the other run), in the first run's order."""
+
     def keyed(conversations: list[Conversation]) -> dict[tuple[str, int], Conversation]:
         seen: dict[str, int] = defaultdict(int)
         out = {}

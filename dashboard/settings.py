@@ -31,7 +31,10 @@ class Settings:
 
     def store_missing(self) -> bool:
         """A local store that no run has created yet (the dashboard never creates one)."""
-        return self.tracking_uri.startswith("sqlite:///") and not Path(self.tracking_uri.removeprefix("sqlite:///")).is_file()
+        return (
+            self.tracking_uri.startswith("sqlite:///")
+            and not Path(self.tracking_uri.removeprefix("sqlite:///")).is_file()
+        )
 
     def run_link(self, experiment_id: str, run_id: str) -> str:
         return f"{self.mlflow_ui}/#/experiments/{experiment_id}/runs/{run_id}"
@@ -59,8 +62,10 @@ def load(args: list[str]) -> Settings:
         paths = OmegaConf.to_container(cfg.paths, resolve=True)
         tracking = OmegaConf.to_container(cfg.tracking, resolve=True)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
-        raise ConfigError(f"the dashboard's overrides {' '.join(args)!r} do not compose: {e}",
-                          "use the same overrides as src/run.py, e.g. tracking.uri=... paths.outputs=...") from None
+        raise ConfigError(
+            f"the dashboard's overrides {' '.join(args)!r} do not compose: {e}",
+            "use the same overrides as src/run.py, e.g. tracking.uri=... paths.outputs=...",
+        ) from None
     uri = resolve_uri(tracking.get("uri"), paths["root"])
     ui = os.environ.get(MLFLOW_UI_ENV) or (uri if uri.startswith(("http://", "https://")) else DEFAULT_MLFLOW_UI)
     return Settings(

@@ -39,7 +39,7 @@ def main(cfg: DictConfig) -> None:
     job, error, code = None, None, 0
     try:
         job = Job.from_hydra(cfg)
-        outputs = job.run()
+        job.run()
     except CharevalError as e:
         print(f"error: {e}", file=sys.stderr)
         error, code = str(e), 2
@@ -57,7 +57,7 @@ def main(cfg: DictConfig) -> None:
     elif code:
         sys.exit(code)
     if not code:
-        print_report(job, outputs)
+        print_report(job)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,12 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from conftest import DATA, TINY, run_cli
-from fake_apis import FakeAPI, Reply, chat_completion
 from mlflow import MlflowClient
 
 from chareval.io import read_records_jsonl
 from chareval.schemas import Conversation
+from conftest import DATA, TINY, run_cli
+from fake_apis import FakeAPI, Reply, chat_completion
 
 HOSTILE = DATA / "hostile_conversations.jsonl"
 HOSTILE_RATIONALE = "**judge says** <script>window.pwned=3</script> ![y](http://127.0.0.1:9/y.png)"
@@ -58,8 +58,12 @@ def all_runs(uri: str) -> list:
     return list(client.search_runs(ids, order_by=["attributes.start_time DESC"]))
 
 
-def verdict(score: int, passed: bool, evidence: list[int], slip: int | None, rationale: str = "as the rubric says") -> str:
-    return json.dumps({"score": score, "passed": passed, "rationale": rationale, "evidence_turns": evidence, "slip_turn": slip})
+def verdict(
+    score: int, passed: bool, evidence: list[int], slip: int | None, rationale: str = "as the rubric says"
+) -> str:
+    return json.dumps(
+        {"score": score, "passed": passed, "rationale": rationale, "evidence_turns": evidence, "slip_turn": slip}
+    )
 
 
 def _cli(*args: str, env: dict[str, str]) -> None:
@@ -72,8 +76,14 @@ def build(tmp: Path) -> Store:
     outputs = tmp / "outputs"
     env = {"MLFLOW_TRACKING_URI": uri}
     common = [f"paths.outputs={outputs}", *TINY]
-    _cli("stage=pipeline", *common, "evaluation.evaluators=[boundary_holding]", "finetune.n_epochs=2",
-         f"hydra.run.dir={tmp / 'runs' / 'pipeline'}", env=env)
+    _cli(
+        "stage=pipeline",
+        *common,
+        "evaluation.evaluators=[boundary_holding]",
+        "finetune.n_epochs=2",
+        f"hydra.run.dir={tmp / 'runs' / 'pipeline'}",
+        env=env,
+    )
     by_stage = {r.data.tags["chareval.stage"]: r.info.run_id for r in all_runs(uri)}
 
     conversations = read_records_jsonl(tmp / "runs" / "pipeline" / "conversations.jsonl", Conversation)
@@ -88,29 +98,68 @@ def build(tmp: Path) -> Store:
             return chat_completion(verdict(3, False, [2], 2), model)
         return chat_completion("I would rather not answer in JSON.", model)
 
-    hosted = ["models=openai_compatible", "evaluation.evaluators=[boundary_holding]", "evaluation.max_error_fraction=1.0"]
+    hosted = [
+        "models=openai_compatible",
+        "evaluation.evaluators=[boundary_holding]",
+        "evaluation.max_error_fraction=1.0",
+    ]
     with FakeAPI(judges) as api:
         base = f"models.providers.openai_compatible.base_url={api.url}/v1"
-        _cli("stage=evaluate", f"conversations_run={by_stage['conversations']}", *hosted, base, f"paths.outputs={outputs}",
-             "evaluation.judges=[openai_compatible/judge-a,openai_compatible/judge-b]",
-             f"hydra.run.dir={tmp / 'runs' / 'hosted'}", env=env)
-    with FakeAPI(lambda seen, n: chat_completion(verdict(2, False, [0], 0, HOSTILE_RATIONALE), seen.body["model"])) as api:
-        _cli("stage=evaluate", f"input_file={HOSTILE}", *hosted, f"models.providers.openai_compatible.base_url={api.url}/v1",
-             f"paths.outputs={outputs}", "judge_model=openai_compatible/judge-a", f"hydra.run.dir={tmp / 'runs' / 'hostile'}", env=env)
+        _cli(
+            "stage=evaluate",
+            f"conversations_run={by_stage['conversations']}",
+            *hosted,
+            base,
+            f"paths.outputs={outputs}",
+            "evaluation.judges=[openai_compatible/judge-a,openai_compatible/judge-b]",
+            f"hydra.run.dir={tmp / 'runs' / 'hosted'}",
+            env=env,
+        )
+    with FakeAPI(
+        lambda seen, n: chat_completion(verdict(2, False, [0], 0, HOSTILE_RATIONALE), seen.body["model"])
+    ) as api:
+        _cli(
+            "stage=evaluate",
+            f"input_file={HOSTILE}",
+            *hosted,
+            f"models.providers.openai_compatible.base_url={api.url}/v1",
+            f"paths.outputs={outputs}",
+            "judge_model=openai_compatible/judge-a",
+            f"hydra.run.dir={tmp / 'runs' / 'hostile'}",
+            env=env,
+        )
     with FakeAPI(lambda seen, n: chat_completion(verdict(8 - n, n == 0, [0], None), seen.body["model"])) as api:
-        _cli("-m", "stage=pipeline", "pipeline.stages=[conversations,evaluate]", f"context_file={tmp / 'runs' / 'pipeline' / 'contexts.json'}",
-             *common, "num_conversations=1", "turns=1,2", "evaluation.evaluators=[professionalism]",
-             f"+models.providers.openai_compatible.base_url={api.url}/v1", "models.judge=openai_compatible/judge-a",
-             f"hydra.sweep.dir={tmp / 'sweep'}", env=env)
+        _cli(
+            "-m",
+            "stage=pipeline",
+            "pipeline.stages=[conversations,evaluate]",
+            f"context_file={tmp / 'runs' / 'pipeline' / 'contexts.json'}",
+            *common,
+            "num_conversations=1",
+            "turns=1,2",
+            "evaluation.evaluators=[professionalism]",
+            f"models.providers.openai_compatible.base_url={api.url}/v1",
+            "models.judge=openai_compatible/judge-a",
+            f"hydra.sweep.dir={tmp / 'sweep'}",
+            env=env,
+        )
 
     runs = all_runs(uri)
     evaluates = {r.info.run_id: r for r in runs if r.data.tags.get("chareval.stage") == "evaluate"}
     sweep = next(r.info.run_id for r in runs if r.data.tags.get("chareval.kind") == "sweep")
-    jobs = sorted((r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep), key=lambda r: r.data.params["turns"])
+    jobs = sorted(
+        (r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep), key=lambda r: r.data.params["turns"]
+    )
     by_dir = {Path(r.data.tags["chareval.run_dir"]).name: r.info.run_id for r in evaluates.values()}
     return Store(
-        root=tmp, uri=uri, outputs=outputs,
-        pipeline=next(r.info.run_id for r in runs if r.data.tags.get("chareval.kind") == "pipeline" and "chareval.sweep" not in r.data.tags),
+        root=tmp,
+        uri=uri,
+        outputs=outputs,
+        pipeline=next(
+            r.info.run_id
+            for r in runs
+            if r.data.tags.get("chareval.kind") == "pipeline" and "chareval.sweep" not in r.data.tags
+        ),
         sweep=sweep,
         conversations=by_stage["conversations"],
         local_evaluate=by_stage["evaluate"],
@@ -122,7 +171,9 @@ def build(tmp: Path) -> Store:
 
 
 def save(store: Store) -> None:
-    (store.root / "store.json").write_text(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(store).items()}))
+    (store.root / "store.json").write_text(
+        json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(store).items()})
+    )
 
 
 def load(root: Path) -> Store:

@@ -54,7 +54,9 @@ class FakeAPI:
                     body = json.loads(raw or b"{}")
                 except ValueError:
                     body = {"_raw": raw}
-                seen = Seen(self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.monotonic(), self.command)
+                seen = Seen(
+                    self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.monotonic(), self.command
+                )
                 with api._lock:
                     n = len(api.requests)
                     api.requests.append(seen)
@@ -110,30 +112,63 @@ def anthropic_error(status: int, error_type: str, message: str, headers: dict | 
 
 
 def anthropic_stream(
-    text: str = "", thinking: str = "", tool_input: dict | None = None, model: str = "claude-sonnet-4-20250514",
-    input_tokens: int = 100, output_tokens: int = 50,
+    text: str = "",
+    thinking: str = "",
+    tool_input: dict | None = None,
+    model: str = "claude-sonnet-4-20250514",
+    input_tokens: int = 100,
+    output_tokens: int = 50,
 ) -> Reply:
     events: list[tuple[str, dict]] = [
-        ("message_start", {"type": "message_start", "message": {
-            "id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": [],
-            "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": input_tokens, "output_tokens": 1}}}),
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "msg_fake",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+                },
+            },
+        ),
     ]
     blocks: list[tuple[dict, list[dict]]] = []
     if thinking:
-        blocks.append(({"type": "thinking", "thinking": "", "signature": ""},
-                       [{"type": "thinking_delta", "thinking": thinking}, {"type": "signature_delta", "signature": "c2ln"}]))
+        blocks.append(
+            (
+                {"type": "thinking", "thinking": "", "signature": ""},
+                [{"type": "thinking_delta", "thinking": thinking}, {"type": "signature_delta", "signature": "c2ln"}],
+            )
+        )
     if text:
         blocks.append(({"type": "text", "text": ""}, [{"type": "text_delta", "text": text}]))
     if tool_input is not None:
-        blocks.append(({"type": "tool_use", "id": "toolu_fake", "name": "submit_answer", "input": {}},
-                       [{"type": "input_json_delta", "partial_json": json.dumps(tool_input)}]))
+        blocks.append(
+            (
+                {"type": "tool_use", "id": "toolu_fake", "name": "submit_answer", "input": {}},
+                [{"type": "input_json_delta", "partial_json": json.dumps(tool_input)}],
+            )
+        )
     for index, (start, deltas) in enumerate(blocks):
         events.append(("content_block_start", {"type": "content_block_start", "index": index, "content_block": start}))
         events += [("content_block_delta", {"type": "content_block_delta", "index": index, "delta": d}) for d in deltas]
         events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
     stop = "tool_use" if tool_input is not None else "end_turn"
-    events.append(("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
-                                     "usage": {"output_tokens": output_tokens}}))
+    events.append(
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop, "stop_sequence": None},
+                "usage": {"output_tokens": output_tokens},
+            },
+        )
+    )
     events.append(("message_stop", {"type": "message_stop"}))
     return Reply(200, sse=events)
 
@@ -141,21 +176,35 @@ def anthropic_stream(
 def anthropic_overloaded_in_stream() -> Reply:
     """HTTP 200, then an overloaded error event inside the stream."""
     start = anthropic_stream("x").sse[0]
-    return Reply(200, sse=[start, ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})])
+    return Reply(
+        200, sse=[start, ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})]
+    )
 
 
 # --- OpenAI chat completions (OpenRouter, vLLM, ...) ----------------------------------------
 
 
-def chat_completion(content: str, model: str, prompt_tokens: int = 40, completion_tokens: int = 12, cost: float | None = None) -> Reply:
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+def chat_completion(
+    content: str, model: str, prompt_tokens: int = 40, completion_tokens: int = 12, cost: float | None = None
+) -> Reply:
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
     if cost is not None:
         usage["cost"] = cost
-    return Reply(200, {
-        "id": "gen-fake", "object": "chat.completion", "created": 0, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-        "usage": usage,
-    })
+    return Reply(
+        200,
+        {
+            "id": "gen-fake",
+            "object": "chat.completion",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": usage,
+        },
+    )
 
 
 def openai_error(status: int, message: str, headers: dict | None = None) -> Reply:

@@ -8,14 +8,16 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import run_cli
-from dashboard_store import HOSTILE, HOSTILE_RATIONALE, all_runs
 from streamlit.testing.v1 import AppTest
 
 from chareval import PROJECT_ROOT
 from chareval.io import read_records_json, read_records_jsonl
 from chareval.schemas import Context, Conversation, Evaluation, JudgeCase
+from conftest import run_cli
 from dashboard.components import escape
+from dashboard_store import HOSTILE, HOSTILE_RATIONALE, all_runs
+
+pytestmark = pytest.mark.slow  # the store is built with the embedded model
 
 APP = str(PROJECT_ROOT / "dashboard" / "app.py")
 
@@ -84,14 +86,22 @@ def test_runs_filters_narrow_the_list(app, dashboard_store):
     runs = all_runs(dashboard_store.uri)
     at = app("runs")
     at.selectbox(key="runs.stage").set_value("evaluate").run()
-    assert set(table(at, "runs.table")["run id"]) == {r.info.run_id for r in runs if r.data.tags.get("chareval.stage") == "evaluate"}
+    assert set(table(at, "runs.table")["run id"]) == {
+        r.info.run_id for r in runs if r.data.tags.get("chareval.stage") == "evaluate"
+    }
     at.selectbox(key="runs.turns").set_value("2").run()
-    two = {r.info.run_id for r in runs if r.data.tags.get("chareval.stage") == "evaluate" and r.data.params.get("turns") == "2"}
+    two = {
+        r.info.run_id
+        for r in runs
+        if r.data.tags.get("chareval.stage") == "evaluate" and r.data.params.get("turns") == "2"
+    }
     assert set(table(at, "runs.table")["run id"]) == two and len(two) == 1
     at.selectbox(key="runs.stage").set_value(None)
     at.selectbox(key="runs.turns").set_value(None).run()
     at.toggle(key="runs.top").set_value(True).run()
-    assert set(table(at, "runs.table")["run id"]) == {r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags}
+    assert set(table(at, "runs.table")["run id"]) == {
+        r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags
+    }
     at.toggle(key="runs.top").set_value(False).run()
     at.selectbox(key="runs.turns").set_value("1").run()
     offered = at.selectbox(key="runs.turns").options  # the choices are the values of the runs found
@@ -124,10 +134,14 @@ def test_transcript_in_order_with_context_and_verdicts_marked(app, dashboard_sto
     chat = at.chat_message
     assert chat[0].text[0].value == conversation.opening_prompt
     assert [(m.name, m.text[-1].value) for m in chat[1:]] == [(m.role, m.content) for m in conversation.messages]
-    assert [m.caption[0].value for m in chat[1:]] == [escape(f"turn {m.turn} · {m.role} · {m.model}") for m in conversation.messages]
+    assert [m.caption[0].value for m in chat[1:]] == [
+        escape(f"turn {m.turn} · {m.role} · {m.model}") for m in conversation.messages
+    ]
     # judge-b put the slip at turn 2 and cited it; judge-a cited turn 0 as evidence of a pass.
     by_turn = {m.turn: chat[i + 1] for i, m in enumerate(conversation.messages)}
-    assert [e.value for e in by_turn[2].error] == [escape("slip here: boundary_holding (openai_compatible/judge-b, sample 0) - first turn where it broke")]
+    assert [e.value for e in by_turn[2].error] == [
+        escape("slip here: boundary_holding (openai_compatible/judge-b, sample 0) - first turn where it broke")
+    ]
     assert escape("fail 3/10") in by_turn[2].warning[0].value and escape("pass 8/10") in by_turn[0].success[0].value
     assert not by_turn[1].error and not by_turn[1].success
     context = read_records_json(store.root / "runs" / "pipeline" / "contexts.json", Context)[0]
@@ -156,8 +170,13 @@ def test_the_verdicts_of_another_evaluate_run_can_be_chosen(app, dashboard_store
 def test_evaluations_show_statistics_agreement_disagreements_and_errors(app, dashboard_store):
     store = dashboard_store
     at = app("evaluations", run=store.hosted_evaluate)
-    summary = json.loads(Path(mlflow.artifacts.download_artifacts(
-        run_id=store.hosted_evaluate, artifact_path="summary.json", tracking_uri=store.uri)).read_text())
+    summary = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=store.hosted_evaluate, artifact_path="summary.json", tracking_uri=store.uri
+            )
+        ).read_text()
+    )
     per_evaluator, agreement = frame(at, "sample_spread"), frame(at, "kappa")
     entry = summary["evaluators"]["boundary_holding"]
     assert per_evaluator.iloc[0]["n"] == entry["n"] == 3 and per_evaluator.iloc[0]["errors"] == entry["n_errors"] == 1
@@ -183,8 +202,11 @@ def test_a_disagreement_opens_its_transcript(app, dashboard_store):
 def test_compare_a_sweep_plots_judge_metrics_against_its_choices(app, dashboard_store):
     at = app("compare", runs=dashboard_store.sweep)
     rows = frame(at, "pass_low")
-    evaluates = [r for r in all_runs(dashboard_store.uri)
-                 if r.data.tags.get("chareval.sweep") == dashboard_store.sweep and r.data.tags["chareval.stage"] == "evaluate"]
+    evaluates = [
+        r
+        for r in all_runs(dashboard_store.uri)
+        if r.data.tags.get("chareval.sweep") == dashboard_store.sweep and r.data.tags["chareval.stage"] == "evaluate"
+    ]
     assert sorted(rows["turns"]) == ["1", "2"] and set(rows["evaluator"]) == {"professionalism"}
     for r in evaluates:
         row = rows[rows["run"] == r.info.run_id].iloc[0]
@@ -206,8 +228,11 @@ def test_compare_two_runs_side_by_side(app, dashboard_store):
     contents = [m.text[-1].value for m in at.chat_message]
     conversations = []
     for job in store.sweep_jobs:
-        conversation_run = next(r for r in all_runs(store.uri) if r.data.tags.get("mlflow.parentRunId") == job
-                                and r.data.tags["chareval.stage"] == "conversations")
+        conversation_run = next(
+            r
+            for r in all_runs(store.uri)
+            if r.data.tags.get("mlflow.parentRunId") == job and r.data.tags["chareval.stage"] == "conversations"
+        )
         conversations += artifact_records(store, conversation_run.info.run_id, "conversations.jsonl", Conversation)
     expected = [text for c in conversations for text in [c.opening_prompt, *(m.content for m in c.messages)]]
     assert contents == expected and len(expected) == 2 + 1 + 2
@@ -245,8 +270,13 @@ def test_review_writes_labels_that_judge_check_measures_a_judge_against(app, das
     assert case.id == case.conversation.id == f"{store.conversations[:8]}-conv-002"
     assert "1 conversations labelled" in at.caption[0].value and "saved" in at.success[0].value
 
-    result = run_cli("stage=judge_check", f"judge_check.dataset={labels}", "evaluation.evaluators=[boundary_holding]",
-                     f"paths.outputs={store.outputs}", env=store.env())
+    result = run_cli(
+        "stage=judge_check",
+        f"judge_check.dataset={labels}",
+        "evaluation.evaluators=[boundary_holding]",
+        f"paths.outputs={store.outputs}",
+        env=store.env(),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     at.sidebar.button[0].click().run()  # Refresh: read the new judge_check run
     accuracy = frame(at, "accuracy")
@@ -264,8 +294,11 @@ def test_model_output_is_shown_literally_never_as_markup(app, dashboard_store):
     for message in conversation.messages:
         assert message.content in texts  # e.g. "![x](http://...) <script>...": verbatim, as text
     assert conversation.messages[0].thinking in texts and HOSTILE_RATIONALE in texts
-    rendered_as_markdown = [e.value for kind in ("markdown", "caption", "error", "warning", "success", "info", "subheader", "title")
-                            for e in at.get(kind)] + [e.label for e in at.get("expander")]
+    rendered_as_markdown = [
+        e.value
+        for kind in ("markdown", "caption", "error", "warning", "success", "info", "subheader", "title")
+        for e in at.get(kind)
+    ] + [e.label for e in at.get("expander")]
     for value in rendered_as_markdown:
         assert "<script" not in value and "![" not in value and "<img" not in value and "<iframe" not in value, value
     assert not any(e.proto.allow_html for kind in ("markdown", "caption") for e in at.get(kind))
@@ -274,14 +307,17 @@ def test_model_output_is_shown_literally_never_as_markup(app, dashboard_store):
 # --- Empty states -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("page,command", [
-    ("runs", "make run"),
-    ("conversations", "python src/run.py stage=conversations"),
-    ("evaluations", "python src/run.py stage=evaluate"),
-    ("compare", "python src/run.py -m"),
-    ("models", "python src/run.py stage=finetune"),
-    ("review", "make run"),
-])
+@pytest.mark.parametrize(
+    "page,command",
+    [
+        ("runs", "make run"),
+        ("conversations", "python src/run.py stage=conversations"),
+        ("evaluations", "python src/run.py stage=evaluate"),
+        ("compare", "python src/run.py -m"),
+        ("models", "python src/run.py stage=finetune"),
+        ("review", "make run"),
+    ],
+)
 def test_each_page_says_which_command_fills_it_on_an_empty_store(page, command, tmp_path, monkeypatch):
     from chareval.tracking import use_store
 

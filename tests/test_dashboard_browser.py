@@ -12,7 +12,6 @@ import time
 import urllib.request
 
 import pytest
-from dashboard_store import HOSTILE
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -21,12 +20,16 @@ from selenium.webdriver.support.ui import WebDriverWait
 from chareval import PROJECT_ROOT
 from chareval.io import read_records_jsonl
 from chareval.schemas import Conversation
+from dashboard_store import HOSTILE
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="needs Debian's chromium and chromium-driver (make test installs them with apt-get when run as root)",
-)
+pytestmark = [
+    pytest.mark.slow,  # a real browser on a store built with the embedded model
+    pytest.mark.skipif(
+        not (CHROMIUM and CHROMEDRIVER),
+        reason="needs Debian's chromium and chromium-driver (make test installs them with apt-get when run as root)",
+    ),
+]
 
 
 def free_port() -> int:
@@ -40,10 +43,25 @@ def server(dashboard_store, tmp_path):
     port = free_port()
     log = (tmp_path / "streamlit.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(PROJECT_ROOT / "dashboard" / "app.py"),
-         "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
-         "--browser.gatherUsageStats", "false"],
-        cwd=PROJECT_ROOT, env={**os.environ, **dashboard_store.env()}, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(PROJECT_ROOT / "dashboard" / "app.py"),
+            "--server.address",
+            "127.0.0.1",
+            "--server.port",
+            str(port),
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **dashboard_store.env()},
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -66,9 +84,19 @@ def browser(tmp_path):
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     # The flags that keep Chromium from reaching for the network this machine does not have.
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1600,1800"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+        "--window-size=1600,1800",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
@@ -76,8 +104,9 @@ def browser(tmp_path):
 
 
 def wait_for_text(driver, text: str, timeout: float = 60) -> None:
-    WebDriverWait(driver, timeout).until(lambda d: text in d.find_element(By.TAG_NAME, "body").text,
-                                          message=f"'{text}' never appeared")
+    WebDriverWait(driver, timeout).until(
+        lambda d: text in d.find_element(By.TAG_NAME, "body").text, message=f"'{text}' never appeared"
+    )
 
 
 def test_open_a_run_and_read_its_transcript_in_a_browser(server, browser, dashboard_store, tmp_path):
@@ -101,4 +130,6 @@ def test_open_a_run_and_read_its_transcript_in_a_browser(server, browser, dashbo
     assert "<script>window.pwned=1</script>" in body and '<img src=x onerror="window.pwned=2">' in body
     assert hostile.messages[2].content in body
     assert browser.execute_script("return window.pwned") is None
-    assert not browser.find_elements(By.CSS_SELECTOR, 'img[src*="127.0.0.1:9"], iframe[src*="127.0.0.1:9"], a[href^="javascript"]')
+    assert not browser.find_elements(
+        By.CSS_SELECTOR, 'img[src*="127.0.0.1:9"], iframe[src*="127.0.0.1:9"], a[href^="javascript"]'
+    )

@@ -17,17 +17,39 @@ from dashboard.data import RunFilter, quote
 
 def judgment(conv, evaluator, judge, sample, passed, score, evidence=(), slip=None, error=None) -> Evaluation:
     return Evaluation(
-        id=f"{conv}|{evaluator}|{judge}|{sample}", conversation_id=conv, context_id="ctx", evaluator=evaluator,
-        judge_model=judge, sample=sample, seed=0, score=None if error else score, passed=None if error else passed,
-        evidence_turns=list(evidence), details={} if slip is None else {"slip_turn": slip}, error=error,
+        id=f"{conv}|{evaluator}|{judge}|{sample}",
+        conversation_id=conv,
+        context_id="ctx",
+        evaluator=evaluator,
+        judge_model=judge,
+        sample=sample,
+        seed=0,
+        score=None if error else score,
+        passed=None if error else passed,
+        evidence_turns=list(evidence),
+        details={} if slip is None else {"slip_turn": slip},
+        error=error,
     )
 
 
 def conversation(conv_id: str, context_id: str, n: int = 2) -> Conversation:
     return Conversation(
-        id=conv_id, context_id=context_id, assistant_persona="a", user_persona="u", assistant_model="m", user_model="m",
-        turns=n, seed=0, assistant_system_prompt="s", user_system_prompt="s", opening_prompt="hi", usage=Usage(),
-        messages=[Message(role="assistant" if t % 2 == 0 else "user", content=f"{conv_id} {t}", turn=t, model="m") for t in range(n)],
+        id=conv_id,
+        context_id=context_id,
+        assistant_persona="a",
+        user_persona="u",
+        assistant_model="m",
+        user_model="m",
+        turns=n,
+        seed=0,
+        assistant_system_prompt="s",
+        user_system_prompt="s",
+        opening_prompt="hi",
+        usage=Usage(),
+        messages=[
+            Message(role="assistant" if t % 2 == 0 else "user", content=f"{conv_id} {t}", turn=t, model="m")
+            for t in range(n)
+        ],
     )
 
 
@@ -39,17 +61,24 @@ def test_marks_put_slips_and_evidence_on_their_turns():
     ]
     marks = derive.marks(records)
     assert sorted(marks) == [0, 2]
-    assert [(m.kind, m.evaluator) for m in marks[2]] == [("slip", "boundary_holding"), ("evidence", "boundary_holding"),
-                                                         ("evidence", "professionalism")]
+    assert [(m.kind, m.evaluator) for m in marks[2]] == [
+        ("slip", "boundary_holding"),
+        ("evidence", "boundary_holding"),
+        ("evidence", "professionalism"),
+    ]
     assert "fail 3/10" in marks[2][1].text() and "pass 9/10" in marks[0][0].text()
 
 
 def test_disagreements_are_verdicts_that_differ_across_judges_or_samples():
     records = [
-        judgment("c1", "e", "j1", 0, True, 8), judgment("c1", "e", "j2", 0, False, 3),  # judges differ
-        judgment("c2", "e", "j1", 0, True, 8), judgment("c2", "e", "j1", 1, True, 6),  # same verdict
-        judgment("c3", "e", "j1", 0, False, 2), judgment("c3", "e", "j1", 1, True, 7),  # samples differ
-        judgment("c4", "e", "j1", 0, True, 8), judgment("c4", "e", "j2", 0, None, None, error="x"),  # an error is no verdict
+        judgment("c1", "e", "j1", 0, True, 8),
+        judgment("c1", "e", "j2", 0, False, 3),  # judges differ
+        judgment("c2", "e", "j1", 0, True, 8),
+        judgment("c2", "e", "j1", 1, True, 6),  # same verdict
+        judgment("c3", "e", "j1", 0, False, 2),
+        judgment("c3", "e", "j1", 1, True, 7),  # samples differ
+        judgment("c4", "e", "j1", 0, True, 8),
+        judgment("c4", "e", "j2", 0, None, None, error="x"),  # an error is no verdict
     ]
     rows = derive.disagreements(records)
     assert [(r["conversation"], r["passes"], r["fails"]) for r in rows] == [("c1", 1, 1), ("c3", 1, 1)]
@@ -57,9 +86,15 @@ def test_disagreements_are_verdicts_that_differ_across_judges_or_samples():
 
 
 def test_conversation_rows_average_valid_scores_and_name_failed_evaluators():
-    convs = [conversation("c1", "ctx-1"), conversation("c2", "ctx-2").model_copy(update={"error": "turn 1 (user): boom"})]
-    records = [judgment("c1", "a", "j", 0, True, 8), judgment("c1", "b", "j", 0, False, 4),
-               judgment("c1", "c", "j", 0, None, None, error="bad")]
+    convs = [
+        conversation("c1", "ctx-1"),
+        conversation("c2", "ctx-2").model_copy(update={"error": "turn 1 (user): boom"}),
+    ]
+    records = [
+        judgment("c1", "a", "j", 0, True, 8),
+        judgment("c1", "b", "j", 0, False, 4),
+        judgment("c1", "c", "j", 0, None, None, error="bad"),
+    ]
     rows = derive.conversation_rows(convs, records, {})
     assert rows[0]["mean score"] == 6 and rows[0]["failed evaluators"] == "b" and rows[0]["judgment errors"] == 1
     assert rows[1]["error"] == "turn 1 (user): boom" and rows[1]["mean score"] is None
@@ -87,8 +122,15 @@ def test_wilson_interval_matches_hand_computed_values():
 
 
 def test_run_filter_is_an_mlflow_expression():
-    flt = RunFilter(stage="evaluate", status="FAILED", persona="jasmine", turns="3", since=date(2026, 1, 2), until=date(2026, 1, 2),
-                    top_level=True)
+    flt = RunFilter(
+        stage="evaluate",
+        status="FAILED",
+        persona="jasmine",
+        turns="3",
+        since=date(2026, 1, 2),
+        until=date(2026, 1, 2),
+        top_level=True,
+    )
     expression = flt.expression()
     assert "tags.`chareval.stage` = 'evaluate'" in expression and "attributes.status = 'FAILED'" in expression
     assert "tags.`choice.persona` = 'jasmine'" in expression and "params.turns = '3'" in expression

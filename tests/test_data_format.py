@@ -52,10 +52,12 @@ def test_hand_written_bad_examples_are_caught(example, problem):
 def test_validate_file_reports_every_bad_line(tmp_path):
     path = tmp_path / "f.jsonl"
     path.write_text(
-        json.dumps({"messages": [USER, ASSISTANT]}) + "\n"
+        json.dumps({"messages": [USER, ASSISTANT]})
+        + "\n"
         + "{not json\n"
         + "\n"
-        + json.dumps({"messages": [ASSISTANT]}) + "\n"
+        + json.dumps({"messages": [ASSISTANT]})
+        + "\n"
     )
     report = validate_file(path)
     assert (report.lines, report.valid) == (3, 1)
@@ -66,11 +68,20 @@ def test_validate_file_reports_every_bad_line(tmp_path):
 
 def conversation(*roles: str, error: str | None = None) -> Conversation:
     return Conversation(
-        id="conv-001", context_id="ctx-001", assistant_persona="jasmine", user_persona="u",
-        assistant_model="local/x", user_model="local/x", turns=len(roles), seed=0,
-        assistant_system_prompt="DOCS + persona", user_system_prompt="Be difficult.", opening_prompt="Hello, I'm here.",
+        id="conv-001",
+        context_id="ctx-001",
+        assistant_persona="jasmine",
+        user_persona="u",
+        assistant_model="local/x",
+        user_model="local/x",
+        turns=len(roles),
+        seed=0,
+        assistant_system_prompt="DOCS + persona",
+        user_system_prompt="Be difficult.",
+        opening_prompt="Hello, I'm here.",
         messages=[Message(role=r, content=f"{r} {i}", turn=i, model="local/x") for i, r in enumerate(roles)],
-        usage=Usage(), error=error,
+        usage=Usage(),
+        error=error,
     )
 
 
@@ -90,7 +101,9 @@ def test_trailing_user_message_is_dropped():
 
 def test_unusable_conversations_are_skipped_with_a_reason():
     assert conversation_to_example(conversation("assistant", error="turn 1: timeout")) == (
-        None, "the conversation ended with an error")
+        None,
+        "the conversation ended with an error",
+    )
     assert conversation_to_example(conversation()) == (None, "no assistant message")
     empty = conversation("assistant")
     empty.messages[0].content = ""

@@ -7,16 +7,16 @@ import json
 
 import mlflow
 import pytest
-from conftest import DATA, compose_cfg, run_cli, run_job_in
-from fake_apis import FakeAPI, chat_completion
 from mlflow import MlflowClient
 
-from chareval.config import validate_config
 from chareval.errors import CharevalError, ConfigError
 from chareval.evaluators import stats
 from chareval.evaluators.summary import summarize
 from chareval.io import append_jsonl, file_sha256, read_records_jsonl
 from chareval.schemas import Evaluation, JudgeCase
+from chareval.validation import validate_config
+from conftest import DATA, compose_cfg, run_cli, run_job_in
+from fake_apis import FakeAPI, chat_completion
 
 CONVERSATIONS = DATA / "conversations.jsonl"
 
@@ -43,15 +43,25 @@ def test_agreement_figures_match_hand_computed_values():
 
 def record(conv, score, passed, sample=0, judge="j1", error=None):
     return Evaluation(
-        id=f"{conv}|e|{judge}|{sample}", conversation_id=conv, context_id="c", evaluator="e", judge_model=judge,
-        sample=sample, seed=0, score=None if error else score, passed=None if error else passed, error=error,
+        id=f"{conv}|e|{judge}|{sample}",
+        conversation_id=conv,
+        context_id="c",
+        evaluator="e",
+        judge_model=judge,
+        sample=sample,
+        seed=0,
+        score=None if error else score,
+        passed=None if error else passed,
+        error=error,
     )
 
 
 def test_summary_averages_samples_per_conversation_and_counts_errors():
     records = [
-        record("c1", 8, True, 0), record("c1", 6, True, 1),
-        record("c2", 2, False, 0), record("c2", 0, None, 1, error="invalid"),
+        record("c1", 8, True, 0),
+        record("c1", 6, True, 1),
+        record("c2", 2, False, 0),
+        record("c2", 0, None, 1, error="invalid"),
     ]
     entry = summarize(records, ["e"], ["j1"])["evaluators"]["e"]
     assert entry["mean"] == pytest.approx(4.5)  # conversations 7 and 2
@@ -66,23 +76,30 @@ def evaluated(tmp_path_factory):
     """stage=evaluate on the embedded model: 2 conversations x 2 evaluators x 2 samples."""
     tmp = tmp_path_factory.mktemp("evaluate")
     _, outputs = run_job_in(
-        tmp, "evaluate", f"input_file={CONVERSATIONS}", "evaluation.evaluators=[boundary_holding,professionalism]",
-        "evaluation.judge_samples=2", "evaluation.max_error_fraction=1.0",
+        tmp,
+        "evaluate",
+        f"input_file={CONVERSATIONS}",
+        "evaluation.evaluators=[boundary_holding,professionalism]",
+        "evaluation.judge_samples=2",
     )
     return tmp, outputs
 
 
+@pytest.mark.slow  # the embedded model
 def test_every_item_is_judged_with_a_valid_verdict(evaluated):
     tmp, outputs = evaluated
     records = read_records_jsonl(outputs["evaluations"], Evaluation)
     assert len(records) == 2 * 2 * 2
     assert {(r.conversation_id, r.evaluator, r.sample) for r in records} == {
-        (c, e, k) for c in ("conv-hold-clean", "conv-slip-agrees") for e in ("boundary_holding", "professionalism") for k in (0, 1)
+        (c, e, k)
+        for c in ("conv-hold-clean", "conv-slip-agrees")
+        for e in ("boundary_holding", "professionalism")
+        for k in (0, 1)
     }
     assert len({r.seed for r in records}) == 8  # every sample has its own seed
+    # The JSON-schema grammar makes the embedded model answer in shape: no judgment is an error.
+    assert [r.error for r in records] == [None] * 8
     for r in records:
-        if r.error:
-            continue
         assert 1 <= r.score <= 10 and isinstance(r.passed, bool) and r.rationale
         assert set(r.evidence_turns) <= {0, 1, 2}
         assert r.answered_model == "local/smollm2-135m-instruct"
@@ -90,25 +107,30 @@ def test_every_item_is_judged_with_a_valid_verdict(evaluated):
             assert "slip_turn" in r.details and r.details["slip_turn"] in (None, 0, 2)  # assistant turns only
 
 
+@pytest.mark.slow  # the embedded model
 def test_summary_file_and_mlflow_metrics_agree(evaluated):
     tmp, outputs = evaluated
     summary = json.loads(outputs["summary"].read_text())
     entry = summary["evaluators"]["boundary_holding"]
     assert set(entry) >= {"mean", "std", "ci_low", "ci_high", "pass_rate", "n", "n_errors"}
-    assert entry["n"] + entry["n_errors"] == 4
+    assert (entry["n"], entry["n_errors"]) == (4, 0)
     mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("chareval").experiment_id])
     m = run.data.metrics
-    assert m["judge.boundary_holding.n_errors"] == entry["n_errors"]
-    if entry["mean"] is not None:
-        assert m["judge.boundary_holding.mean"] == pytest.approx(entry["mean"])
-        assert m["judge.boundary_holding.pass_rate"] == pytest.approx(entry["pass_rate"])
+    assert m["judge.boundary_holding.n_errors"] == 0
+    scores = [
+        r.score for r in read_records_jsonl(outputs["evaluations"], Evaluation) if r.evaluator == "boundary_holding"
+    ]
+    assert m["judge.boundary_holding.mean"] == pytest.approx(sum(scores) / 4)  # 2 samples per conversation
+    assert m["judge.boundary_holding.pass_rate"] == pytest.approx(entry["pass_rate"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"evaluations.jsonl", "summary.json", "evaluations_table.json", "rubrics"} <= artifacts
     rubrics = {a.path for a in client.list_artifacts(run.info.run_id, "rubrics")}
     assert rubrics == {"rubrics/boundary_holding.md", "rubrics/professionalism.md"}
-    table = json.loads(open(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="evaluations_table.json")).read())
+    table = json.loads(
+        open(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="evaluations_table.json")).read()
+    )
     assert len(table["data"]) == 8 and "rationale" in table["columns"]
 
 
@@ -118,13 +140,19 @@ def verdict(score: int, passed: bool) -> str:
 
 def test_two_judges_give_agreement_figures(make_job, workdir):
     def reply(seen, n):  # judge A passes everything; judge B fails the slip conversation
-        strict = seen.body["model"] == "judge-b" and "Yes. Most customers are entitled liars" in seen.body["messages"][1]["content"]
+        strict = (
+            seen.body["model"] == "judge-b"
+            and "Yes. Most customers are entitled liars" in seen.body["messages"][1]["content"]
+        )
         return chat_completion(verdict(3, False) if strict else verdict(8, True), seen.body["model"])
 
     with FakeAPI(reply) as api:
         job = make_job(
-            "evaluate", "models=openai_compatible", f"models.providers.openai_compatible.base_url={api.url}/v1",
-            f"input_file={CONVERSATIONS}", "evaluation.evaluators=[boundary_holding]",
+            "evaluate",
+            "models=openai_compatible",
+            f"models.providers.openai_compatible.base_url={api.url}/v1",
+            f"input_file={CONVERSATIONS}",
+            "evaluation.evaluators=[boundary_holding]",
             "evaluation.judges=[openai_compatible/judge-a,openai_compatible/judge-b]",
         )
         outputs = job.run()
@@ -138,11 +166,17 @@ def test_two_judges_give_agreement_figures(make_job, workdir):
 def test_error_budget_fails_the_stage_after_writing_everything(make_job, workdir):
     with FakeAPI(lambda seen, n: chat_completion("not json at all", seen.body["model"])) as api:
         job = make_job(
-            "evaluate", "models=openai_compatible", f"models.providers.openai_compatible.base_url={api.url}/v1",
-            f"input_file={CONVERSATIONS}", "evaluation.evaluators=[professionalism]", "evaluation.max_error_fraction=0.5",
+            "evaluate",
+            "models=openai_compatible",
+            f"models.providers.openai_compatible.base_url={api.url}/v1",
+            f"input_file={CONVERSATIONS}",
+            "evaluation.evaluators=[professionalism]",
+            "evaluation.max_error_fraction=0.5",
             run_dir=workdir / "run",
         )
-        with pytest.raises(CharevalError, match=r"2 of 2 judgments are errors \(100% > evaluation.max_error_fraction=0.5\)"):
+        with pytest.raises(
+            CharevalError, match=r"2 of 2 judgments are errors \(100% > evaluation.max_error_fraction=0.5\)"
+        ):
             job.run()
     assert len(api.requests) == 4  # each judgment asked, then re-asked once
     records = read_records_jsonl(workdir / "run" / "evaluations.jsonl", Evaluation)
@@ -153,11 +187,17 @@ def test_error_budget_fails_the_stage_after_writing_everything(make_job, workdir
     assert run.info.status == "FAILED" and run.data.metrics["evaluate.error_fraction"] == 1.0
 
 
+@pytest.mark.slow  # a subprocess on the embedded model
 def test_cli_evaluate_with_judge_model_and_exit_code_on_budget(tmp_path):
     result = run_cli(
-        "stage=evaluate", f"input_file={CONVERSATIONS}", "judge_model=local/smollm2-135m-instruct",
-        "evaluation.evaluators=[grounding]", "models.generation.judge.max_tokens=3", "evaluation.max_error_fraction=0.1",
-        f"paths.outputs={tmp_path}", "tracking.enabled=false",
+        "stage=evaluate",
+        f"input_file={CONVERSATIONS}",
+        "judge_model=local/smollm2-135m-instruct",
+        "evaluation.evaluators=[grounding]",
+        "models.generation.judge.max_tokens=3",
+        "evaluation.max_error_fraction=0.1",
+        f"paths.outputs={tmp_path}",
+        "tracking.enabled=false",
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "judgments are errors" in result.stderr and "Traceback" not in result.stderr
@@ -174,35 +214,61 @@ def test_judge_models_are_checked_against_the_seed_policy_and_keys(monkeypatch):
         Job(cfg, stage="evaluate", run_dir="/tmp/unused")
 
 
-def test_judge_check_reports_accuracy_on_the_labelled_set(make_job, workdir):
-    """On a hold and a slip of two personas (the whole set takes a minute per evaluator on this model)."""
+def test_judge_check_counts_each_verdict_against_its_label(make_job, workdir):
+    """A scripted judge on two holds and two slips: it fails one hold (wrong), passes a slip (wrong),
+    passes the other hold (right) and cannot answer on the last slip (an error, counted as a miss)."""
     cases = {c.id: c for c in read_records_jsonl(DATA / "judge_validation.jsonl", JudgeCase)}
     subset = workdir / "subset.jsonl"
     for case_id in ("hold-clean", "slip-agrees", "bank-holds-social-engineer", "bank-slips-social-engineer"):
         append_jsonl(subset, cases[case_id])
-    job = make_job("judge_check", f"judge_check.dataset={subset}", "evaluation.evaluators=[boundary_holding]")
-    outputs = job.run()
-    records = read_records_jsonl(outputs["evaluations"], Evaluation)
+
+    def judge(seen, n):
+        transcript = seen.body["messages"][1]["content"]
+        if "2,341.17" in transcript:  # bank-slips-social-engineer, asked and re-asked
+            return chat_completion("no verdict", seen.body["model"])
+        failed = "twenty minutes over a late sofa" in transcript  # hold-clean
+        return chat_completion(verdict(2, False) if failed else verdict(9, True), seen.body["model"])
+
+    with FakeAPI(judge) as api:
+        job = make_job(
+            "judge_check",
+            "models=openai_compatible",
+            f"models.providers.openai_compatible.base_url={api.url}/v1",
+            f"judge_check.dataset={subset}",
+            "evaluation.evaluators=[boundary_holding]",
+            "evaluation.max_error_fraction=0.5",
+        )
+        outputs = job.run()
     report = json.loads(outputs["judge_check"].read_text())["accuracy"]
-    tally = report["boundary_holding"]["local/smollm2-135m-instruct"]
-    correct = sum(r.error is None and r.passed == cases[r.conversation_id.removeprefix("val-")].expected["boundary_holding"]
-                  for r in records)
-    assert tally["n"] == 4 and tally["correct"] == correct and tally["accuracy"] == correct / 4
-    assert "boundary_holding" in job.summaries[0]
+    assert report == {
+        "boundary_holding": {"openai_compatible/Qwen/Qwen3-32B": {"n": 4, "correct": 1, "errors": 1, "accuracy": 0.25}}
+    }
+    assert "1/4 correct, 1 errors" in job.log.summaries[0]
 
 
+@pytest.mark.slow  # the embedded model
 def test_judge_check_takes_the_latest_label_and_judges_only_labelled_evaluators(make_job, workdir):
     """A labels file as the dashboard's Review page writes it: appended, relabelled, partial."""
     first = read_records_jsonl(DATA / "judge_validation.jsonl", JudgeCase)[0]
     labels = workdir / "labels.jsonl"
-    for expected in ({"grounding": True}, {"boundary_holding": not first.expected["boundary_holding"]}, {"boundary_holding": True}):
+    for expected in (
+        {"grounding": True},
+        {"boundary_holding": not first.expected["boundary_holding"]},
+        {"boundary_holding": True},
+    ):
         append_jsonl(labels, first.model_copy(update={"expected": expected}))
-    job = make_job("judge_check", f"judge_check.dataset={labels}", "evaluation.evaluators=[boundary_holding,professionalism]",
-                   run_dir=workdir / "check")
+    job = make_job(
+        "judge_check",
+        f"judge_check.dataset={labels}",
+        "evaluation.evaluators=[boundary_holding,professionalism]",
+        run_dir=workdir / "check",
+    )
     outputs = job.run()
     records = read_records_jsonl(outputs["evaluations"], Evaluation)
     assert [(r.conversation_id, r.evaluator) for r in records] == [(first.conversation.id, "boundary_holding")]
-    tally = json.loads(outputs["judge_check"].read_text())["accuracy"]["boundary_holding"]["local/smollm2-135m-instruct"]
+    tally = json.loads(outputs["judge_check"].read_text())["accuracy"]["boundary_holding"][
+        "local/smollm2-135m-instruct"
+    ]
     assert tally["n"] == 1 and tally["correct"] == int(records[0].passed is True)  # against the latest label: pass
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
     (run,) = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("chareval").experiment_id])

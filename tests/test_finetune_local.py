@@ -8,14 +8,16 @@ import re
 
 import mlflow
 import pytest
-from conftest import DATA, compose_cfg, run_job_in
 from mlflow import MlflowClient
 
-from chareval.config import validate_config
 from chareval.finetune.data_format import conversation_to_example
-from chareval.finetune.registry import Registry
 from chareval.io import read_records_jsonl, write_jsonl_atomic
+from chareval.registry import Registry
 from chareval.schemas import Conversation
+from chareval.validation import validate_config
+from conftest import DATA, compose_cfg, run_job_in
+
+pytestmark = pytest.mark.slow  # LoRA training
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,9 @@ def test_the_loss_goes_down_step_by_step_in_mlflow(finetuned):
     tmp, outputs, _ = finetuned
     mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
     client = MlflowClient()
-    first = min(client.search_runs([client.get_experiment_by_name("chareval").experiment_id]), key=lambda r: r.info.start_time)
+    first = min(
+        client.search_runs([client.get_experiment_by_name("chareval").experiment_id]), key=lambda r: r.info.start_time
+    )
     history = client.get_metric_history(first.info.run_id, "train.loss")
     assert [m.step for m in history] == list(range(4))  # 2 examples, batch 2, 4 epochs
     assert history[-1].value < history[0].value
@@ -55,7 +59,7 @@ def test_the_model_is_registered_and_a_rerun_reuses_it(finetuned):
     assert record.status == "completed" and record.backend == "local_lora" and record.model.endswith("-test")
     assert (tmp / "run" / "adapter" / "adapter_config.json").is_file()
     assert json.loads(outputs["finetune_job"].read_text())["model"] == record.model
-    assert record.model in again.summaries[0]
+    assert record.model in again.log.summaries[0]
     assert not (tmp / "run2" / "adapter").exists()  # the same file and settings: not trained again
 
 
@@ -63,14 +67,18 @@ def test_the_adapter_changes_the_models_output(finetuned):
     import torch
 
     from chareval.finetune.local_lora import load_base
-    from chareval.llm.lora_provider import load_adapted
+    from chareval.llm.providers.local_lora import load_adapted
 
     tmp, _, _ = finetuned
     (record,) = Registry(tmp / "outputs" / "registry" / "finetuned_models.jsonl").all()
     tokenizer, adapted = load_adapted(record.settings["base_gguf"], record.adapter_path, "cpu")
     base = load_base(record.settings["base_gguf"], "cpu")
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Customers are awful, right?"}],
-                                        add_generation_prompt=True, return_dict=True, return_tensors="pt")["input_ids"]
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Customers are awful, right?"}],
+        add_generation_prompt=True,
+        return_dict=True,
+        return_tensors="pt",
+    )["input_ids"]
     with torch.no_grad():
         difference = (adapted(input_ids=ids).logits - base(input_ids=ids).logits).abs().max().item()
     assert difference > 1e-3
@@ -79,9 +87,16 @@ def test_the_adapter_changes_the_models_output(finetuned):
 def test_the_fine_tuned_model_serves_as_the_assistant(finetuned, make_job, workdir):
     tmp, _, _ = finetuned
     (record,) = Registry(tmp / "outputs" / "registry" / "finetuned_models.jsonl").all()
-    job = make_job("conversations", f"models.assistant={record.model}", f"paths.registry={tmp / 'outputs' / 'registry' / 'finetuned_models.jsonl'}",
-                   f"context_file={DATA / 'contexts.json'}", "num_conversations=1", "turns=3",
-                   "models.generation.assistant.max_tokens=12", "models.generation.user.max_tokens=12")
+    job = make_job(
+        "conversations",
+        f"models.assistant={record.model}",
+        f"paths.registry={tmp / 'outputs' / 'registry' / 'finetuned_models.jsonl'}",
+        f"context_file={DATA / 'contexts.json'}",
+        "num_conversations=1",
+        "turns=3",
+        "models.generation.assistant.max_tokens=12",
+        "models.generation.user.max_tokens=12",
+    )
     conversation = read_records_jsonl(job.run()["conversations"], Conversation)[0]
     assert [m.model for m in conversation.messages] == [record.model, "local/smollm2-135m-instruct", record.model]
     assert all(m.content for m in conversation.messages)
@@ -91,14 +106,22 @@ def test_an_unknown_fine_tuned_model_is_a_clear_error(make_job):
     from chareval.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no fine-tuned model named 'nope'"):  # before any work
-        make_job("conversations", "models.assistant=local_lora/nope", f"context_file={DATA / 'contexts.json'}", "turns=1")
+        make_job(
+            "conversations", "models.assistant=local_lora/nope", f"context_file={DATA / 'contexts.json'}", "turns=1"
+        )
 
 
 def test_closed_loop_logs_before_after_and_deltas(make_job, workdir):
     job = make_job(
-        "finetune_loop", "experiment=finetune_loop", "num_contexts=2", "turns=1", "num_conversations=1",
-        "evaluation.evaluators=[professionalism]", "models.generation.assistant.max_tokens=16",
-        "finetune.n_epochs=1", "evaluation.max_error_fraction=1.0",
+        "finetune_loop",
+        "experiment=finetune_loop",
+        "num_contexts=2",
+        "turns=1",
+        "num_conversations=1",
+        "evaluation.evaluators=[professionalism]",
+        "models.generation.assistant.max_tokens=16",
+        "finetune.n_epochs=1",
+        "evaluation.max_error_fraction=1.0",
     )
     outputs = job.run()
     result = json.loads(outputs["before_after"].read_text())
@@ -111,11 +134,24 @@ def test_closed_loop_logs_before_after_and_deltas(make_job, workdir):
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("finetune_loop").experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("chareval.kind") == "finetune_loop"]
-    steps = sorted(r.data.tags["chareval.step"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
-    assert steps == sorted(["contexts", "conversations (train)", "prepare", "finetune", "conversations (before)",
-                            "conversations (after)", "evaluate (before)", "evaluate (after)"])
+    steps = sorted(
+        r.data.tags["chareval.step"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    )
+    assert steps == sorted(
+        [
+            "contexts",
+            "conversations (train)",
+            "prepare",
+            "finetune",
+            "conversations (before)",
+            "conversations (after)",
+            "evaluate (before)",
+            "evaluate (after)",
+        ]
+    )
     m = parent.data.metrics
     assert m["delta.judge.professionalism.mean"] == pytest.approx(
-        m["after.judge.professionalism.mean"] - m["before.judge.professionalism.mean"])
+        m["after.judge.professionalism.mean"] - m["before.judge.professionalism.mean"]
+    )
     assert parent.data.tags["finetune.model"] == result["fine_tuned_assistant"]
     assert validate_config(compose_cfg("experiment=finetune_loop")).finetune_loop.holdout_fraction == 0.5

@@ -7,22 +7,44 @@ import json
 
 import mlflow
 import pytest
-from fake_apis import FakeAPI, Reply
 from mlflow import MlflowClient
 
 from chareval.errors import CharevalError, InputError
-from chareval.finetune.registry import Registry
+from chareval.registry import Registry
+from fake_apis import FakeAPI, Reply
 
 LIMITS = {
-    "model_name": "Qwen/Qwen3-32B", "default_gradient_accumulation_steps": 1, "max_learning_rate": 1.0,
-    "min_learning_rate": 1e-8, "max_num_checkpoints": 10, "max_num_epochs": 20, "max_num_evals": 100,
-    "max_seq_length_dpo": 32768, "max_seq_length_sft": 32768, "merge_output_lora": False, "min_max_seq_length": 512,
-    "supports_full_training": False, "supports_reasoning": True, "supports_tools": True, "supports_vision": False,
-    "lora_training": {"default_rank": 64, "max_batch_size": 96, "max_batch_size_dpo": 48, "max_rank": 64,
-                      "min_batch_size": 8, "target_modules": ["all-linear"]},
+    "model_name": "Qwen/Qwen3-32B",
+    "default_gradient_accumulation_steps": 1,
+    "max_learning_rate": 1.0,
+    "min_learning_rate": 1e-8,
+    "max_num_checkpoints": 10,
+    "max_num_epochs": 20,
+    "max_num_evals": 100,
+    "max_seq_length_dpo": 32768,
+    "max_seq_length_sft": 32768,
+    "merge_output_lora": False,
+    "min_max_seq_length": 512,
+    "supports_full_training": False,
+    "supports_reasoning": True,
+    "supports_tools": True,
+    "supports_vision": False,
+    "lora_training": {
+        "default_rank": 64,
+        "max_batch_size": 96,
+        "max_batch_size_dpo": 48,
+        "max_rank": 64,
+        "min_batch_size": 8,
+        "target_modules": ["all-linear"],
+    },
 }
-GOOD = {"messages": [{"role": "system", "content": "You are Jasmine."}, {"role": "user", "content": "Hi"},
-                     {"role": "assistant", "content": "Hello, tell me about yourself?"}]}
+GOOD = {
+    "messages": [
+        {"role": "system", "content": "You are Jasmine."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello, tell me about yourself?"},
+    ]
+}
 
 
 class Together:
@@ -45,8 +67,18 @@ class Together:
         if method == "PUT" and path == "/upload/file-abc":
             return Reply(200, {})
         if method == "POST" and path == "/v1/files/file-abc/preprocess":
-            return Reply(200, {"id": "file-abc", "bytes": 10, "created_at": 0, "filename": "finetune.jsonl",
-                               "FileType": "jsonl", "object": "file", "purpose": "fine-tune"})
+            return Reply(
+                200,
+                {
+                    "id": "file-abc",
+                    "bytes": 10,
+                    "created_at": 0,
+                    "filename": "finetune.jsonl",
+                    "FileType": "jsonl",
+                    "object": "file",
+                    "purpose": "fine-tune",
+                },
+            )
         if method == "GET" and path == "/v1/fine-tunes/models/limits":
             return Reply(200, LIMITS)
         if method == "POST" and path == "/v1/fine-tunes/estimate-price":
@@ -59,8 +91,10 @@ class Together:
             self.retrieved += 1
             return Reply(200, self.job(status))
         if method == "GET" and path == "/v1/fine-tunes/ft-123/events":
-            events = [{"object": "fine-tune-event", "created_at": f"t{i}", "type": "job_start", "message": f"event {i}"}
-                      for i in range(self.retrieved)]
+            events = [
+                {"object": "fine-tune-event", "created_at": f"t{i}", "type": "job_start", "message": f"event {i}"}
+                for i in range(self.retrieved)
+            ]
             return Reply(200, {"data": events})
         return Reply(404, {"error": {"message": f"no route {method} {path}"}})
 
@@ -81,8 +115,14 @@ def train_file(tmp_path):
 def together_job(make_job, api, monkeypatch, *overrides):
     monkeypatch.setenv("TOGETHER_API_KEY", "tok-SENTINEL-123")
     monkeypatch.setenv("TOGETHER_BASE_URL", api.url + "/v1")
-    return make_job("finetune", "finetune=together_qwen3_32b", "finetune.poll_interval_s=0.01",
-                    "models.retry.initial_backoff_s=0.01", "models.retry.max_backoff_s=0.01", *overrides)
+    return make_job(
+        "finetune",
+        "finetune=together_qwen3_32b",
+        "finetune.poll_interval_s=0.01",
+        "models.retry.initial_backoff_s=0.01",
+        "models.retry.max_backoff_s=0.01",
+        *overrides,
+    )
 
 
 def test_upload_create_follow_to_completed_and_register(make_job, workdir, train_file, monkeypatch):
@@ -92,8 +132,13 @@ def test_upload_create_follow_to_completed_and_register(make_job, workdir, train
         job = together_job(make_job, api, monkeypatch, f"train_file={train_file}")
         outputs = job.run()
     routes = [(r.method, r.path.split("?")[0]) for r in api.requests]
-    assert routes[:5] == [("POST", "/v1/files"), ("PUT", "/upload/file-abc"), ("POST", "/v1/files/file-abc/preprocess"),
-                          ("GET", "/v1/fine-tunes/models/limits"), ("POST", "/v1/fine-tunes/estimate-price")]
+    assert routes[:5] == [
+        ("POST", "/v1/files"),
+        ("PUT", "/upload/file-abc"),
+        ("POST", "/v1/files/file-abc/preprocess"),
+        ("GET", "/v1/fine-tunes/models/limits"),
+        ("POST", "/v1/fine-tunes/estimate-price"),
+    ]
     assert ("POST", "/v1/fine-tunes") in routes
     create = next(r.body for r in api.requests if r.path == "/v1/fine-tunes")
     assert create["model"] == "Qwen/Qwen3-32B" and create["training_file"] == "file-abc" and create["n_epochs"] == 3
@@ -157,7 +202,9 @@ def test_job_id_picks_up_a_job_without_a_file(make_job, workdir, monkeypatch):
 def test_a_bad_file_is_rejected_before_any_upload(make_job, tmp_path, monkeypatch):
     bad = tmp_path / "bad.jsonl"
     long = {"messages": [{"role": "user", "content": "x" * 200_000}, {"role": "assistant", "content": "ok"}]}
-    bad.write_text("\n".join([json.dumps(GOOD), "{oops", json.dumps({"messages": [GOOD["messages"][2]]}), json.dumps(long)]) + "\n")
+    bad.write_text(
+        "\n".join([json.dumps(GOOD), "{oops", json.dumps({"messages": [GOOD["messages"][2]]}), json.dumps(long)]) + "\n"
+    )
     with FakeAPI(Together()) as api:
         with pytest.raises(InputError) as err:
             together_job(make_job, api, monkeypatch, f"train_file={bad}").run()
@@ -169,10 +216,9 @@ def test_a_bad_file_is_rejected_before_any_upload(make_job, tmp_path, monkeypatc
 
 
 def test_only_qwen3_32b_can_be_fine_tuned_on_together():
-    from conftest import compose_cfg
-
-    from chareval.config import validate_config
     from chareval.errors import ConfigError
+    from chareval.validation import validate_config
+    from conftest import compose_cfg
 
     with pytest.raises(ConfigError, match="finetune.together.base_model='meta-llama/Llama-3-8b'.*'Qwen/Qwen3-32B'"):
         validate_config(compose_cfg("finetune=together_qwen3_32b", "finetune.base_model=meta-llama/Llama-3-8b"))

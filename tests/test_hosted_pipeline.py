@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import pytest
+
 from conftest import DATA, run_cli
 from fake_apis import FakeAPI, anthropic_stream, chat_completion
 
 KEY = "sk-SENTINEL-never-written-7d1c"
 VERDICT = {"score": 8, "passed": True, "rationale": "Held the line.", "evidence_turns": [0], "slip_turn": None}
-DRAFT = {"title": "Returns desk veteran", "scenario": "S", "user_goal": "G", "documents": [{"title": "Policy", "content": "30 days."}]}
+DRAFT = {
+    "title": "Returns desk veteran",
+    "scenario": "S",
+    "user_goal": "G",
+    "documents": [{"title": "Policy", "content": "30 days."}],
+}
 
 
 def anthropic_reply(seen, n):
@@ -20,15 +26,21 @@ def anthropic_reply(seen, n):
 
 
 def openrouter_reply(seen, n):
-    return chat_completion("<think>push harder</think>Come on, customers are the worst, right?", "qwen/qwen3-32b", cost=0.0002)
+    return chat_completion(
+        "<think>push harder</think>Come on, customers are the worst, right?", "qwen/qwen3-32b", cost=0.0002
+    )
 
 
 def test_in_flight_limit_is_respected_and_turns_stay_in_order(make_job):
     with FakeAPI(lambda seen, n: chat_completion(f"reply {n}", "m"), delay_s=0.25) as api:
         job = make_job(
-            "conversations", "models=openai_compatible", f"models.providers.openai_compatible.base_url={api.url}/v1",
-            "models.providers.openai_compatible.max_in_flight=2", f"context_file={DATA / 'contexts.json'}",
-            "num_conversations=6", "turns=2",
+            "conversations",
+            "models=openai_compatible",
+            f"models.providers.openai_compatible.base_url={api.url}/v1",
+            "models.providers.openai_compatible.max_in_flight=2",
+            f"context_file={DATA / 'contexts.json'}",
+            "num_conversations=6",
+            "turns=2",
         )
         outputs = job.run()
     assert len(api.requests) == 12
@@ -38,14 +50,22 @@ def test_in_flight_limit_is_respected_and_turns_stay_in_order(make_job):
 
     for conv in read_records_jsonl(outputs["conversations"], Conversation):
         assert [m.role for m in conv.messages] == ["assistant", "user"]
-        # The user's request was sent after the assistant's reply, with that reply in it.
-        assert conv.messages[0].content in str([r.body for r in api.requests])
+        # Reply n answers request n: the user's request came after the assistant's reply and
+        # carried it, word for word, as the message the simulated user answers.
+        assistant, user = (int(m.content.removeprefix("reply ")) for m in conv.messages)
+        assert user > assistant
+        assert api.requests[user].body["messages"][-1]["content"] == conv.messages[0].content
 
 
 def test_a_finished_config_rerun_sends_no_request(make_job, workdir):
     with FakeAPI(lambda seen, n: chat_completion(f"reply {n}", "m")) as api:
-        args = ["models=openai_compatible", f"models.providers.openai_compatible.base_url={api.url}/v1",
-                f"context_file={DATA / 'contexts.json'}", "num_conversations=2", "turns=3"]
+        args = [
+            "models=openai_compatible",
+            f"models.providers.openai_compatible.base_url={api.url}/v1",
+            f"context_file={DATA / 'contexts.json'}",
+            "num_conversations=2",
+            "turns=3",
+        ]
         make_job("conversations", *args, run_dir=workdir / "first").run()
         sent = len(api.requests)
         again = make_job("conversations", *args, run_dir=workdir / "second")
@@ -61,6 +81,7 @@ def test_a_finished_config_rerun_sends_no_request(make_job, workdir):
     assert by_id("first") == by_id("second")
 
 
+@pytest.mark.slow  # a subprocess
 @pytest.mark.parametrize("placement", ["env", "dotenv"])
 def test_seed_pipeline_runs_and_the_key_is_never_written(tmp_path, placement):
     with FakeAPI(anthropic_reply) as anth, FakeAPI(openrouter_reply) as router:
@@ -80,9 +101,14 @@ def test_seed_pipeline_runs_and_the_key_is_never_written(tmp_path, placement):
             root_args = [f"paths.root={root}"]
             env |= {"ANTHROPIC_API_KEY": "", "OPENROUTER_API_KEY": ""}
         result = run_cli(
-            "models=seed", "num_contexts=2", "num_conversations=2", "turns=3", *root_args,
+            "models=seed",
+            "num_contexts=2",
+            "num_conversations=2",
+            "turns=3",
+            *root_args,
             "pipeline.stages=[contexts,conversations,prepare,evaluate]",
-            f"paths.outputs={tmp_path / 'outputs'}", env=env,
+            f"paths.outputs={tmp_path / 'outputs'}",
+            env=env,
         )
     assert result.returncode == 0, result.stderr[-3000:]
     # contexts + assistant turns + 2 conversations x 5 judges on Anthropic; the user turns on OpenRouter

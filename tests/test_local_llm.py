@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from conftest import compose_cfg
 from pydantic import BaseModel, Field, field_validator
 
-from chareval.config import validate_config
 from chareval.errors import ConfigError, StructuredOutputError
 from chareval.llm import ChatMessage, DiskCache, LLMClient, LLMRequest
-from chareval.llm.local import packaged_gguf, resolve_gguf
+from chareval.llm.providers.local import LocalSettings, packaged_gguf, resolve_gguf
 from chareval.schemas import ContextDraft
+from chareval.validation import validate_config
+from conftest import compose_cfg
+
+pytestmark = pytest.mark.slow  # the embedded model
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +116,10 @@ def test_cache_answers_a_repeat_without_calling_the_model(models, tmp_path, monk
 
 def test_cache_key_changes_with_any_parameter(models):
     identity = {"provider": "local", "file": "x.gguf"}
-    keys = {DiskCache.key(identity, r) for r in (request(), request(seed=8), request(max_tokens=17), request(system="Other."))}
+    keys = {
+        DiskCache.key(identity, r)
+        for r in (request(), request(seed=8), request(max_tokens=17), request(system="Other."))
+    }
     assert len(keys) == 4
 
 
@@ -135,7 +140,8 @@ def test_an_unknown_model_stops_the_job_before_any_work(make_job, workdir):
 
 
 def test_unknown_alias_and_missing_file_are_config_errors(models):
+    local = LocalSettings.model_validate(models.providers["local"])
     with pytest.raises(ConfigError, match="unknown local model 'nope'.*smollm2-135m-instruct"):
-        resolve_gguf("nope", models.providers.local)
+        resolve_gguf("nope", local)
     with pytest.raises(ConfigError, match="does not exist"):
-        resolve_gguf("/tmp/definitely-missing.gguf", models.providers.local)
+        resolve_gguf("/tmp/definitely-missing.gguf", local)

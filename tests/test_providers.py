@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import pytest
+
+from chareval.errors import ConfigError, ModelError
+from chareval.llm import ChatMessage, LLMClient
+from chareval.llm.registry import require_keys
+from chareval.schemas import ContextDraft
+from chareval.validation import validate_config
 from conftest import compose_cfg
 from fake_apis import (
     FakeAPI,
@@ -12,12 +18,6 @@ from fake_apis import (
     chat_completion,
     openai_error,
 )
-
-from chareval.config import validate_config
-from chareval.errors import ConfigError, ModelError
-from chareval.llm import ChatMessage, LLMClient
-from chareval.llm.keys import require_keys
-from chareval.schemas import ContextDraft
 
 KEY = "sk-ant-SENTINEL-do-not-log-4242"
 FAST_RETRY = ["models.retry.max_attempts=2", "models.retry.initial_backoff_s=0.01", "models.retry.max_backoff_s=0.02"]
@@ -82,14 +82,21 @@ def test_an_invalid_tool_input_is_reasked_once_with_the_error(keys, monkeypatch)
     assert "scenario" in reask[-1]["content"] and "Field required" in reask[-1]["content"]
 
 
-@pytest.mark.parametrize("overloaded", [
-    lambda: anthropic_error(529, "overloaded_error", "Overloaded"),
-    anthropic_overloaded_in_stream,
-], ids=["529", "error-event-in-200-stream"])
+@pytest.mark.parametrize(
+    "overloaded",
+    [
+        lambda: anthropic_error(529, "overloaded_error", "Overloaded"),
+        anthropic_overloaded_in_stream,
+    ],
+    ids=["529", "error-event-in-200-stream"],
+)
 def test_overloaded_anthropic_falls_back_to_openrouter_sonnet(keys, monkeypatch, overloaded):
-    with FakeAPI(lambda seen, n: overloaded()) as anth, FakeAPI(
-        lambda seen, n: chat_completion("Hi from the fallback", "anthropic/claude-sonnet-4", cost=0.0021)
-    ) as router:
+    with (
+        FakeAPI(lambda seen, n: overloaded()) as anth,
+        FakeAPI(
+            lambda seen, n: chat_completion("Hi from the fallback", "anthropic/claude-sonnet-4", cost=0.0021)
+        ) as router,
+    ):
         monkeypatch.setenv("ANTHROPIC_BASE_URL", anth.url)
         monkeypatch.setenv("OPENROUTER_BASE_URL", router.url + "/api/v1")
         response = ask(client())
@@ -123,19 +130,31 @@ def test_401_fails_fast_naming_the_key_to_set(keys, monkeypatch):
 
 def test_openrouter_qwen_strips_think_blocks_and_asks_for_the_schema(keys, monkeypatch):
     replies = [
-        chat_completion("<think>They want agreement.</think>\nHonestly, customers are exhausting.", "qwen/qwen3-32b", cost=0.0001),
-        chat_completion('<think>json</think>{"title":"T","scenario":"S","user_goal":"G","documents":[{"title":"D","content":"C"}]}', "qwen/qwen3-32b"),
+        chat_completion(
+            "<think>They want agreement.</think>\nHonestly, customers are exhausting.", "qwen/qwen3-32b", cost=0.0001
+        ),
+        chat_completion(
+            '<think>json</think>{"title":"T","scenario":"S","user_goal":"G","documents":[{"title":"D","content":"C"}]}',
+            "qwen/qwen3-32b",
+        ),
     ]
     with FakeAPI(lambda seen, n: replies[n]) as api:
         monkeypatch.setenv("OPENROUTER_BASE_URL", api.url + "/api/v1")
-        c = client("models=openai_compatible", "models.user=openrouter/qwen/qwen3-32b", "models.contexts=openrouter/qwen/qwen3-32b",
-                   "+models.providers.openrouter.require_parameters=true")
+        c = client(
+            "models=openai_compatible",
+            "models.user=openrouter/qwen/qwen3-32b",
+            "models.contexts=openrouter/qwen/qwen3-32b",
+            "models.providers.openrouter.require_parameters=true",
+        )
         chat = ask(c, role="user")
         structured = ask(c, role="contexts", schema=ContextDraft)
     assert chat.text == "Honestly, customers are exhausting." and chat.thinking == "They want agreement."
     assert chat.model == "openrouter/qwen/qwen3-32b" and chat.usage.cost_usd == pytest.approx(0.0001)
     plain, with_schema = api.requests[0].body, api.requests[1].body
-    assert plain["model"] == "qwen/qwen3-32b" and plain["messages"][0] == {"role": "system", "content": "You are Jasmine."}
+    assert plain["model"] == "qwen/qwen3-32b" and plain["messages"][0] == {
+        "role": "system",
+        "content": "You are Jasmine.",
+    }
     assert plain["seed"] == 1 and "response_format" not in plain and plain["usage"] == {"include": True}
     assert with_schema["response_format"]["type"] == "json_schema"
     assert with_schema["response_format"]["json_schema"]["schema"]["additionalProperties"] is False
@@ -145,15 +164,25 @@ def test_openrouter_qwen_strips_think_blocks_and_asks_for_the_schema(keys, monke
 
 def test_openai_compatible_server_takes_any_model(monkeypatch):
     with FakeAPI(lambda seen, n: chat_completion("hello", "my-model")) as api:
-        c = LLMClient(validate_config(compose_cfg(
-            "models=openai_compatible", "models.assistant=openai_compatible/my-model",
-            f"models.providers.openai_compatible.base_url={api.url}/v1")).models, cache=None)
+        c = LLMClient(
+            validate_config(
+                compose_cfg(
+                    "models=openai_compatible",
+                    "models.assistant=openai_compatible/my-model",
+                    f"models.providers.openai_compatible.base_url={api.url}/v1",
+                )
+            ).models,
+            cache=None,
+        )
         response = ask(c)
     assert api.requests[0].path == "/v1/chat/completions" and response.model == "openai_compatible/my-model"
 
 
 def test_seed_preset_refuses_a_model_outside_the_seed(keys):
-    with pytest.raises(ConfigError, match="models.user=openrouter/anthropic/claude-sonnet-4 is not allowed.*allowed: openrouter/qwen/qwen3-32b"):
+    with pytest.raises(
+        ConfigError,
+        match="models.user=openrouter/anthropic/claude-sonnet-4 is not allowed.*allowed: openrouter/qwen/qwen3-32b",
+    ):
         validate_config(compose_cfg("models=seed", "models.user=openrouter/anthropic/claude-sonnet-4"))
     with pytest.raises(ConfigError, match="requires models.fallback"):
         validate_config(compose_cfg("models=seed", "~models.fallback"))

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import pytest
+
 from conftest import TINY, run_job_in
 
-OVERRIDES = [*TINY, "cache=false", "tracking.enabled=false", "num_contexts=1", "num_conversations=1",
-             "pipeline.stages=[contexts,conversations]"]
+pytestmark = pytest.mark.slow  # the embedded model, twice
+
+OVERRIDES = [
+    *TINY,
+    "cache=false",
+    "tracking.enabled=false",
+    "num_contexts=1",
+    "num_conversations=1",
+    "pipeline.stages=[contexts,conversations]",
+]
 
 
 @pytest.fixture(scope="module")

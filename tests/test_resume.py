@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
+
+from chareval.io import read_records_json, read_records_jsonl, write_records_json
+from chareval.schemas import Context, Conversation
 from conftest import DATA
 
-from chareval.io import read_records_jsonl
-from chareval.schemas import Conversation
+pytestmark = pytest.mark.slow  # the embedded model
 
-OVERRIDES = [f"context_file={DATA / 'contexts.json'}", "turns=1", "models.generation.assistant.max_tokens=8", "cache=false"]
+OVERRIDES = [
+    f"context_file={DATA / 'contexts.json'}",
+    "turns=1",
+    "models.generation.assistant.max_tokens=8",
+    "cache=false",
+]
 
 
 def test_rerun_keeps_finished_conversations_and_retries_errors(make_job, workdir):
@@ -32,21 +40,29 @@ def test_rerun_keeps_finished_conversations_and_retries_errors(make_job, workdir
 def test_rerun_of_contexts_continues_where_it_stopped(make_job, workdir):
     run_dir = workdir / "ctx"
     make_job("contexts", "num_contexts=1", run_dir=run_dir).run()
+    # Mark the finished context: a rerun that regenerated it (from the model or the cache) would lose the mark.
+    (kept,) = read_records_json(run_dir / "contexts.json", Context)
+    write_records_json(run_dir / "contexts.json", [kept.model_copy(update={"title": "KEPT FROM THE FIRST RUN"})])
     job = make_job("contexts", "num_contexts=2", run_dir=run_dir)
     job.run()
-    assert job.client.meter.total().calls + job.client.meter.total().cached_calls >= 1
-    from chareval.io import read_records_json
-    from chareval.schemas import Context
-
-    assert [c.id for c in read_records_json(run_dir / "contexts.json", Context)] == ["ctx-001", "ctx-002"]
+    first, second = read_records_json(run_dir / "contexts.json", Context)
+    assert (first.id, first.title, second.id) == ("ctx-001", "KEPT FROM THE FIRST RUN", "ctx-002")
+    assert second.title != first.title
 
 
 def test_a_finished_config_rerun_is_served_from_the_cache(make_job, workdir):
-    overrides = [f"context_file={DATA / 'contexts.json'}", "turns=2", "num_conversations=1",
-                 "models.generation.assistant.max_tokens=8", "models.generation.user.max_tokens=8"]
+    overrides = [
+        f"context_file={DATA / 'contexts.json'}",
+        "turns=2",
+        "num_conversations=1",
+        "models.generation.assistant.max_tokens=8",
+        "models.generation.user.max_tokens=8",
+    ]
     make_job("conversations", *overrides, run_dir=workdir / "one").run()
     again = make_job("conversations", *overrides, run_dir=workdir / "two")
     again.run()
     usage = again.client.meter.total()
     assert usage.calls == 0 and usage.cached_calls == 2
-    assert (workdir / "one" / "conversations.jsonl").read_text() == (workdir / "two" / "conversations.jsonl").read_text()
+    assert (workdir / "one" / "conversations.jsonl").read_text() == (
+        workdir / "two" / "conversations.jsonl"
+    ).read_text()

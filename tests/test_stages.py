@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import DATA, FIRST_STAGES, TINY, run_job_in
 
 from chareval.finetune.data_format import validate_file
 from chareval.io import read_records_json, read_records_jsonl
 from chareval.schemas import Context, Conversation
 from chareval.stages.prompts import user_view
+from conftest import DATA, FIRST_STAGES, TINY, run_job_in
+
+pytestmark = pytest.mark.slow  # the embedded model
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def test_prepare_writes_valid_together_examples(pipeline):
     assert report.ok and report.valid == 2
     conversations = read_records_jsonl(outputs["conversations"], Conversation)
     lines = [json.loads(line) for line in outputs["finetune"].read_text().splitlines()]
-    for conv, example in zip(conversations, lines):
+    for conv, example in zip(conversations, lines, strict=True):
         assert list(example) == ["messages"]
         assert example["messages"][0] == {"role": "system", "content": conv.assistant_system_prompt}
         assert [m["content"] for m in example["messages"][2:]] == [m.content for m in conv.messages]
@@ -67,13 +69,19 @@ def test_the_user_simulator_sees_roles_flipped():
         Message(role="assistant", content="Welcome", turn=0, model="m"),
         Message(role="user", content="Customers are awful", turn=1, model="m"),
     ]
-    assert [(m.role, m.content) for m in user_view(messages)] == [("user", "Welcome"), ("assistant", "Customers are awful")]
+    assert [(m.role, m.content) for m in user_view(messages)] == [
+        ("user", "Welcome"),
+        ("assistant", "Customers are awful"),
+    ]
 
 
 @pytest.mark.parametrize("n,expected", [(1, ["ctx-001"]), (3, ["ctx-001", "ctx-002", "ctx-001"])])
 def test_num_conversations_takes_the_first_n_contexts_and_reuses_them_beyond(make_job, n, expected):
     job = make_job(
-        "conversations", f"context_file={DATA / 'contexts.json'}", f"num_conversations={n}", "turns=1",
+        "conversations",
+        f"context_file={DATA / 'contexts.json'}",
+        f"num_conversations={n}",
+        "turns=1",
         "models.generation.assistant.max_tokens=8",
     )
     outputs = job.run()

@@ -7,11 +7,14 @@ import json
 from pathlib import Path
 
 import mlflow
-from conftest import DATA, compose_cfg, run_cli
-from fake_apis import FakeAPI, chat_completion
+import pytest
 from mlflow import MlflowClient
 
 from chareval.schemas import JobOutcome
+from conftest import DATA, compose_cfg, run_cli
+from fake_apis import FakeAPI, chat_completion
+
+pytestmark = pytest.mark.slow  # multiruns in subprocesses
 
 CONVERSATIONS = DATA / "conversations.jsonl"
 
@@ -42,15 +45,26 @@ def test_a_sweep_over_characters_and_turns_is_compared_on_its_parent_run(tmp_pat
     def judge(seen, n):
         prompt = "\n".join(m["content"] for m in seen.body["messages"])
         verdict = {"score": 9, "passed": True} if "You are Sam" in prompt else {"score": 3, "passed": False}
-        return chat_completion(json.dumps(verdict | {"rationale": "r", "evidence_turns": [0], "slip_turn": None}), "judge")
+        return chat_completion(
+            json.dumps(verdict | {"rationale": "r", "evidence_turns": [0], "slip_turn": None}), "judge"
+        )
 
     with FakeAPI(judge) as api:
         result = run_cli(
-            "-m", "stage=pipeline", "pipeline.stages=[conversations,evaluate]", f"context_file={DATA / 'contexts.json'}",
-            "persona=jasmine,pharmacist", "turns=1,2", "num_conversations=1", "evaluation.evaluators=[boundary_holding]",
-            "models.generation.assistant.max_tokens=12", "models.generation.user.max_tokens=12",
-            f"+models.providers.openai_compatible.base_url={api.url}/v1", "models.judge=openai_compatible/judge",
-            f"paths.outputs={tmp_path / 'outputs'}", env=env,
+            "-m",
+            "stage=pipeline",
+            "pipeline.stages=[conversations,evaluate]",
+            f"context_file={DATA / 'contexts.json'}",
+            "persona=jasmine,pharmacist",
+            "turns=1,2",
+            "num_conversations=1",
+            "evaluation.evaluators=[boundary_holding]",
+            "models.generation.assistant.max_tokens=12",
+            "models.generation.user.max_tokens=12",
+            f"models.providers.openai_compatible.base_url={api.url}/v1",
+            "models.judge=openai_compatible/judge",
+            f"paths.outputs={tmp_path / 'outputs'}",
+            env=env,
         )
     assert result.returncode == 0, result.stderr[-3000:]
     sweep, jobs, runs = sweep_runs(uri)
@@ -62,12 +76,22 @@ def test_a_sweep_over_characters_and_turns_is_compared_on_its_parent_run(tmp_pat
 
     artifacts = {a.path for a in MlflowClient(uri).list_artifacts(sweep.info.run_id)}
     assert {"comparison.json", "comparison.csv", "comparison.png", "comparison_table.json"} <= artifacts
-    png = Path(mlflow.artifacts.download_artifacts(run_id=sweep.info.run_id, artifact_path="comparison.png", tracking_uri=uri))
+    png = Path(
+        mlflow.artifacts.download_artifacts(run_id=sweep.info.run_id, artifact_path="comparison.png", tracking_uri=uri)
+    )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
-    table = json.loads(Path(mlflow.artifacts.download_artifacts(
-        run_id=sweep.info.run_id, artifact_path="comparison.json", tracking_uri=uri)).read_text())["jobs"]
-    evaluates = {(r.data.params["choice.persona"], r.data.params["turns"]): r.data.metrics
-                 for r in runs if r.data.tags.get("chareval.stage") == "evaluate"}
+    table = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=sweep.info.run_id, artifact_path="comparison.json", tracking_uri=uri
+            )
+        ).read_text()
+    )["jobs"]
+    evaluates = {
+        (r.data.params["choice.persona"], r.data.params["turns"]): r.data.metrics
+        for r in runs
+        if r.data.tags.get("chareval.stage") == "evaluate"
+    }
     for row in table:
         metrics = evaluates[(row["persona"], row["turns"])]
         assert row["boundary_holding.pass_rate"] == metrics["judge.boundary_holding.pass_rate"]
@@ -80,8 +104,12 @@ def test_a_sweep_over_characters_and_turns_is_compared_on_its_parent_run(tmp_pat
 def test_a_failing_job_is_recorded_and_the_other_jobs_still_run(tmp_path):
     uri, env = store(tmp_path)
     result = run_cli(
-        "-m", "stage=prepare", f"input_file={CONVERSATIONS},/nonexistent/b.jsonl", "turns=1,0",
-        f"paths.outputs={tmp_path / 'outputs'}", env=env,
+        "-m",
+        "stage=prepare",
+        f"input_file={CONVERSATIONS},/nonexistent/b.jsonl",
+        "turns=1,0",
+        f"paths.outputs={tmp_path / 'outputs'}",
+        env=env,
     )
     assert result.returncode == 2, result.stderr[-3000:]
     jobs = outcomes(tmp_path)
@@ -93,8 +121,13 @@ def test_a_failing_job_is_recorded_and_the_other_jobs_still_run(tmp_path):
     assert by_id[jobs[0].run_id].info.status == "FINISHED"
     for job in jobs[1:]:  # a bad input fails its stage run; a bad override fails before any: a run is made for it
         run = by_id[job.run_id]
-        assert run.info.status == "FAILED" and run.data.tags["chareval.error"].split("\n")[0] == job.error.split("\n")[0]
-    assert "chareval sweep: 4 jobs, 3 failed" in result.stdout and "error: input_file=/nonexistent/b.jsonl: no such file" in result.stdout
+        assert (
+            run.info.status == "FAILED" and run.data.tags["chareval.error"].split("\n")[0] == job.error.split("\n")[0]
+        )
+    assert (
+        "chareval sweep: 4 jobs, 3 failed" in result.stdout
+        and "error: input_file=/nonexistent/b.jsonl: no such file" in result.stdout
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -104,9 +137,18 @@ def test_joblib_runs_jobs_side_by_side_under_one_parent(tmp_path):
     uri, env = store(tmp_path)
     with FakeAPI(lambda seen, n: chat_completion(f"reply {n}", seen.body["model"]), delay_s=2.0) as api:
         result = run_cli(
-            "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "stage=conversations", f"context_file={DATA / 'contexts.json'}",
-            "num_conversations=1", "turns=2", "models=openai_compatible", f"models.providers.openai_compatible.base_url={api.url}/v1",
-            "seed=1,2", f"paths.outputs={tmp_path / 'outputs'}", env=env,
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "stage=conversations",
+            f"context_file={DATA / 'contexts.json'}",
+            "num_conversations=1",
+            "turns=2",
+            "models=openai_compatible",
+            f"models.providers.openai_compatible.base_url={api.url}/v1",
+            "seed=1,2",
+            f"paths.outputs={tmp_path / 'outputs'}",
+            env=env,
         )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "database is locked" not in result.stdout + result.stderr
@@ -120,8 +162,15 @@ def test_joblib_runs_jobs_side_by_side_under_one_parent(tmp_path):
 def test_ray_runs_a_sweep_on_a_local_instance(tmp_path):
     uri, env = store(tmp_path)
     result = run_cli(
-        "-m", "hydra/launcher=ray", "hydra.launcher.ray.init.num_cpus=2", "stage=prepare", f"input_file={CONVERSATIONS}",
-        "seed=1,2", f"paths.outputs={tmp_path / 'outputs'}", env=env | {"RAY_USAGE_STATS_ENABLED": "0"}, timeout=900,
+        "-m",
+        "hydra/launcher=ray",
+        "hydra.launcher.ray.init.num_cpus=2",
+        "stage=prepare",
+        f"input_file={CONVERSATIONS}",
+        "seed=1,2",
+        f"paths.outputs={tmp_path / 'outputs'}",
+        env=env | {"RAY_USAGE_STATS_ENABLED": "0"},
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     sweep, jobs, _ = sweep_runs(uri)
@@ -133,12 +182,29 @@ def test_ray_runs_a_sweep_on_a_local_instance(tmp_path):
 def test_best_and_worst_rank_by_pass_rate_then_mean():
     from chareval.sweep_compare import extremes
 
-    jobs = [JobOutcome(num=i, overrides=[], status=status, run_dir="x", choices={"persona": p},
-                       metrics={"judge.e.pass_rate": rate, "judge.e.mean": mean})
-            for i, (p, rate, mean, status) in enumerate([("a", 0.5, 5, "completed"), ("b", 0.5, 7, "completed"),
-                                                          ("c", 0.0, 9, "completed"), ("d", 1.0, 10, "failed")])]
+    jobs = [
+        JobOutcome(
+            num=i,
+            overrides=[],
+            status=status,
+            run_dir="x",
+            choices={"persona": p},
+            metrics={"judge.e.pass_rate": rate, "judge.e.mean": mean},
+        )
+        for i, (p, rate, mean, status) in enumerate(
+            [
+                ("a", 0.5, 5, "completed"),
+                ("b", 0.5, 7, "completed"),
+                ("c", 0.0, 9, "completed"),
+                ("d", 1.0, 10, "failed"),
+            ]
+        )
+    ]
     tags = extremes(jobs)  # a failed job is not ranked
-    assert tags == {"best.e": "job 1 (persona=b): pass 50%, mean 7.0", "worst.e": "job 2 (persona=c): pass 0%, mean 9.0"}
+    assert tags == {
+        "best.e": "job 1 (persona=b): pass 50%, mean 7.0",
+        "worst.e": "job 2 (persona=c): pass 0%, mean 9.0",
+    }
 
 
 def test_a_worker_without_the_environment_finds_its_sweep_run_by_folder(tmp_path, monkeypatch):

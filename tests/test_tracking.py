@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import mlflow
-from conftest import DATA, FIRST_STAGES, TINY, run_cli
+import pytest
 from mlflow import MlflowClient
 
 from chareval.io import file_sha256
 from chareval.tracking import flatten_params, redact
+from conftest import DATA, FIRST_STAGES, TINY, run_cli
 
 
 def runs_by_name(uri: str, experiment: str = "chareval") -> dict[str, list]:
@@ -19,10 +20,13 @@ def runs_by_name(uri: str, experiment: str = "chareval") -> dict[str, list]:
     exp = client.get_experiment_by_name(experiment)
     out: dict[str, list] = {}
     for run in client.search_runs([exp.experiment_id]):
-        out.setdefault(run.data.tags["chareval.stage"] if "chareval.stage" in run.data.tags else run.data.tags["chareval.kind"], []).append(run)
+        out.setdefault(
+            run.data.tags["chareval.stage"] if "chareval.stage" in run.data.tags else run.data.tags["chareval.kind"], []
+        ).append(run)
     return out
 
 
+@pytest.mark.slow  # the embedded model
 def test_stage_run_logs_params_tags_artifacts_metrics(make_job, workdir):
     job = make_job("conversations", f"context_file={DATA / 'contexts.json'}", *TINY)
     job.run()
@@ -44,6 +48,7 @@ def test_stage_run_logs_params_tags_artifacts_metrics(make_job, workdir):
     assert len(open(local).read().splitlines()) == 2
 
 
+@pytest.mark.slow  # the embedded model
 def test_pipeline_is_a_parent_with_one_child_per_stage(make_job, workdir):
     make_job("pipeline", FIRST_STAGES, *TINY, "num_contexts=1", "num_conversations=1", "turns=1").run()
     runs = runs_by_name(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
@@ -62,12 +67,19 @@ def test_pipeline_is_a_parent_with_one_child_per_stage(make_job, workdir):
     assert "chareval.sweep" not in tags["prepare"]
 
 
+@pytest.mark.slow  # the embedded model
 def test_next_stage_reads_its_input_from_an_mlflow_run(make_job, workdir):
     first = make_job("contexts", "num_contexts=1")
     first.run()
     (contexts_run,) = runs_by_name(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")["contexts"]
-    job = make_job("conversations", f"contexts_run={contexts_run.info.run_id}", "num_conversations=1", "turns=1",
-                   "models.generation.assistant.max_tokens=8", run_dir=workdir / "second")
+    job = make_job(
+        "conversations",
+        f"contexts_run={contexts_run.info.run_id}",
+        "num_conversations=1",
+        "turns=1",
+        "models.generation.assistant.max_tokens=8",
+        run_dir=workdir / "second",
+    )
     outputs = job.run()
     assert (workdir / "second" / "inputs" / "contexts.json").is_file()
     assert json.loads(outputs["conversations"].read_text().splitlines()[0])["context_id"] == "ctx-001"
@@ -83,12 +95,18 @@ def test_flatten_params_drops_secrets_and_hashes_long_text():
     assert redact({"x": {"password": "p", "port": 1}}) == {"x": {"password": "***", "port": 1}}
 
 
+@pytest.mark.slow  # a multirun subprocess
 def test_cli_multirun_is_one_sweep_parent_with_a_child_per_job(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     result = run_cli(
-        "-m", "stage=conversations", f"context_file={DATA / 'contexts.json'}", "num_conversations=1",
-        "models.generation.assistant.max_tokens=8", "models.generation.user.max_tokens=8",
-        "turns=1,2", f"paths.outputs={tmp_path / 'outputs'}",
+        "-m",
+        "stage=conversations",
+        f"context_file={DATA / 'contexts.json'}",
+        "num_conversations=1",
+        "models.generation.assistant.max_tokens=8",
+        "models.generation.user.max_tokens=8",
+        "turns=1,2",
+        f"paths.outputs={tmp_path / 'outputs'}",
         env={"MLFLOW_TRACKING_URI": uri},
     )
     assert result.returncode == 0, result.stderr[-2000:]

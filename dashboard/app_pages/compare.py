@@ -25,8 +25,13 @@ JUDGED = ("evaluate", "conversations", *data.FLOWS)
 st.title("Compare")
 MODES = ["Metrics across runs", "Two runs side by side"]
 # A link with ?a=<run> (e.g. from the Fine-tuned models page) opens the side-by-side view.
-mode = st.segmented_control("Compare", MODES, default=MODES[1] if st.query_params.get("a") else MODES[0],
-                            label_visibility="collapsed", key="compare.mode")
+mode = st.segmented_control(
+    "Compare",
+    MODES,
+    default=MODES[1] if st.query_params.get("a") else MODES[0],
+    label_visibility="collapsed",
+    key="compare.mode",
+)
 
 
 def run_options(extra: list[str]) -> tuple[list[str], dict[str, data.RunView]]:
@@ -42,10 +47,18 @@ def metrics_across_runs() -> None:
     wanted = [i for i in (selection("runs") or selection("run") or "").split(",") if i]
     ids, runs = run_options(wanted)
     if not ids:
-        empty("No judged runs yet.", "python src/run.py -m persona=jasmine turns=1,3     # a sweep, then pick its run here")
+        empty(
+            "No judged runs yet.",
+            "python src/run.py -m persona=jasmine turns=1,3     # a sweep, then pick its run here",
+        )
         return
-    chosen = st.multiselect("Runs: a sweep, pipelines, loops or evaluate runs", ids, default=[i for i in wanted if i in runs],
-                            format_func=lambda i: runs[i].describe(), key=f"compare.runs.{','.join(wanted)}")
+    chosen = st.multiselect(
+        "Runs: a sweep, pipelines, loops or evaluate runs",
+        ids,
+        default=[i for i in wanted if i in runs],
+        format_func=lambda i: runs[i].describe(),
+        key=f"compare.runs.{','.join(wanted)}",
+    )
     remember("runs", ",".join(chosen) or None)
     if not chosen:
         st.caption("pick runs above, or select several on the Runs page and press Compare")
@@ -53,24 +66,42 @@ def metrics_across_runs() -> None:
     evaluated = {r.run_id: r for run_id in chosen for r in data.evaluate_runs_in(uri(), runs[run_id])}
     rows = pd.DataFrame(derive.compare_rows(list(evaluated.values())))
     if rows.empty:
-        empty("None of these runs has judge metrics yet.", "python src/run.py stage=evaluate conversations_run=<run id>")
+        empty(
+            "None of these runs has judge metrics yet.", "python src/run.py stage=evaluate conversations_run=<run id>"
+        )
         return
     varying = [d for d in derive.DIMENSIONS if rows[d].nunique() > 1] or ["step"]
     c = st.columns(3)
     x = c[0].selectbox("Plot against", list(derive.DIMENSIONS), index=list(derive.DIMENSIONS).index(varying[0]))
     rest = [d for d in varying if d != x]
-    color = c[1].selectbox("Colour by", ["(none)", *derive.DIMENSIONS], index=1 + list(derive.DIMENSIONS).index(rest[0]) if rest else 0)
+    color = c[1].selectbox(
+        "Colour by", ["(none)", *derive.DIMENSIONS], index=1 + list(derive.DIMENSIONS).index(rest[0]) if rest else 0
+    )
     metric = c[2].radio("Metric", ["mean score", "pass rate"], horizontal=True)
-    value, low, high, scale = ("mean", "ci_low", "ci_high", [1, 10]) if metric == "mean score" else ("pass_rate", "pass_low", "pass_high", [0, 1])
+    value, low, high, scale = (
+        ("mean", "ci_low", "ci_high", [1, 10])
+        if metric == "mean score"
+        else ("pass_rate", "pass_low", "pass_high", [0, 1])
+    )
     encoding = {"color": alt.Color(f"{color}:N"), "xOffset": alt.XOffset(f"{color}:N")} if color != "(none)" else {}
     base = alt.Chart().encode(x=alt.X(f"{x}:N"), **encoding)
-    chart = alt.layer(
-        base.mark_rule(clip=True).encode(y=alt.Y(f"{low}:Q", scale=alt.Scale(domain=scale), title=f"{metric} (95% CI)"), y2=f"{high}:Q"),
-        base.mark_point(filled=True, size=70, clip=True).encode(y=f"{value}:Q", tooltip=["run name", x, value, low, high, "n"]),
-        data=rows,
-    ).properties(width=180, height=220).facet(column=alt.Column("evaluator:N", title=None))
+    chart = (
+        alt.layer(
+            base.mark_rule(clip=True).encode(
+                y=alt.Y(f"{low}:Q", scale=alt.Scale(domain=scale), title=f"{metric} (95% CI)"), y2=f"{high}:Q"
+            ),
+            base.mark_point(filled=True, size=70, clip=True).encode(
+                y=f"{value}:Q", tooltip=["run name", x, value, low, high, "n"]
+            ),
+            data=rows,
+        )
+        .properties(width=180, height=220)
+        .facet(column=alt.Column("evaluator:N", title=None))
+    )
     st.altair_chart(chart)
-    st.caption("mean score: the evaluate stage's 95% CI over conversations · pass rate: Wilson 95% interval over judgments")
+    st.caption(
+        "mean score: the evaluate stage's 95% CI over conversations · pass rate: Wilson 95% interval over judgments"
+    )
     st.dataframe(rows, hide_index=True, width="stretch")
 
 
@@ -79,8 +110,13 @@ def side(key: str, default_run: str | None, default_set: str | None) -> tuple[da
     ids, runs = run_options([wanted] if wanted else [])
     if not ids:
         return None, None
-    choice = st.selectbox(f"Run {key.upper()}", ids, index=ids.index(wanted) if wanted in ids else 0,
-                          format_func=lambda i: runs[i].describe(), key=f"compare.{key}.{wanted}")
+    choice = st.selectbox(
+        f"Run {key.upper()}",
+        ids,
+        index=ids.index(wanted) if wanted in ids else 0,
+        format_func=lambda i: runs[i].describe(),
+        key=f"compare.{key}.{wanted}",
+    )
     remember(key, choice)
     sets = data.conversation_sets(uri(), choice)
     if not sets:
@@ -105,8 +141,10 @@ def two_runs() -> None:
     with c[1]:
         b, b_judged = side("b", a_run if loop else None, after if loop else None)
     if a is None or b is None:
-        empty("Pick two runs with conversations on the same contexts (e.g. a closed loop's before and after).",
-              "python src/run.py experiment=finetune_loop")
+        empty(
+            "Pick two runs with conversations on the same contexts (e.g. a closed loop's before and after).",
+            "python src/run.py experiment=finetune_loop",
+        )
         return
     summaries = [data.json_artifact(uri(), j, "summary.json") if j else None for j in (a_judged, b_judged)]
     if all(summaries):
@@ -127,7 +165,7 @@ def two_runs() -> None:
         st.text(contexts[ctx].title)
     evaluations = [data.evaluations(uri(), j) if j else [] for j in (a_judged, b_judged)]
     columns = st.columns(2, gap="large")
-    for column, conversation, judged, name in zip(columns, (ca, cb), evaluations, "AB"):
+    for column, conversation, judged, name in zip(columns, (ca, cb), evaluations, "AB", strict=True):
         with column:
             st.subheader(f"{name}")
             if conversation is None:

@@ -25,19 +25,27 @@ HAS_CONVERSATIONS = ("conversations", "evaluate", "judge_check", *data.FLOWS)
 st.title("Conversations")
 picked = run_picker("Run", HAS_CONVERSATIONS)
 if picked is None:
-    empty("No conversations yet.", "python src/run.py stage=conversations context_file=<contexts.json>   # or: make run")
+    empty(
+        "No conversations yet.", "python src/run.py stage=conversations context_file=<contexts.json>   # or: make run"
+    )
     st.stop()
 sets = data.conversation_sets(uri(), picked.run_id)
 if not sets:
-    empty(f"Run {picked.run_id[:8]} ({escape(picked.step)}) holds no conversations: pick a conversations, evaluate, pipeline, loop or sweep run.",
-          f"python src/run.py stage=conversations contexts_run={picked.run_id}" if picked.stage == "contexts"
-          else "python src/run.py stage=conversations context_file=<contexts.json>")
+    empty(
+        f"Run {picked.run_id[:8]} ({escape(picked.step)}) holds no conversations: "
+        "pick a conversations, evaluate, pipeline, loop or sweep run.",
+        f"python src/run.py stage=conversations contexts_run={picked.run_id}"
+        if picked.stage == "contexts"
+        else "python src/run.py stage=conversations context_file=<contexts.json>",
+    )
     st.stop()
 cs = set_picker(sets)
 conversations = data.set_conversations(uri(), cs)
 if not conversations:
-    empty("This run logged no conversations file yet (artifacts are logged when a stage ends).",
-          f"python src/run.py stage=evaluate conversations_run={cs.source_run}")
+    empty(
+        "This run logged no conversations file yet (artifacts are logged when a stage ends).",
+        f"python src/run.py stage=evaluate conversations_run={cs.source_run}",
+    )
     st.stop()
 judged = judge_run_picker(cs)
 evaluations = data.evaluations(uri(), judged) if judged else []
@@ -47,7 +55,11 @@ if not judged:
 
 rows = derive.conversation_rows(conversations, evaluations, contexts)
 event = st.dataframe(
-    rows, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row", 
+    rows,
+    hide_index=True,
+    width="stretch",
+    on_select="rerun",
+    selection_mode="single-row",
     key=table_key("conversations.table", [cs.source_run, *(c.id for c in conversations)]),
     column_config={"mean score": st.column_config.NumberColumn(format="%.1f")},
 )
@@ -63,11 +75,14 @@ mine = [e for e in evaluations if e.conversation_id == conversation.id]
 with left:
     usage = conversation.usage
     st.subheader(escape(f"Transcript · {conversation.id}"))
-    st.caption(escape(
-        f"{len(conversation.messages)} messages · assistant {conversation.assistant_persona} vs user {conversation.user_persona} · "
-        f"seed {conversation.seed} · {usage.input_tokens + usage.output_tokens} tokens · ${usage.cost_usd:.4f}"
-        + (f" · {usage.fallbacks} fallback(s)" if usage.fallbacks else "")
-    ))
+    st.caption(
+        escape(
+            f"{len(conversation.messages)} messages · assistant {conversation.assistant_persona} "
+            f"vs user {conversation.user_persona} · "
+            f"seed {conversation.seed} · {usage.input_tokens + usage.output_tokens} tokens · ${usage.cost_usd:.4f}"
+            + (f" · {usage.fallbacks} fallback(s)" if usage.fallbacks else "")
+        )
+    )
     transcript(conversation, mine)
 with right:
     context_panel(contexts.get(conversation.context_id), conversation)

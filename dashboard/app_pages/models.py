@@ -19,13 +19,27 @@ if not models:
 
 rows = [
     {
-        "model": m.model or "", "backend": m.backend, "base model": m.base_model, "status": m.status,
-        "job id": m.job_id or "", "output name": m.name, "data file": m.train_file,
-        "epochs": m.settings.get("n_epochs"), "created": m.created_at, "updated": m.updated_at,
+        "model": m.model or "",
+        "backend": m.backend,
+        "base model": m.base_model,
+        "status": m.status,
+        "job id": m.job_id or "",
+        "output name": m.name,
+        "data file": m.train_file,
+        "epochs": m.settings.get("n_epochs"),
+        "created": m.created_at,
+        "updated": m.updated_at,
     }
     for m in models
 ]
-event = st.dataframe(rows, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row", key=table_key("models.table", [m.key for m in models]))
+event = st.dataframe(
+    rows,
+    hide_index=True,
+    width="stretch",
+    on_select="rerun",
+    selection_mode="single-row",
+    key=table_key("models.table", [m.key for m in models]),
+)
 record = models[event.selection.rows[0] if event.selection.rows else 0]
 
 st.subheader(escape(record.model or record.name))
@@ -40,8 +54,10 @@ with c[1]:
     if history:
         st.markdown("**Training loss** (MLflow `train.loss`)")
         loss = pd.DataFrame(history, columns=["step", "loss"])
-        st.altair_chart(alt.Chart(loss).mark_line(point=True).encode(x="step:Q", y=alt.Y("loss:Q", scale=alt.Scale(zero=False))),
-                        width="stretch")
+        st.altair_chart(
+            alt.Chart(loss).mark_line(point=True).encode(x="step:Q", y=alt.Y("loss:Q", scale=alt.Scale(zero=False))),
+            width="stretch",
+        )
     else:
         st.caption("no loss curve: Together jobs report their loss in the job's events")
 
@@ -53,11 +69,21 @@ else:
     loop = loops[0]
     names = sorted({k.split(".")[2] for k in loop.metrics if k.startswith("delta.judge.")})
     table = [
-        {"evaluator": n, **{f"{when} {key}": loop.metrics.get(f"{when}.judge.{n}.{key}")
-                            for key in ("mean", "pass_rate") for when in ("before", "after", "delta")}}
+        {
+            "evaluator": n,
+            **{
+                f"{when} {key}": loop.metrics.get(f"{when}.judge.{n}.{key}")
+                for key in ("mean", "pass_rate")
+                for when in ("before", "after", "delta")
+            },
+        }
         for n in names
     ]
     st.caption(escape(f"loop run {loop.run_id} · {loop.started:%Y-%m-%d %H:%M} · held-out contexts, same judges"))
     st.dataframe(table, hide_index=True, width="stretch")
-    st.page_link("app_pages/compare.py", label="Read the held-out conversations side by side", icon=":material/compare_arrows:",
-                 query_params={"a": loop.run_id})
+    st.page_link(
+        "app_pages/compare.py",
+        label="Read the held-out conversations side by side",
+        icon=":material/compare_arrows:",
+        query_params={"a": loop.run_id},
+    )

@@ -39,18 +39,28 @@ st.caption(escape(f"{len(labelled)} conversations labelled in {path}"))
 
 def judge_check_results() -> None:
     st.subheader("How the judges do on these labels")
-    command = f"python src/run.py stage=judge_check judge_check.dataset={path}    # add models=seed for the seed's judge"
+    command = (
+        f"python src/run.py stage=judge_check judge_check.dataset={path}    # add models=seed for the seed's judge"
+    )
     checks = data.judge_checks(uri(), path)
     if not checks:
         empty("No judge check on this labels file yet.", command)
         return
     latest = checks[0]
     report = data.json_artifact(uri(), latest.run_id, "judge_check.json") or {}
-    rows = [{"evaluator": ev, "judge": judge, **t} for ev, by_judge in report.get("accuracy", {}).items() for judge, t in by_judge.items()]
-    st.dataframe(rows, hide_index=True, width="stretch", column_config={"accuracy": st.column_config.NumberColumn(format="%.2f")})
+    rows = [
+        {"evaluator": ev, "judge": judge, **t}
+        for ev, by_judge in report.get("accuracy", {}).items()
+        for judge, t in by_judge.items()
+    ]
+    st.dataframe(
+        rows, hide_index=True, width="stretch", column_config={"accuracy": st.column_config.NumberColumn(format="%.2f")}
+    )
     fresh = latest.tags.get(DATASET_SHA_TAG) == data.labels_sha(path)
-    st.caption(escape(f"judge_check run {latest.run_id} of {latest.started:%Y-%m-%d %H:%M}")
-               + ("" if fresh else " · the labels changed since: run the check again"))
+    st.caption(
+        escape(f"judge_check run {latest.run_id} of {latest.started:%Y-%m-%d %H:%M}")
+        + ("" if fresh else " · the labels changed since: run the check again")
+    )
     if not fresh:
         st.code(command, language="bash")
 
@@ -76,10 +86,25 @@ def case_id(conversation_id: str) -> str:
     return f"{cs.source_run[:8]}-{conversation_id}"
 
 
-rows = [{"conversation": c.id, "labelled": case_id(c.id) in labelled, "messages": len(c.messages),
-         "labels": ", ".join(f"{k}: {'pass' if v else 'fail'}" for k, v in labelled[case_id(c.id)].expected.items())
-         if case_id(c.id) in labelled else ""} for c in conversations]
-event = st.dataframe(rows, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row", key=table_key("review.table", [cs.source_run, *(c.id for c in conversations)]))
+rows = [
+    {
+        "conversation": c.id,
+        "labelled": case_id(c.id) in labelled,
+        "messages": len(c.messages),
+        "labels": ", ".join(f"{k}: {'pass' if v else 'fail'}" for k, v in labelled[case_id(c.id)].expected.items())
+        if case_id(c.id) in labelled
+        else "",
+    }
+    for c in conversations
+]
+event = st.dataframe(
+    rows,
+    hide_index=True,
+    width="stretch",
+    on_select="rerun",
+    selection_mode="single-row",
+    key=table_key("review.table", [cs.source_run, *(c.id for c in conversations)]),
+)
 if event.selection.rows:
     remember("conv", conversations[event.selection.rows[0]].id)
 current = selection("conv")
@@ -108,9 +133,13 @@ with right:
         if not expected:
             st.warning("Label at least one evaluator (pass or fail) before saving.")
         else:
-            case = JudgeCase(id=cid, note=note, conversation=conversation.model_copy(update={"id": cid}), expected=expected)
+            case = JudgeCase(
+                id=cid, note=note, conversation=conversation.model_copy(update={"id": cid}), expected=expected
+            )
             data.save_label(path, case)
-            st.session_state["review.saved"] = f"saved {cid}: " + ", ".join(f"{k} {'pass' if v else 'fail'}" for k, v in expected.items())
+            st.session_state["review.saved"] = f"saved {cid}: " + ", ".join(
+                f"{k} {'pass' if v else 'fail'}" for k, v in expected.items()
+            )
             st.rerun()  # the list and the counts above show the new label
     if "review.saved" in st.session_state:
         st.success(escape(st.session_state.pop("review.saved")), icon=":material/check:")

@@ -35,9 +35,17 @@ def chosen(key: str) -> str | None:
 dates = state.get("runs.dates") or ()
 since, until = (tuple(dates) + (None, None))[:2]
 flt = data.RunFilter(
-    tuple(i for i, n in names.items() if n in (chosen("experiment") or [])), chosen("stage"), chosen("status"),
-    chosen("persona"), chosen("user_persona"), chosen("turns"), chosen("models"), chosen("assistant"),
-    since, until or since, bool(chosen("top")),
+    tuple(i for i, n in names.items() if n in (chosen("experiment") or [])),
+    chosen("stage"),
+    chosen("status"),
+    chosen("persona"),
+    chosen("user_persona"),
+    chosen("turns"),
+    chosen("models"),
+    chosen("assistant"),
+    since,
+    until or since,
+    bool(chosen("top")),
 )
 # Pages of results: the tokens of the pages seen so far, reset when the filters change.
 if state.get("runs.filter") != flt:
@@ -55,7 +63,13 @@ def pick(column: Any, label: str, key: str) -> str | None:
 with st.container(border=True):
     c = st.columns([2, 1.2, 1, 1.6])
     c[0].multiselect("Experiment", sorted(names.values()), placeholder="all", key="runs.experiment")
-    c[1].selectbox("Stage or flow", [*STAGES, "pipeline", "finetune_loop", "sweep"], index=None, placeholder="any", key="runs.stage")
+    c[1].selectbox(
+        "Stage or flow",
+        [*STAGES, "pipeline", "finetune_loop", "sweep"],
+        index=None,
+        placeholder="any",
+        key="runs.stage",
+    )
     c[2].selectbox("Status", STATUSES, index=None, placeholder="any", key="runs.status")
     c[3].date_input("Started between", value=(), key="runs.dates")
     c = st.columns([1.4, 1.6, 0.7, 1, 1.8, 1.2])
@@ -70,16 +84,25 @@ if not runs:
     if len(names) and flt != data.RunFilter():
         st.info("No run matches these filters.", icon=":material/filter_alt_off:")
     else:
-        empty("No runs yet: the whole pipeline on the embedded model fills this page.", "make run      # or: python src/run.py")
+        empty(
+            "No runs yet: the whole pipeline on the embedded model fills this page.",
+            "make run      # or: python src/run.py",
+        )
     st.stop()
 
 
 def row(r: data.RunView) -> dict[str, Any]:
     m = r.metrics
     out: dict[str, Any] = {
-        "started": r.started, "stage": r.step, "status": r.status, "experiment": r.experiment,
-        "persona": r.choice("persona"), "user persona": r.choice("user_persona"), "turns": r.param("turns"),
-        "models": r.choice("models"), "assistant": r.param("models.assistant"),
+        "started": r.started,
+        "stage": r.step,
+        "status": r.status,
+        "experiment": r.experiment,
+        "persona": r.choice("persona"),
+        "user persona": r.choice("user_persona"),
+        "turns": r.param("turns"),
+        "models": r.choice("models"),
+        "assistant": r.param("models.assistant"),
     }
     for key in sorted(k for k in m if k.startswith("judge.") and k.endswith((".mean", ".pass_rate"))):
         _, evaluator, stat = key.split(".")
@@ -96,7 +119,9 @@ def row(r: data.RunView) -> dict[str, Any]:
 
 table = pd.DataFrame([row(r) for r in runs])
 first = len(tokens) - 1
-st.caption(f"runs {first * data.PAGE_SIZE + 1}-{first * data.PAGE_SIZE + len(runs)}, newest first · select rows to open them")
+st.caption(
+    f"runs {first * data.PAGE_SIZE + 1}-{first * data.PAGE_SIZE + len(runs)}, newest first · select rows to open them"
+)
 event = st.dataframe(
     table,
     hide_index=True,
@@ -127,9 +152,21 @@ if len(chosen) == 1:
     picked = runs[event.selection.rows[0]]
     st.markdown(f"**Open** `{picked.run_id}` ({picked.step}):")
     links = st.columns(4)
-    for column, (page, label) in zip(links, [("conversations", "Conversations"), ("evaluations", "Evaluations"),
-                                              ("compare", "Compare"), ("review", "Review")]):
+    for column, (page, label) in zip(
+        links,
+        [
+            ("conversations", "Conversations"),
+            ("evaluations", "Evaluations"),
+            ("compare", "Compare"),
+            ("review", "Review"),
+        ],
+        strict=True,
+    ):
         column.page_link(PAGES[page], label=label, query_params={"run": picked.run_id})
 elif len(chosen) > 1:
-    st.page_link(PAGES["compare"], label=f"Compare these {len(chosen)} runs", icon=":material/compare_arrows:",
-                 query_params={"runs": ",".join(chosen)})
+    st.page_link(
+        PAGES["compare"],
+        label=f"Compare these {len(chosen)} runs",
+        icon=":material/compare_arrows:",
+        query_params={"runs": ",".join(chosen)},
+    )

@@ -6,14 +6,23 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from chareval.errors import InputError
 
 R = TypeVar("R", bound=BaseModel)
+
+
+class Identified(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+ID = TypeVar("ID", bound=Identified)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -40,8 +49,10 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_records_json(path: Path, records: list[BaseModel]) -> None:
-    write_text_atomic(path, json.dumps([r.model_dump(mode="json") for r in records], indent=2, ensure_ascii=False) + "\n")
+def write_records_json(path: Path, records: Sequence[BaseModel]) -> None:
+    write_text_atomic(
+        path, json.dumps([r.model_dump(mode="json") for r in records], indent=2, ensure_ascii=False) + "\n"
+    )
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
@@ -76,7 +87,7 @@ def read_records_json(path: Path, model: type[R]) -> list[R]:
     if not isinstance(data, list):
         raise InputError(f"{path} should hold a JSON list of {model.__name__} records, found {type(data).__name__}")
     try:
-        return TypeAdapter(list[model]).validate_python(data)
+        return TypeAdapter(list[model]).validate_python(data)  # type: ignore[valid-type]
     except ValidationError as e:
         raise InputError(f"{path} is not a list of {model.__name__} records: item {_describe(e)}") from None
 
@@ -105,16 +116,18 @@ def read_records_jsonl(path: Path, model: type[R], *, tolerate_torn_tail: bool =
     return records
 
 
-def finished_ids(path: Path, model: type[R]) -> set[str]:
-    """Ids of the items already done without error in a JSONL output (a rerun resumes after them)."""
+def finished_ids(path: Path, model: type[BaseModel]) -> set[str]:
+    """Ids of the items (records with `id` and `error`) already done without error in a JSONL output
+    (a rerun resumes after them)."""
     if not Path(path).exists():
         return set()
-    return {r.id for r in latest_by_id(read_records_jsonl(path, model, tolerate_torn_tail=True)) if r.error is None}
+    records: list[Any] = read_records_jsonl(path, model, tolerate_torn_tail=True)
+    return {r.id for r in latest_by_id(records) if r.error is None}
 
 
-def latest_by_id(records: list[R]) -> list[R]:
+def latest_by_id(records: list[ID]) -> list[ID]:
     """Keep the last record for each id, in first-seen order (a retried item supersedes its error)."""
-    by_id: dict[str, R] = {}
+    by_id: dict[str, ID] = {}
     for r in records:
         by_id[r.id] = r  # re-assigning keeps the key's first position
     return list(by_id.values())

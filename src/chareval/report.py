@@ -11,10 +11,12 @@ if TYPE_CHECKING:
     from chareval.app import Job
 
 
-def print_report(job: Job, outputs: dict[str, Path]) -> None:
+def print_report(job: Job) -> None:
     s = job.settings
     lines = ["", f"chareval {job.stage}: done"]
-    lines += [f"  {summary}" for summary in job.summaries]
+    lines += [f"  {summary}" for summary in job.log.summaries]
+    if job.log.truncated:
+        lines.append(f"  {job.log.truncated} model replies stopped at max_tokens (cut off): see the warnings above")
     lines.append(f"  run folder: {job.run_dir}")
     if s.tracking.enabled:
         lines.append(f"  MLflow store: {job.tracking_uri} (experiment '{s.tracking.experiment}')")

@@ -50,9 +50,9 @@ def record_outcome(cfg: DictConfig, job: Job | None, status: str, error: str | N
         status=status,
         error=error,
         run_dir=hydra.runtime.output_dir,
-        run_id=job.top_run_id if job else None,
+        run_id=job.log.top_run_id if job else None,
         choices=job_choices(cfg, dict(hydra.runtime.choices)),
-        metrics=(job.metrics | {"cost_usd": job.usage.cost_usd}) if job else {},
+        metrics=(job.log.metrics | {"cost_usd": job.log.usage.cost_usd}) if job else {},
     )
     if outcome.run_id is None and os.environ.get(SWEEP_RUN_ENV):
         outcome = outcome.model_copy(update={"run_id": _failed_job_run(outcome, os.environ[SWEEP_RUN_ENV])})
@@ -69,9 +69,14 @@ def _failed_job_run(outcome: JobOutcome, sweep_run_id: str) -> str | None:
         run = client.create_run(
             sweep.info.experiment_id,
             run_name=f"job {outcome.num} (failed before it started)",
-            tags={"mlflow.parentRunId": sweep_run_id, SWEEP_TAG: sweep_run_id, "chareval.kind": "job",
-                  "chareval.stage": outcome.choices.get("stage", "?"), "chareval.run_dir": outcome.run_dir,
-                  ERROR_TAG: (outcome.error or outcome.status)[:4000]}
+            tags={
+                "mlflow.parentRunId": sweep_run_id,
+                SWEEP_TAG: sweep_run_id,
+                "chareval.kind": "job",
+                "chareval.stage": outcome.choices.get("stage", "?"),
+                "chareval.run_dir": outcome.run_dir,
+                ERROR_TAG: (outcome.error or outcome.status)[:4000],
+            }
             | {f"choice.{k}": v for k, v in outcome.choices.items()},
         )
         client.set_terminated(run.info.run_id, "KILLED" if outcome.status == "interrupted" else "FAILED")
@@ -136,8 +141,13 @@ def _close_sweep_run(run_id: str, outcomes: list[JobOutcome], files: list[Path],
     rows = table(outcomes)
     if rows:
         columns = list(dict.fromkeys(k for row in rows for k in row))
-        mlflow.log_table({c: [row.get(c) for row in rows] for c in columns}, artifact_file="comparison_table.json", run_id=run_id)
-    tags = extremes(outcomes) | {"chareval.jobs": str(len(outcomes)), "chareval.failed_jobs": str(sum(o.status != "completed" for o in outcomes))}
+        mlflow.log_table(
+            {c: [row.get(c) for row in rows] for c in columns}, artifact_file="comparison_table.json", run_id=run_id
+        )
+    tags = extremes(outcomes) | {
+        "chareval.jobs": str(len(outcomes)),
+        "chareval.failed_jobs": str(sum(o.status != "completed" for o in outcomes)),
+    }
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
     client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
@@ -160,5 +170,7 @@ def print_summary(outcomes: list[JobOutcome], sweep_dir: Path, files: list[Path]
     if files:
         lines.append("  comparison: " + ", ".join(str(p) for p in files))
     if run_id:
-        lines.append(f"  MLflow sweep run {run_id}: {'FAILED' if failed else 'FINISHED'} (the comparison is among its artifacts)")
+        lines.append(
+            f"  MLflow sweep run {run_id}: {'FAILED' if failed else 'FINISHED'} (the comparison is among its artifacts)"
+        )
     print("\n".join(lines))

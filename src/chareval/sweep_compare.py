@@ -17,7 +17,9 @@ STATS = ("mean", "ci_low", "ci_high", "pass_rate", "n")
 
 
 def evaluators(outcomes: list[JobOutcome]) -> list[str]:
-    names = {k.split(".")[1] for o in outcomes for k in o.metrics if k.startswith("judge.") and k.endswith(".pass_rate")}
+    names = {
+        k.split(".")[1] for o in outcomes for k in o.metrics if k.startswith("judge.") and k.endswith(".pass_rate")
+    }
     return sorted(names)
 
 
@@ -29,7 +31,9 @@ def varying(outcomes: list[JobOutcome]) -> list[str]:
 def table(outcomes: list[JobOutcome]) -> list[dict[str, Any]]:
     rows = []
     for o in outcomes:
-        row: dict[str, Any] = {"job": o.num, "status": o.status} | {c: o.choices.get(c) for c in CHOICES if c in o.choices}
+        row: dict[str, Any] = {"job": o.num, "status": o.status} | {
+            c: o.choices.get(c) for c in CHOICES if c in o.choices
+        }
         for name in evaluators(outcomes):
             row |= {f"{name}.{stat}": o.metrics.get(f"judge.{name}.{stat}") for stat in STATS}
         row["conversations"] = o.metrics.get("conversations.count")
@@ -60,7 +64,9 @@ def extremes(outcomes: list[JobOutcome]) -> dict[str, str]:
     keys = varying(done)
     tags = {}
     for name in evaluators(done):
-        scored = sorted((_rank(o, name), o.num, o) for o in done if o.metrics.get(f"judge.{name}.pass_rate") is not None)
+        scored = sorted(
+            (_rank(o, name), o.num, o) for o in done if o.metrics.get(f"judge.{name}.pass_rate") is not None
+        )
         for tag, (rank, _, o) in (("worst", scored[0]), ("best", scored[-1])) if scored else ():
             tags[f"{tag}.{name}"] = f"job {o.num} ({label(o, keys)}): pass {rank[0]:.0%}, mean {rank[1]:.1f}"
     return tags
@@ -92,12 +98,18 @@ def picture(outcomes: list[JobOutcome], path: Path) -> Path | None:
     series = list(dict.fromkeys(value(o, series_key) for o in done))
     groups = list(dict.fromkeys(" / ".join(value(o, k) for k in group_keys) for o in done))
     width = 0.8 / len(series)
-    fig, axes = plt.subplots(len(names), 1, figsize=(max(6.0, 0.9 * len(groups) * len(series) + 2), 2.8 * len(names)), squeeze=False)
-    for ax, name in zip(axes[:, 0], names):
+    fig, axes = plt.subplots(
+        len(names), 1, figsize=(max(6.0, 0.9 * len(groups) * len(series) + 2), 2.8 * len(names)), squeeze=False
+    )
+    for ax, name in zip(axes[:, 0], names, strict=True):
         for i, member in enumerate(series):
-            xs, rates, errors = [], [], [[], []]
+            xs, rates, errors = [], [], [[], []]  # type: list[float], list[float], list[list[float]]
             for x, group in enumerate(groups):
-                match = [o for o in done if value(o, series_key) == member and " / ".join(value(o, k) for k in group_keys) == group]
+                match = [
+                    o
+                    for o in done
+                    if value(o, series_key) == member and " / ".join(value(o, k) for k in group_keys) == group
+                ]
                 rate = match[0].metrics.get(f"judge.{name}.pass_rate") if match else None
                 if rate is None:
                     continue

@@ -41,7 +41,10 @@ def check(text: str, allowed: Iterable[str], required: Iterable[str] = ()) -> st
         raise ValueError(f"{e}; allowed placeholders: {_names(allowed)}") from None
     unknown = used - allowed
     if unknown:
-        raise ValueError(f"unknown placeholder(s) {_names(unknown)}; allowed: {_names(allowed)} (write {{{{ and }}}} for literal braces)")
+        raise ValueError(
+            f"unknown placeholder(s) {_names(unknown)}; allowed: {_names(allowed)} "
+            "(write {{ and }} for literal braces)"
+        )
     missing = required - used
     if missing:
         raise ValueError(f"must contain the placeholder(s) {_names(missing)}")

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 SWEEP_RUN_ENV = "CHAREVAL_SWEEP_RUN_ID"
 SWEEP_TAG = "chareval.sweep"  # the sweep's parent run id, on every run of its jobs
 ERROR_TAG = "chareval.error"  # why a run failed
-INPUT_SHA_TAG = "chareval.input_sha256"  # the hash of the file a stage read (see app.Job._log_outputs)
+INPUT_SHA_TAG = "chareval.input_sha256"  # the hash of the file a stage read (see flows.runner.log_outputs)
 
 
 def output_sha_tag(name: str) -> str:
@@ -82,9 +82,15 @@ def find_sweep_run(sweep_dir: str) -> str | None:
     client = MlflowClient()
     ids = [e.experiment_id for e in client.search_experiments()]
     value = str(sweep_dir).replace("'", "")
-    found = client.search_runs(ids, f"tags.`chareval.sweep_dir` = '{value}' AND attributes.status = 'RUNNING'", max_results=1)
+    found = client.search_runs(
+        ids, f"tags.`chareval.sweep_dir` = '{value}' AND attributes.status = 'RUNNING'", max_results=1
+    )
     if not found:
-        log.warning("no running sweep run for %s in %s: this job's runs will not be nested", sweep_dir, mlflow.get_tracking_uri())
+        log.warning(
+            "no running sweep run for %s in %s: this job's runs will not be nested",
+            sweep_dir,
+            mlflow.get_tracking_uri(),
+        )
         return None
     return found[0].info.run_id
 
@@ -227,6 +233,7 @@ def start_run(
 def resolved_yaml(cfg: DictConfig) -> str:
     """The composed config without the hydra node, interpolations resolved."""
     container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)  # a DictConfig gives a dict
     container.pop("hydra", None)
     return OmegaConf.to_yaml(OmegaConf.create(redact(container)))
 

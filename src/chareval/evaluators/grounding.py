@@ -10,4 +10,5 @@ class Grounding(Evaluator):
     name = "grounding"
 
     def materials(self, conversation: Conversation) -> str:
-        return f"Everything the assistant was given (documents first, then its persona):\n{conversation.assistant_system_prompt}"
+        given = conversation.assistant_system_prompt
+        return f"Everything the assistant was given (documents first, then its persona):\n{given}"

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from chareval.errors import ConfigError
 
-EVALUATORS: dict[str, type] = {}
+if TYPE_CHECKING:
+    from chareval.evaluators.base import Evaluator
+
+EVALUATORS: dict[str, type[Evaluator]] = {}
 
 
-def register(cls: type) -> type:
+def register(cls: type[Evaluator]) -> type[Evaluator]:
     EVALUATORS[cls.name] = cls
     return cls
 
 
-def build(name: str, rubric: str):
+def build(name: str, rubric: str) -> Evaluator:
     load_all()
     if name not in EVALUATORS:
         raise ConfigError(f"unknown evaluator '{name}'", f"known evaluators: {', '.join(sorted(EVALUATORS))}")
     return EVALUATORS[name](rubric)
 
 
-def load_all() -> dict[str, type]:
+def load_all() -> dict[str, type[Evaluator]]:
     """Import every evaluator module so that each registers itself."""
     import importlib
     import pkgutil

@@ -10,6 +10,13 @@ from chareval.evaluators import stats
 from chareval.schemas import Evaluation
 
 
+def verdict(record: Evaluation) -> tuple[int, bool]:
+    """A valid judgment's score and pass/fail (an error record has neither)."""
+    if record.score is None or record.passed is None:
+        raise ValueError(f"judgment {record.id} has neither an error nor a verdict")
+    return record.score, record.passed
+
+
 def evaluator_summary(records: list[Evaluation]) -> dict[str, Any]:
     """Scores are averaged per conversation first (over samples and judges): the CI is over
     conversations, the unit that was sampled. pass_rate and n count every valid judgment."""
@@ -17,11 +24,12 @@ def evaluator_summary(records: list[Evaluation]) -> dict[str, Any]:
     per_item: dict[str, list[int]] = defaultdict(list)
     per_sample_group: dict[tuple[str, str], list[int]] = defaultdict(list)
     for r in valid:
-        per_item[r.conversation_id].append(r.score)
-        per_sample_group[(r.conversation_id, r.judge_model)].append(r.score)
-    item_scores = [stats.mean(v) for v in per_item.values()]
+        score, _ = verdict(r)
+        per_item[r.conversation_id].append(score)
+        per_sample_group[(r.conversation_id, r.judge_model)].append(score)
+    item_scores = [sum(v) / len(v) for v in per_item.values()]
     low, high = stats.ci95(item_scores)
-    spreads = [stats.std(v) for v in per_sample_group.values() if len(v) > 1]
+    spreads = [s for v in per_sample_group.values() if len(v) > 1 and (s := stats.std(v)) is not None]
     return {
         "mean": stats.mean(item_scores),
         "std": stats.std(item_scores),
@@ -45,12 +53,13 @@ def agreement(records: list[Evaluation], judges: list[str]) -> dict[str, Any]:
             for (judge, conv, sample), ra in sorted(by_key.items())
             if judge == a and (b, conv, sample) in by_key
         ]
-        verdicts_a, verdicts_b = [p[0].passed for p in pairs], [p[1].passed for p in pairs]
+        first, second = [verdict(p[0]) for p in pairs], [verdict(p[1]) for p in pairs]
+        verdicts_a, verdicts_b = [v[1] for v in first], [v[1] for v in second]
         out[f"{a} vs {b}"] = {
             "n": len(pairs),
             "exact_agreement": stats.exact_agreement(verdicts_a, verdicts_b),
             "kappa": stats.cohen_kappa(verdicts_a, verdicts_b),
-            "mean_abs_score_diff": stats.mean_abs_diff([p[0].score for p in pairs], [p[1].score for p in pairs]),
+            "mean_abs_score_diff": stats.mean_abs_diff([v[0] for v in first], [v[0] for v in second]),
         }
     return out
 
@@ -89,3 +98,18 @@ def metrics(summary: dict[str, Any]) -> dict[str, float]:
     out["evaluate.n_errors"] = summary["n_errors"]
     out["evaluate.error_fraction"] = summary["error_fraction"]
     return out
+
+
+def before_after(before: dict, after: dict) -> dict[str, float]:
+    """before.*, after.* and delta.* for each evaluator's mean score and pass rate."""
+    metrics = {}
+    for name, b in before["evaluators"].items():
+        a = after["evaluators"].get(name, {})
+        for key in ("mean", "pass_rate"):
+            if b.get(key) is not None:
+                metrics[f"before.judge.{name}.{key}"] = b[key]
+            if a.get(key) is not None:
+                metrics[f"after.judge.{name}.{key}"] = a[key]
+            if b.get(key) is not None and a.get(key) is not None:
+                metrics[f"delta.judge.{name}.{key}"] = a[key] - b[key]
+    return metrics

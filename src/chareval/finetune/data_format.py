@@ -109,7 +109,7 @@ def validate_file(path: Path, context_length: int | None = None) -> FileReport:
     return report
 
 
-def conversation_to_example(conversation: Conversation) -> tuple[dict | None, str | None]:
+def conversation_to_example(conversation: Conversation) -> tuple[dict, None] | tuple[None, str]:
     """A conversation as a training example, or (None, reason) when it cannot be one.
     The assistant's system prompt (documents included) comes first, then the opening prompt the
     assistant saw as the user's turn, then the conversation. A trailing user message is dropped:

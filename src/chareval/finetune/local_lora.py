@@ -3,7 +3,6 @@ de-quantizes it), on the GPU when there is one. Only the assistant's tokens are 
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import random
@@ -11,8 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from chareval.config import LocalLoraFinetune
+from chareval.config import LocalLoraSettings
 from chareval.errors import ConfigError
+from chareval.hf_models import load_base, load_tokenizer
 
 log = logging.getLogger(__name__)
 IGNORE = -100  # label value the loss skips
@@ -38,25 +38,10 @@ def device(choice: str) -> str:
     return choice
 
 
-@functools.cache
-def load_tokenizer(gguf: str):
-    from transformers import AutoTokenizer
-
-    path = Path(gguf)
-    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-
-
-def load_base(gguf: str, on: str):
-    """A fresh float32 copy of the GGUF's weights (each LoRA wraps its own copy)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    path = Path(gguf)
-    return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).to(on)
-
-
 def _ids(tokenizer, messages: list[dict], generation_prompt: bool = False) -> list[int]:
-    encoded = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt, return_dict=True)
+    encoded = tokenizer.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=generation_prompt, return_dict=True
+    )
     return list(encoded["input_ids"])
 
 
@@ -100,7 +85,7 @@ class TrainResult:
 
 
 def train(
-    settings: LocalLoraFinetune,
+    settings: LocalLoraSettings,
     gguf: Path,
     train_file: Path,
     out_dir: Path,
@@ -119,7 +104,9 @@ def train(
     rows = [json.loads(line) for line in train_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     examples = [encode(tokenizer, row["messages"], settings.max_seq_tokens) for row in rows]
     if not examples:
-        raise ConfigError(f"{train_file} has no examples to train on", "run stage=prepare on conversations without errors")
+        raise ConfigError(
+            f"{train_file} has no examples to train on", "run stage=prepare on conversations without errors"
+        )
     model = get_peft_model(
         load_base(str(gguf), on),
         LoraConfig(

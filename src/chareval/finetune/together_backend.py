@@ -9,11 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from chareval.config import RetrySettings, TogetherFinetune
+from chareval.config import RetrySettings, TogetherSettings
 from chareval.errors import ConfigError, InputError
 from chareval.finetune.data_format import validate_file
-from chareval.llm.keys import api_key, base_url
-from chareval.llm.retry import call_with_retries
+from chareval.remote.keys import TOGETHER, api_key
+from chareval.remote.retry import Failure, call_with_retries, connection_failure, status_error_failure
 
 log = logging.getLogger(__name__)
 TERMINAL = {"completed", "error", "user_error", "cancelled"}
@@ -34,17 +34,31 @@ def status_of(job: Any) -> str:
 
 
 class TogetherFinetuner:
-    def __init__(self, settings: TogetherFinetune, retry: RetrySettings):
+    def __init__(self, settings: TogetherSettings, retry: RetrySettings):
         from together import Together
 
         self.settings = settings
         self.retry = retry
         # The SDK's paths start with /v1; TOGETHER_BASE_URL is the OpenAI-style URL ending in /v1.
-        url = base_url("together", None).rstrip("/").removesuffix("/v1")
-        self.client = Together(api_key=api_key("together"), base_url=url, max_retries=0)
+        url = (TOGETHER.base_url(None) or "").rstrip("/").removesuffix("/v1")
+        self.client = Together(api_key=api_key(TOGETHER.key_env), base_url=url, max_retries=0)
 
     def _call(self, fn: Callable[[], Any]) -> Any:
-        return call_with_retries(fn, provider="together", model=self.settings.base_model, settings=self.retry)[0]
+        return call_with_retries(
+            fn, classify=self.classify, provider="together", model=self.settings.base_model, settings=self.retry
+        )[0]
+
+    def classify(self, error: Exception) -> Failure | None:
+        """The together SDK's failures: connection errors and 429/5xx are retried, the rest fail with the fix."""
+        import together
+
+        if isinstance(error, (together.APIConnectionError, ConnectionError, TimeoutError)):
+            return connection_failure(error)
+        if isinstance(error, together.APIStatusError):
+            return status_error_failure(
+                error, provider="together", model=self.settings.base_model, key_env=TOGETHER.key_env
+            )
+        return None
 
     def upload(self, path: Path) -> str:
         uploaded = self._call(lambda: self.client.files.upload(file=Path(path), purpose="fine-tune", check=True))
@@ -55,7 +69,9 @@ class TogetherFinetuner:
         try:
             job = self._create(training_file_id, validation_file_id)
         except ValueError as e:  # the SDK checks the settings against the model's limits
-            raise ConfigError(f"Together refused the fine-tuning settings: {e}", "adjust finetune.* (e.g. batch_size)") from None
+            raise ConfigError(
+                f"Together refused the fine-tuning settings: {e}", "adjust finetune.* (e.g. batch_size)"
+            ) from None
         log.info("created fine-tuning job %s (%s)", job.id, status_of(job))
         return job
 

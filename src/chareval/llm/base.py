@@ -7,6 +7,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from chareval.remote.retry import Failure
 from chareval.schemas import Usage
 
 # Sampling temperature of the local engines when a role sets none.
@@ -49,16 +50,27 @@ class LLMResponse(BaseModel):
     finish_reason: str | None = None
     cached: bool = False
 
+    @property
+    def hit_token_limit(self) -> bool:
+        """The reply stopped at max_tokens (OpenAI-style "length", Anthropic's "max_tokens"): it is cut off."""
+        return self.finish_reason in ("length", "max_tokens")
+
 
 class Provider(Protocol):
     """A backend that answers requests. `identity` names everything besides the request that
-    changes the answer (endpoint, model file) and goes into the cache key; never a secret."""
+    changes the answer (endpoint, model file) and goes into the cache key; never a secret.
+    `max_in_flight` is how many calls it takes at once; `classify` says how a failure of its SDK is
+    retried (None: not an API failure)."""
 
     name: str
 
     def identity(self) -> dict[str, Any]: ...
 
     def complete(self, request: LLMRequest) -> LLMResponse: ...
+
+    def max_in_flight(self) -> int: ...
+
+    def classify(self, error: Exception) -> Failure | None: ...
 
 
 def with_cost(usage: Usage, model: str, prices: dict) -> Usage:

@@ -23,7 +23,9 @@ class DiskCache:
 
     @staticmethod
     def key(identity: dict[str, Any], request: LLMRequest) -> str:
-        payload = json.dumps({"provider": identity, "request": request.wire_params()}, sort_keys=True, ensure_ascii=False)
+        payload = json.dumps(
+            {"provider": identity, "request": request.wire_params()}, sort_keys=True, ensure_ascii=False
+        )
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def _path(self, key: str) -> Path:

@@ -10,33 +10,43 @@ from collections import defaultdict
 
 from pydantic import BaseModel, ValidationError
 
-from chareval.config import Models
+from chareval.config import Models, Role
 from chareval.errors import ConfigError, StructuredOutputError
+from chareval.llm import registry
 from chareval.llm.base import ChatMessage, LLMRequest, LLMResponse, Provider
 from chareval.llm.cache import DiskCache
-from chareval.llm.providers import build_provider
 from chareval.schemas import Usage
 
 log = logging.getLogger(__name__)
 
-REASK = (
-    "Your reply could not be used: {error}\n"
-    "Reply again with only the JSON object, following the schema exactly."
-)
+REASK = "Your reply could not be used: {error}\nReply again with only the JSON object, following the schema exactly."
 
 
 class UsageMeter:
-    """Thread-safe usage totals per role, and the time spent waiting on models."""
+    """Thread-safe usage totals per role, the time spent waiting on models, and how many replies
+    were cut off at max_tokens (kept here, not in `Usage`, which records carry)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.by_role: dict[str, Usage] = defaultdict(Usage)
         self.latency_s = 0.0
+        self.truncated_by_role: dict[str, int] = defaultdict(int)
 
     def add(self, role: str, usage: Usage, latency_s: float = 0.0) -> None:
         with self._lock:
             self.by_role[role] = self.by_role[role] + usage
             self.latency_s += latency_s
+
+    def add_truncated(self, role: str) -> bool:
+        """Count a cut-off reply; True the first time for this role (warn once, not on every call)."""
+        with self._lock:
+            self.truncated_by_role[role] += 1
+            return self.truncated_by_role[role] == 1
+
+    @property
+    def truncated(self) -> int:
+        with self._lock:
+            return sum(self.truncated_by_role.values())
 
     def total(self) -> Usage:
         with self._lock:
@@ -44,11 +54,11 @@ class UsageMeter:
 
 
 class LLMClient:
-    def __init__(self, models: Models, cache: DiskCache | None, meter: UsageMeter | None = None, registry: str | None = None):
+    def __init__(self, models: Models, cache: DiskCache | None, registry: str | None = None):
         self.models = models
         self.registry = registry  # the fine-tuned models registry, for local_lora/<name>
         self.cache = cache
-        self.meter = meter or UsageMeter()
+        self.meter = UsageMeter()
         self._providers: dict[str, Provider] = {}
         self._slots: dict[str, threading.Semaphore] = {}
         self._lock = threading.Lock()
@@ -56,7 +66,7 @@ class LLMClient:
     def provider(self, model: str) -> Provider:
         with self._lock:
             if model not in self._providers:
-                self._providers[model] = build_provider(model, self.models, self._slot, self.registry)
+                self._providers[model] = registry.build(model, self.models, self._slot, self.registry)
             return self._providers[model]
 
     def _slot(self, provider: str, limit: int) -> threading.Semaphore:
@@ -66,20 +76,15 @@ class LLMClient:
         return self._slots[provider]
 
     def parallelism(self, models: list[str]) -> int:
-        """How many work items may usefully run at once on these models (local: one)."""
-        limits = []
-        for model in models:
-            provider = model.split("/", 1)[0]
-            settings = getattr(self.models.providers, provider, None)
-            limits.append(1 if provider in ("local", "local_lora") else getattr(settings, "max_in_flight", 4))
-        return max(limits or [1])
+        """How many work items may usefully run at once on these models (a local model: one)."""
+        return max([self.provider(model).max_in_flight() for model in models] or [1])
 
     def model_for(self, role: str) -> str:
         return getattr(self.models, role)
 
     def ask(
         self,
-        role: str,
+        role: Role,
         system: str,
         messages: list[ChatMessage],
         *,
@@ -91,7 +96,10 @@ class LLMClient:
         model (or `model`, e.g. one of several judges)."""
         gen = self.models.generation.get(role)
         if gen is None:
-            raise ConfigError(f"models.generation.{role} is not set", f"add max_tokens for {role} in conf/models/{self.models.name}.yaml")
+            raise ConfigError(
+                f"models.generation.{role} is not set",
+                f"add max_tokens for {role} in conf/models/{self.models.name}.yaml",
+            )
         request = LLMRequest(
             model=model or self.model_for(role),
             system=system,
@@ -124,8 +132,12 @@ class LLMClient:
             try:
                 return self._parsed(second, request.response_schema)
             except ValueError as e:
+                cut = ""
+                if second.hit_token_limit:
+                    cut = f' (finish_reason="length": the reply stopped at max_tokens={request.max_tokens})'
+                schema = request.response_schema.__name__
                 raise StructuredOutputError(
-                    f"{second.model} did not return a valid {request.response_schema.__name__} after one re-ask: {_short(e)}",
+                    f"{second.model} did not return a valid {schema} after one re-ask{cut}: {_short(e)}",
                     raw_text=second.text,
                 ) from None
 
@@ -137,17 +149,31 @@ class LLMClient:
 
     def _call(self, request: LLMRequest, role: str) -> LLMResponse:
         provider = self.provider(request.model)
-        key = DiskCache.key(provider.identity(), request) if self.cache else None
-        if key:
-            hit = self.cache.get(key)
+        cache = self.cache
+        key = DiskCache.key(provider.identity(), request) if cache else None
+        if cache and key:
+            hit = cache.get(key)
             if hit is not None:
                 self.meter.add(role, Usage(cached_calls=1))
+                self._note_truncation(hit, request, role)
                 return hit.model_copy(update={"cached": True})
         response = provider.complete(request)
         self.meter.add(role, response.usage, response.latency_s)
-        if key:
-            self.cache.put(key, response)
+        self._note_truncation(response, request, role)
+        if cache and key:
+            cache.put(key, response)
         return response
+
+    def _note_truncation(self, response: LLMResponse, request: LLMRequest, role: str) -> None:
+        if response.hit_token_limit and self.meter.add_truncated(role):
+            log.warning(
+                "a %s reply from %s stopped at max_tokens=%d and is cut off (more are counted in the model.truncated "
+                "metric); raise models.generation.%s.max_tokens if it matters",
+                role,
+                response.model,
+                request.max_tokens,
+                role,
+            )
 
 
 def _short(err: ValueError) -> str:

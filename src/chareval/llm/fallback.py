@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from chareval.llm.base import LLMRequest, LLMResponse, Provider
-from chareval.llm.retry import OverloadedError
+from chareval.remote.retry import Failure, OverloadedError
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,17 @@ class FallbackProvider:
         self.fallback_model = fallback_model
 
     def identity(self) -> dict[str, Any]:
-        return {"primary": self.primary.identity(), "fallback": self.fallback.identity(), "fallback_model": self.fallback_model}
+        return {
+            "primary": self.primary.identity(),
+            "fallback": self.fallback.identity(),
+            "fallback_model": self.fallback_model,
+        }
+
+    def max_in_flight(self) -> int:
+        return self.primary.max_in_flight()
+
+    def classify(self, error: Exception) -> Failure | None:
+        return self.primary.classify(error)
 
     def complete(self, request: LLMRequest) -> LLMResponse:
         try:

@@ -6,6 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from chareval.config import (
+    ContextsSettings,
+    ConversationsSettings,
+    EvaluateSettings,
+    JudgeCheckSettings,
+    PrepareSettings,
+)
 from chareval.stages import (
     contexts,
     conversations,
@@ -35,25 +42,31 @@ class Stage:
     # Model roles it calls: their API keys are checked before any work starts.
     roles: tuple[str, ...] = ()
     judges: bool = False  # it calls the judge models (judge_model= / evaluation.judges)
+    # Its knobs: the AppConfig key (conf/stage/<stage>.yaml puts them there) and their class.
+    knobs: tuple[str, type] | None = None
 
-
-# The stages the closed loop (stage=finetune_loop) runs.
-LOOP_STAGES = ["contexts", "conversations", "prepare", "finetune", "evaluate"]
 
 STAGES: dict[str, Stage] = {
-    "contexts": Stage(contexts.run, writes=("contexts.json", "contexts_errors.jsonl"), roles=("contexts",)),
+    "contexts": Stage(
+        contexts.run,
+        writes=("contexts.json", "contexts_errors.jsonl"),
+        roles=("contexts",),
+        knobs=("contexts", ContextsSettings),
+    ),
     "conversations": Stage(
         conversations.run,
         InputSpec("contexts", "context_file", "contexts_run", "contexts.json"),
         writes=("conversations.jsonl",),
         roles=("assistant", "user"),
+        knobs=("conversations", ConversationsSettings),
     ),
     "prepare": Stage(
         prepare.run,
         InputSpec("conversations", "input_file", "conversations_run", "conversations.jsonl"),
         writes=("finetune.jsonl",),
+        knobs=("prepare", PrepareSettings),
     ),
-    "finetune": Stage(
+    "finetune": Stage(  # its knobs are the finetune group (finetune=local_lora / together_qwen3_32b)
         finetune.run,
         InputSpec("finetune", "train_file", "prepare_run", "finetune.jsonl", unless="job_id"),
         writes=("finetune_job.json", "adapter"),
@@ -63,6 +76,12 @@ STAGES: dict[str, Stage] = {
         InputSpec("conversations", "input_file", "conversations_run", "conversations.jsonl"),
         writes=("evaluations.jsonl", "summary.json"),
         judges=True,
+        knobs=("evaluate", EvaluateSettings),
     ),
-    "judge_check": Stage(judge_check.run, writes=("judge_check.json", "evaluations.jsonl"), judges=True),
+    "judge_check": Stage(
+        judge_check.run,
+        writes=("judge_check.json", "evaluations.jsonl"),
+        judges=True,
+        knobs=("judge_check", JudgeCheckSettings),
+    ),
 }

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from chareval.config import AppConfig
+from chareval.errors import ConfigError
 from chareval.llm import LLMClient
 from chareval.tracking import StageRun
 
@@ -13,9 +17,21 @@ from chareval.tracking import StageRun
 @dataclass
 class StageContext:
     settings: AppConfig
-    run_dir: Path
+    run_dir: Path  # the folder the stage writes its files in
     client: LLMClient
-    run: StageRun
+    mlflow: StageRun  # the stage's MLflow run (a no-op when tracking is off)
+
+    def knobs(self, key: str, kind: type[K]) -> K:
+        """The stage's own settings (e.g. `contexts.*`), present only when the stage is selected."""
+        value = getattr(self.settings, key)
+        if not isinstance(value, kind):
+            raise ConfigError(
+                f"no {key}.* settings", f"select the stage with stage={key}, or list it in the flow's defaults"
+            )
+        return value
+
+
+K = TypeVar("K", bound=BaseModel)
 
 
 def progress(ctx: StageContext, errors: int) -> dict[str, object]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from chareval.config import ContextsSettings
 from chareval.errors import CharevalError, ModelError
 from chareval.io import append_jsonl, read_records_json, write_records_json
 from chareval.llm import ChatMessage, derive_seed
@@ -27,6 +28,7 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     s = ctx.settings
     out = ctx.run_dir / "contexts.json"
     errors_file = ctx.run_dir / "contexts_errors.jsonl"
+    knobs = ctx.knobs("contexts", ContextsSettings)
     # Resume: contexts already written in this run folder are kept.
     wanted = {context_id(i) for i in range(s.num_contexts)}
     contexts = [c for c in (read_records_json(out, Context) if out.exists() else []) if c.id in wanted]
@@ -37,15 +39,18 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         log.info("resuming: %d of %d contexts already in %s", len(done), s.num_contexts, out)
     for index in tqdm(todo, desc="contexts", unit="ctx", dynamic_ncols=True):
         previous = "; ".join(c.title for c in contexts) or "none yet"
-        prompt = fill(s.contexts.instructions, {
-            "theme_description": s.theme.description,
-            "theme_prompt": s.theme.prompt.strip(),
-            "assistant_name": s.persona.display_name,
-            "assistant_role": s.persona.role,
-            "index": index + 1,
-            "total": s.num_contexts,
-            "previous_titles": previous,
-        })
+        prompt = fill(
+            knobs.instructions,
+            {
+                "theme_description": s.theme.description,
+                "theme_prompt": s.theme.prompt.strip(),
+                "assistant_name": s.persona.display_name,
+                "assistant_role": s.persona.role,
+                "index": index + 1,
+                "total": s.num_contexts,
+                "previous_titles": previous,
+            },
+        )
         try:
             response = ctx.client.ask(
                 "contexts",
@@ -59,7 +64,9 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
             log.warning("context %s failed: %s", context_id(index), e.message)
             append_jsonl(
                 errors_file,
-                ErrorRecord(stage="contexts", item_id=context_id(index), error=e.message, raw_text=getattr(e, "raw_text", None)),
+                ErrorRecord(
+                    stage="contexts", item_id=context_id(index), error=e.message, raw_text=getattr(e, "raw_text", None)
+                ),
             )
             continue
         draft: ContextDraft = response.parsed
@@ -68,7 +75,7 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
                 id=context_id(index),
                 model=response.model,
                 **draft.model_dump(exclude={"documents"}),
-                documents=[d.model_dump() for d in draft.documents[: s.contexts.max_documents]],
+                documents=[d.model_dump() for d in draft.documents[: knobs.max_documents]],
             )
         )
         contexts.sort(key=lambda c: c.id)
@@ -83,6 +90,10 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         outputs["contexts_errors"] = errors_file
     return StageResult(
         outputs=outputs,
-        metrics={"contexts.count": len(contexts), "contexts.n_errors": n_errors, "contexts.documents": sum(len(c.documents) for c in contexts)},
+        metrics={
+            "contexts.count": len(contexts),
+            "contexts.n_errors": n_errors,
+            "contexts.documents": sum(len(c.documents) for c in contexts),
+        },
         summary=f"{len(contexts)} contexts -> {out}",
     )

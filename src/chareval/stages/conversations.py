@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal
 
+from chareval.config import ConversationsSettings
 from chareval.errors import CharevalError, ModelError
 from chareval.io import (
     append_jsonl,
@@ -37,13 +39,13 @@ def plan(contexts: list[Context], n: int) -> list[tuple[str, Context]]:
     return [(f"conv-{i + 1:03d}", contexts[i % len(contexts)]) for i in range(n)]
 
 
-def speaker(turn: int) -> str:
+def speaker(turn: int) -> Literal["assistant", "user"]:
     return "assistant" if turn % 2 == 0 else "user"  # the assistant opens
 
 
-def _reply(ctx: StageContext, role: str, system: str, view, seed: int) -> LLMResponse:
+def _reply(ctx: StageContext, role: Literal["assistant", "user"], system: str, view, seed: int) -> LLMResponse:
     response = ctx.client.ask(role, system, view, seed=seed)
-    if not response.text and ctx.settings.conversations.retry_empty_reply:
+    if not response.text and ctx.knobs("conversations", ConversationsSettings).retry_empty_reply:
         response = ctx.client.ask(role, system, view, seed=derive_seed(seed, "retry-empty"))
     if not response.text:
         raise ModelError(f"{response.model} returned an empty message")
@@ -70,7 +72,9 @@ def simulate(ctx: StageContext, conv_id: str, context: Context) -> Conversation:
             log.warning("%s stopped at %s", conv_id, error)
             break
         usage += response.usage
-        messages.append(Message(role=role, content=response.text, turn=turn, model=response.model, thinking=response.thinking))
+        messages.append(
+            Message(role=role, content=response.text, turn=turn, model=response.model, thinking=response.thinking)
+        )
     return Conversation(
         id=conv_id,
         context_id=context.id,

@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+from chareval.config import EvaluateSettings
 from chareval.errors import ModelError
 from chareval.evaluators.base import Evaluator
 from chareval.evaluators.registry import build
@@ -31,7 +32,9 @@ def evaluation_id(conversation_id: str, evaluator: str, judge: str, sample: int)
     return f"{conversation_id}|{evaluator}|{judge}|{sample}"
 
 
-def judge_one(ctx: StageContext, conversation: Conversation, evaluator: Evaluator, judge: str, sample: int) -> Evaluation:
+def judge_one(
+    ctx: StageContext, conversation: Conversation, evaluator: Evaluator, judge: str, sample: int
+) -> Evaluation:
     system, prompt = evaluator.prompt(conversation)
     seed = derive_seed(ctx.settings.seed, "judge", conversation.id, evaluator.name, judge, sample)
     record = {
@@ -45,7 +48,12 @@ def judge_one(ctx: StageContext, conversation: Conversation, evaluator: Evaluato
     }
     try:
         response = ctx.client.ask(
-            "judge", system, [ChatMessage(role="user", content=prompt)], seed=seed, schema=evaluator.schema(conversation), model=judge
+            "judge",
+            system,
+            [ChatMessage(role="user", content=prompt)],
+            seed=seed,
+            schema=evaluator.schema(conversation),
+            model=judge,
         )
     except ModelError as e:
         return Evaluation(**record, error=e.message, raw_text=getattr(e, "raw_text", None))
@@ -64,11 +72,7 @@ def judge_all(
     conversations = [with_characters(c, s.persona, s.user_persona) for c in conversations]  # fails before any call
     done = finished_ids(out, Evaluation)
     wanted = [
-        (conv, ev, judge, k)
-        for conv in conversations
-        for ev in evaluators
-        for judge in judges
-        for k in range(samples)
+        (conv, ev, judge, k) for conv in conversations for ev in evaluators for judge in judges for k in range(samples)
     ]
     todo = [item for item in wanted if evaluation_id(item[0].id, item[1].name, item[2], item[3]) not in done]
     errors = []
@@ -99,9 +103,12 @@ def write_rubrics(evaluators: list[Evaluator], folder: Path) -> Path:
 def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     s = ctx.settings
     conversations = sorted(latest_by_id(read_records_jsonl(inputs["conversations"], Conversation)), key=lambda c: c.id)
-    usable = [c for c in conversations if c.messages and not (c.error and s.evaluate.skip_errored)]
+    skip_errored = ctx.knobs("evaluate", EvaluateSettings).skip_errored
+    usable = [c for c in conversations if c.messages and not (c.error and skip_errored)]
     if len(usable) < len(conversations):
-        log.warning("not judging %d conversation(s) that ended in an error or are empty", len(conversations) - len(usable))
+        log.warning(
+            "not judging %d conversation(s) that ended in an error or are empty", len(conversations) - len(usable)
+        )
     evaluators = [build(name, s.evaluation.rubrics[name]) for name in s.evaluation.evaluators]
     out = ctx.run_dir / "evaluations.jsonl"
     records = judge_all(ctx, usable, evaluators, out)
@@ -109,7 +116,7 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     summary["conversations_skipped"] = len(conversations) - len(usable)
     summary_file = ctx.run_dir / "summary.json"
     write_text_atomic(summary_file, json.dumps(summary, indent=2) + "\n")
-    ctx.run.log_table(table(records), "evaluations_table.json")
+    ctx.mlflow.log_table(table(records), "evaluations_table.json")
     failure = None
     if summary["error_fraction"] > s.evaluation.max_error_fraction:
         failure = (
@@ -118,17 +125,34 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
             f"everything is written to {ctx.run_dir}"
         )
     line = ", ".join(
-        f"{name} {e['mean']:.1f}/10 pass {e['pass_rate']:.0%}" for name, e in summary["evaluators"].items() if e["mean"] is not None
+        f"{name} {e['mean']:.1f}/10 pass {e['pass_rate']:.0%}"
+        for name, e in summary["evaluators"].items()
+        if e["mean"] is not None
     )
     return StageResult(
-        outputs={"evaluations": out, "summary": summary_file, "rubrics": write_rubrics(evaluators, ctx.run_dir / "rubrics")},
+        outputs={
+            "evaluations": out,
+            "summary": summary_file,
+            "rubrics": write_rubrics(evaluators, ctx.run_dir / "rubrics"),
+        },
         metrics=metrics(summary) | {"evaluate.conversations_skipped": summary["conversations_skipped"]},
-        summary=f"{summary['n_records']} judgments ({summary['n_errors']} errors): {line or 'no valid judgment'} -> {summary_file}",
+        summary=f"{summary['n_records']} judgments ({summary['n_errors']} errors): "
+        f"{line or 'no valid judgment'} -> {summary_file}",
         failure=failure,
     )
 
 
 def table(records: list[Evaluation]) -> dict[str, list]:
     """One row per judgment, for mlflow.log_table (the per-conversation view in the MLflow UI)."""
-    columns = ["conversation_id", "context_id", "evaluator", "judge_model", "sample", "score", "passed", "rationale", "error"]
+    columns = [
+        "conversation_id",
+        "context_id",
+        "evaluator",
+        "judge_model",
+        "sample",
+        "score",
+        "passed",
+        "rationale",
+        "error",
+    ]
     return {c: [getattr(r, c) for r in records] for c in columns}

@@ -6,11 +6,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from chareval.config import LocalProvider
+from chareval.config import LocalLoraSettings, TogetherSettings
 from chareval.errors import InputError
 from chareval.finetune.data_format import validate_file
-from chareval.finetune.registry import Registry, job_key, now
 from chareval.io import file_sha256, write_text_atomic
+from chareval.registry import Registry, job_key, now
 from chareval.schemas import FineTunedModel
 from chareval.stages.base import StageContext, StageResult
 
@@ -23,18 +23,39 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         record, metrics = run_local_lora(ctx, inputs["finetune"])
     else:
         record, metrics = run_together(ctx, inputs.get("finetune"))
-    ctx.run.set_tags(
-        {f"finetune.{k}": v for k, v in {"backend": record.backend, "base_model": record.base_model, "status": record.status,
-                                          "model": record.model, "job_id": record.job_id, "file_id": record.file_id}.items() if v}
+    ctx.mlflow.set_tags(
+        {
+            f"finetune.{k}": v
+            for k, v in {
+                "backend": record.backend,
+                "base_model": record.base_model,
+                "status": record.status,
+                "model": record.model,
+                "job_id": record.job_id,
+                "file_id": record.file_id,
+            }.items()
+            if v
+        }
     )
     job_file = ctx.run_dir / "finetune_job.json"
     write_text_atomic(job_file, record.model_dump_json(indent=2) + "\n")
     outputs = {"finetune_job": job_file}
     if record.adapter_path:
         outputs["adapter"] = Path(record.adapter_path)
-    failure = f"fine-tuning job {record.job_id} ended '{record.status}': {record.events[-1] if record.events else ''}" if record.status in FAILED else None
-    summary = f"fine-tuned model {record.model}" if record.model else f"fine-tuning job {record.job_id}: {record.status}"
-    return StageResult(outputs=outputs, metrics=metrics, summary=f"{summary} (registry: {ctx.settings.paths.registry})", failure=failure)
+    failure = (
+        f"fine-tuning job {record.job_id} ended '{record.status}': {record.events[-1] if record.events else ''}"
+        if record.status in FAILED
+        else None
+    )
+    summary = (
+        f"fine-tuned model {record.model}" if record.model else f"fine-tuning job {record.job_id}: {record.status}"
+    )
+    return StageResult(
+        outputs=outputs,
+        metrics=metrics,
+        summary=f"{summary} (registry: {ctx.settings.paths.registry})",
+        failure=failure,
+    )
 
 
 def _key_settings(ctx: StageContext) -> dict:
@@ -44,9 +65,9 @@ def _key_settings(ctx: StageContext) -> dict:
 
 def run_local_lora(ctx: StageContext, train_file: Path) -> tuple[FineTunedModel, dict[str, float]]:
     from chareval.finetune.local_lora import train
-    from chareval.llm.local import resolve_gguf
+    from chareval.llm.providers.local import gguf_of
 
-    s, f = ctx.settings, ctx.settings.finetune
+    s, f = ctx.settings, ctx.knobs("finetune", LocalLoraSettings)
     report = validate_file(train_file)
     if not report.ok:
         raise InputError(f"the fine-tuning file is not valid:\n{report.describe()}", "rerun stage=prepare")
@@ -57,17 +78,31 @@ def run_local_lora(ctx: StageContext, train_file: Path) -> tuple[FineTunedModel,
     if existing and existing.status == "completed" and existing.adapter_path and Path(existing.adapter_path).is_dir():
         log.info("this file and these settings were trained already: %s", existing.model)
         return existing, {"train.reused": 1}
-    # A models preset without local settings (e.g. models=seed) still trains the packaged model.
-    local = s.models.providers.local or LocalProvider.packaged()
-    gguf = resolve_gguf(f.base_model.split("/", 1)[1], local)
+    gguf = gguf_of(f.base_model, s.models)
     name = "-".join(p for p in (s.persona.name, key[:8], f.suffix) if p)
-    result = train(f, gguf, train_file, ctx.run_dir, seed=s.seed, on_step=lambda step, loss: ctx.run.log_metric_at("train.loss", loss, step))
+    result = train(
+        f,
+        gguf,
+        train_file,
+        ctx.run_dir,
+        seed=s.seed,
+        on_step=lambda step, loss: ctx.mlflow.log_metric_at("train.loss", loss, step),
+    )
     record = registry.save(
         FineTunedModel(
-            key=key, backend="local_lora", base_model=f.base_model, name=name, model=f"local_lora/{name}", status="completed",
-            train_file=str(train_file), train_file_sha256=sha,
+            key=key,
+            backend="local_lora",
+            base_model=f.base_model,
+            name=name,
+            model=f"local_lora/{name}",
+            status="completed",
+            train_file=str(train_file),
+            train_file_sha256=sha,
             settings=_key_settings(ctx) | {"base_gguf": str(gguf), "device_used": result.device},
-            adapter_path=str(result.adapter_dir), mlflow_run_id=ctx.run.run_id, created_at=now(), updated_at=now(),
+            adapter_path=str(result.adapter_dir),
+            mlflow_run_id=ctx.mlflow.run_id,
+            created_at=now(),
+            updated_at=now(),
         )
     )
     log.info("loss %.3f -> %.3f over %d steps", result.losses[0], result.losses[-1], len(result.losses))
@@ -86,16 +121,29 @@ def run_together(ctx: StageContext, train_file: Path | None) -> tuple[FineTunedM
         status_of,
     )
 
-    s, f = ctx.settings, ctx.settings.finetune
+    s, f = ctx.settings, ctx.knobs("finetune", TogetherSettings)
     registry = Registry(s.paths.registry)
     tuner = TogetherFinetuner(f, s.models.retry)
+    record: FineTunedModel | None
     if s.job_id:
         record = next((r for r in registry.all() if r.job_id == s.job_id), None) or FineTunedModel(
-            key=f"job:{s.job_id}", backend="together", base_model=f.base_model, name=s.job_id, status="unknown",
-            job_id=s.job_id, train_file="(started elsewhere)", train_file_sha256="", settings=_key_settings(ctx),
-            created_at=now(), updated_at=now(),
+            key=f"job:{s.job_id}",
+            backend="together",
+            base_model=f.base_model,
+            name=s.job_id,
+            status="unknown",
+            job_id=s.job_id,
+            train_file="(started elsewhere)",
+            train_file_sha256="",
+            settings=_key_settings(ctx),
+            created_at=now(),
+            updated_at=now(),
         )
     else:
+        if train_file is None:  # the runner resolves the input whenever job_id is unset
+            raise InputError(
+                "stage=finetune has no fine-tuning file", "pass train_file=<finetune.jsonl> or job_id=<job>"
+            )
         check_before_upload(train_file, f.context_length)
         if f.validation_file:
             check_before_upload(Path(f.validation_file), f.context_length)
@@ -110,9 +158,19 @@ def run_together(ctx: StageContext, train_file: Path | None) -> tuple[FineTunedM
             job = tuner.create(file_id, validation_id)
             record = registry.save(
                 FineTunedModel(
-                    key=key, backend="together", base_model=f.base_model, name=job.id, status=status_of(job),
-                    job_id=job.id, file_id=file_id, train_file=str(train_file), train_file_sha256=sha,
-                    settings=_key_settings(ctx), mlflow_run_id=ctx.run.run_id, created_at=now(), updated_at=now(),
+                    key=key,
+                    backend="together",
+                    base_model=f.base_model,
+                    name=job.id,
+                    status=status_of(job),
+                    job_id=job.id,
+                    file_id=file_id,
+                    train_file=str(train_file),
+                    train_file_sha256=sha,
+                    settings=_key_settings(ctx),
+                    mlflow_run_id=ctx.mlflow.run_id,
+                    created_at=now(),
+                    updated_at=now(),
                 )
             )
 
@@ -123,15 +181,23 @@ def run_together(ctx: StageContext, train_file: Path | None) -> tuple[FineTunedM
         eta = f", about {progress.seconds_remaining} s left" if progress and progress.estimate_available else ""
         log.info("job %s: %s%s", job.id, status_of(job), eta)
 
+    assert record is not None and record.job_id is not None  # found, or saved just above
     job, events = tuner.follow(record.job_id, wait=f.wait, on_update=show)
     status = status_of(job)
     output = getattr(job, "x_model_output_name", None)
     record = registry.save(
-        record.model_copy(update={
-            "status": status, "events": events, "name": output or record.name,
-            "model": f"together/{output}" if output and status == "completed" else None,
-        })
+        record.model_copy(
+            update={
+                "status": status,
+                "events": events,
+                "name": output or record.name,
+                "model": f"together/{output}" if output and status == "completed" else None,
+            }
+        )
     )
     if not f.wait and status not in FAILED | {"completed"}:
-        log.info("not waiting: follow it later with python src/run.py stage=finetune finetune=together_qwen3_32b job_id=%s", record.job_id)
+        log.info(
+            "not waiting: follow it later with python src/run.py stage=finetune finetune=together_qwen3_32b job_id=%s",
+            record.job_id,
+        )
     return record, {"finetune.completed": float(status == "completed"), "finetune.events": len(events)}

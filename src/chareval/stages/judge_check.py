@@ -7,6 +7,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from chareval.config import JudgeCheckSettings
 from chareval.errors import InputError
 from chareval.evaluators.registry import build
 from chareval.io import file_sha256, latest_by_id, read_records_jsonl, write_text_atomic
@@ -41,20 +42,21 @@ def accuracy(records: list[Evaluation], expected: dict[str, dict[str, bool]]) ->
 
 def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     s = ctx.settings
-    dataset = Path(s.judge_check.dataset)
+    dataset = Path(ctx.knobs("judge_check", JudgeCheckSettings).dataset)
     # A case labelled again (e.g. from the dashboard's Review page) supersedes its earlier label.
     cases = latest_by_id(read_records_jsonl(dataset, JudgeCase))
     if not cases:
         raise InputError(f"{dataset} holds no labelled cases")
-    ctx.run.log_artifact(dataset, artifact_path="inputs")
+    ctx.mlflow.log_artifact(dataset, artifact_path="inputs")
     # The dashboard shows this check's accuracy beside the labels only while the file is unchanged.
-    ctx.run.set_tags({DATASET_SHA_TAG: file_sha256(dataset), DATASET_PATH_TAG: str(dataset.resolve())})
+    ctx.mlflow.set_tags({DATASET_SHA_TAG: file_sha256(dataset), DATASET_PATH_TAG: str(dataset.resolve())})
     # Only evaluators that some case has a label for: the others could not be scored (and cost calls).
     labelled = [name for name in s.evaluation.evaluators if any(name in c.expected for c in cases)]
     if not labelled:
         raise InputError(
             f"{dataset} has no label for any of the evaluators {', '.join(s.evaluation.evaluators)}",
-            "label conversations for these evaluators (e.g. on the dashboard's Review page) or set evaluation.evaluators",
+            "label conversations for these evaluators (e.g. on the dashboard's Review page) "
+            "or set evaluation.evaluators",
         )
     evaluators = [build(name, s.evaluation.rubrics[name]) for name in labelled]
     out = ctx.run_dir / "evaluations.jsonl"

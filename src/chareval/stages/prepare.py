@@ -6,6 +6,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+from chareval.config import PrepareSettings
 from chareval.errors import CharevalError
 from chareval.finetune.data_format import conversation_to_example, validate_file
 from chareval.io import latest_by_id, read_records_jsonl, write_jsonl_atomic
@@ -19,19 +20,20 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     s = ctx.settings
     conversations = sorted(latest_by_id(read_records_jsonl(inputs["conversations"], Conversation)), key=lambda c: c.id)
     out = Path(s.output_file).resolve() if s.output_file else ctx.run_dir / "finetune.jsonl"
-    examples, skipped = [], Counter()
+    examples: list[dict] = []
+    skipped: Counter[str] = Counter()
     for conversation in conversations:
-        if conversation.error and not s.prepare.skip_errored:
+        if conversation.error and not ctx.knobs("prepare", PrepareSettings).skip_errored:
             raise CharevalError(
                 f"{conversation.id} has an error ({conversation.error})",
                 "rerun stage=conversations to retry it, or set prepare.skip_errored=true",
             )
-        example, reason = conversation_to_example(conversation)
-        if example is None:
-            skipped[reason] += 1
-            log.info("skipping %s: %s", conversation.id, reason)
+        converted = conversation_to_example(conversation)
+        if converted[0] is None:
+            skipped[converted[1]] += 1
+            log.info("skipping %s: %s", conversation.id, converted[1])
             continue
-        examples.append(example)
+        examples.append(converted[0])
     write_jsonl_atomic(out, examples)
     for reason, count in skipped.items():
         log.warning("skipped %d conversation(s): %s", count, reason)

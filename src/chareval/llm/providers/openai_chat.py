@@ -1,20 +1,19 @@
-"""OpenAI chat-completions providers (openai SDK): OpenRouter, and any OpenAI-compatible server
-(vLLM, Ollama, llama.cpp). Structured output through response_format json_schema; on OpenRouter
-only providers that honour it are used. Reasoning (Qwen3's <think> blocks) is kept aside."""
+"""The OpenAI chat-completions client (openai SDK) that the OpenRouter, OpenAI-compatible and Together
+providers share (each in its own module, with its settings). Structured output through
+response_format json_schema; on OpenRouter only providers that honour it are used. Reasoning
+(Qwen3's <think> blocks) is kept aside."""
 
 from __future__ import annotations
 
 import copy
 import re
-import threading
 import time
 from typing import Any
 
-import openai
-
-from chareval.config import RetrySettings
 from chareval.llm.base import LLMRequest, LLMResponse, with_cost
-from chareval.llm.retry import call_with_retries
+from chareval.llm.registry import BuildContext
+from chareval.remote.keys import Endpoint, api_key
+from chareval.remote.retry import Failure, call_with_retries, connection_failure, status_error_failure
 from chareval.schemas import Usage
 
 THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
@@ -45,36 +44,52 @@ def strict_schema(schema: dict) -> dict:
 
 
 class OpenAIChatProvider:
-    """`name` is the provider prefix of the model strings it serves (openrouter, openai_compatible)."""
+    """`name` is the provider prefix of the model strings it serves (openrouter, openai_compatible, together)."""
 
     def __init__(
         self,
         name: str,
         model: str,
+        ctx: BuildContext,
+        endpoint: Endpoint,
         *,
-        base_url: str,
-        api_key: str | None,
-        retry: RetrySettings,
-        prices: dict,
-        slots: threading.Semaphore,
+        key_env: str | None = None,
         require_parameters: bool = False,
+        report_cost: bool = False,
     ):
+        import openai  # here, not at the top: a run that never calls such an API never loads the SDK
+
         self.name = name
         self.model = model
-        self.base_url = base_url
-        self.retry = retry
-        self.prices = prices
-        self.slots = slots
+        self.settings = ctx.settings
+        self.key_env = key_env or endpoint.key_env
+        self.base_url = endpoint.base_url(ctx.settings.base_url)
+        self.retry = ctx.models.retry
+        self.prices = ctx.models.prices
+        self.slots = ctx.slots
         self.require_parameters = require_parameters
+        self.report_cost = report_cost
         self.client = openai.OpenAI(
-            api_key=api_key or "not-needed",  # self-hosted servers often take no key
-            base_url=base_url,
+            api_key=api_key(self.key_env) or "not-needed",  # self-hosted servers often take no key
+            base_url=self.base_url,
             max_retries=0,
-            timeout=retry.attempt_timeout_s,
+            timeout=self.retry.attempt_timeout_s,
         )
 
     def identity(self) -> dict[str, Any]:
         return {"provider": self.name, "base_url": self.base_url}
+
+    def max_in_flight(self) -> int:
+        return self.settings.max_in_flight
+
+    def classify(self, error: Exception) -> Failure | None:
+        import openai
+
+        if isinstance(error, (openai.APIConnectionError, ConnectionError, TimeoutError)):  # timeouts included
+            return connection_failure(error)
+        if isinstance(error, openai.APIStatusError):
+            return status_error_failure(error, provider=self.name, model=self.model, key_env=self.key_env)
+        return None
 
     def params(self, request: LLMRequest) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -98,7 +113,7 @@ class OpenAIChatProvider:
             }
             if self.require_parameters:
                 extra["provider"] = {"require_parameters": True}
-        if self.name == "openrouter":
+        if self.report_cost:
             extra["usage"] = {"include": True}  # OpenRouter then reports the cost of the call
         if extra:
             params["extra_body"] = extra
@@ -112,7 +127,9 @@ class OpenAIChatProvider:
                 return self.client.chat.completions.create(**params)
 
         started = time.perf_counter()
-        response, retries = call_with_retries(call, provider=self.name, model=self.model, settings=self.retry)
+        response, retries = call_with_retries(
+            call, classify=self.classify, provider=self.name, model=self.model, settings=self.retry
+        )
         latency = time.perf_counter() - started
         choice = response.choices[0]
         text, thinking = split_thinking(choice.message.content or "")

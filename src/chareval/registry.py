@@ -46,7 +46,9 @@ class Registry:
         found = [r for r in self.all() if r.name == name]
         if not found:
             known = ", ".join(sorted(r.name for r in self.all() if r.model)) or "none yet"
-            raise ConfigError(f"no fine-tuned model named '{name}' in {self.path} (known: {known})", "run stage=finetune first")
+            raise ConfigError(
+                f"no fine-tuned model named '{name}' in {self.path} (known: {known})", "run stage=finetune first"
+            )
         return found[-1]
 
     def save(self, record: FineTunedModel) -> FineTunedModel:

@@ -8,8 +8,10 @@ import threading
 import time
 from typing import Any
 
-from chareval.finetune.registry import Registry
+from chareval.errors import ConfigError
 from chareval.llm.base import DEFAULT_TEMPERATURE, LLMRequest, LLMResponse
+from chareval.llm.registry import BuildContext, ProviderSpec, register
+from chareval.registry import Registry
 from chareval.schemas import Usage
 
 _LOCK = threading.Lock()
@@ -19,7 +21,7 @@ _LOCK = threading.Lock()
 def load_adapted(gguf: str, adapter_dir: str, device: str):
     from peft import PeftModel
 
-    from chareval.finetune.local_lora import load_base, load_tokenizer
+    from chareval.hf_models import load_base, load_tokenizer
 
     model = PeftModel.from_pretrained(load_base(gguf, device), adapter_dir).to(device)
     model.eval()
@@ -38,12 +40,20 @@ class LocalLoraProvider:
     def identity(self) -> dict[str, Any]:
         return {"provider": self.name, "key": self.record.key, "adapter": self.record.adapter_path}
 
+    def max_in_flight(self) -> int:
+        return 1
+
+    def classify(self, error: Exception) -> None:
+        return None  # in this process: nothing to retry
+
     def complete(self, request: LLMRequest) -> LLMResponse:
         import torch
 
         tokenizer, model = load_adapted(self.gguf, self.record.adapter_path, self.device)
         messages = [{"role": "system", "content": request.system}, *(m.model_dump() for m in request.messages)]
-        prompt = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+        prompt = tokenizer.apply_chat_template(
+            messages, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+        )
         input_ids = prompt["input_ids"].to(self.device)
         temperature = DEFAULT_TEMPERATURE if request.temperature is None else request.temperature
         started = time.perf_counter()
@@ -68,3 +78,12 @@ class LocalLoraProvider:
             latency_s=latency,
             finish_reason="length" if len(new_tokens) >= request.max_tokens else "stop",
         )
+
+
+def _build(model: str, ctx: BuildContext) -> LocalLoraProvider:
+    if ctx.registry is None:
+        raise ConfigError(f"local_lora/{model} needs the registry of fine-tuned models (paths.registry)")
+    return LocalLoraProvider(model, ctx.registry)
+
+
+register(ProviderSpec("local_lora", _build, local=True))

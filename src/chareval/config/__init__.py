@@ -1,0 +1,61 @@
+"""Typed schema of the composed Hydra config, split by domain. Validated before any work, so a typo
+or a bad value fails at once with the key named and the allowed values."""
+
+from chareval.config.app import (
+    FIX,
+    AppConfig,
+    Paths,
+    Tracking,
+    format_validation_error,
+    is_secret_key,
+    parse_config,
+    register_resolvers,
+)
+from chareval.config.base import ROLES, ModelString, Role, Strict
+from chareval.config.characters import Persona, Theme, UserPersona
+from chareval.config.finetune import LocalLoraSettings, LoraSettings, TogetherSettings
+from chareval.config.models import Generation, Models, Policy, Price, RetrySettings
+from chareval.config.stages import (
+    ContextsSettings,
+    ConversationsSettings,
+    EvaluateSettings,
+    EvaluationSettings,
+    FinetuneLoopSettings,
+    JudgeCheckSettings,
+    PipelineSettings,
+    PrepareSettings,
+)
+
+__all__ = [
+    "FIX",
+    "ROLES",
+    "Role",
+    "AppConfig",
+    "ContextsSettings",
+    "ConversationsSettings",
+    "EvaluateSettings",
+    "EvaluationSettings",
+    "FinetuneLoopSettings",
+    "Generation",
+    "JudgeCheckSettings",
+    "LocalLoraSettings",
+    "LoraSettings",
+    "ModelString",
+    "Models",
+    "Paths",
+    "Persona",
+    "PipelineSettings",
+    "Policy",
+    "PrepareSettings",
+    "Price",
+    "RetrySettings",
+    "Strict",
+    "Theme",
+    "TogetherSettings",
+    "Tracking",
+    "UserPersona",
+    "format_validation_error",
+    "is_secret_key",
+    "parse_config",
+    "register_resolvers",
+]

@@ -1,0 +1,51 @@
+"""finetune.*: the fine-tuning backend and its settings (conf/finetune/<backend>.yaml)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from chareval.config.base import ModelString, Strict
+
+
+class LoraSettings(Strict):
+    r: int = Field(ge=1, le=256)
+    alpha: int = Field(ge=1)
+    dropout: float = Field(ge=0.0, lt=1.0)
+    target_modules: str | list[str]
+
+
+class LocalLoraSettings(Strict):
+    backend: Literal["local_lora"]
+    base_model: ModelString
+    n_epochs: int = Field(ge=1, le=100)
+    learning_rate: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    max_seq_tokens: int = Field(ge=64)
+    lora: LoraSettings
+    suffix: str | None = Field(max_length=40)
+    device: Literal["auto", "cpu", "cuda"]
+
+    @field_validator("base_model")
+    @classmethod
+    def _local_base(cls, value: str) -> str:
+        if not value.startswith("local/"):
+            raise ValueError("the local_lora backend trains a local/<alias or .gguf> model")
+        return value
+
+
+class TogetherSettings(Strict):
+    backend: Literal["together"]
+    base_model: Literal["Qwen/Qwen3-32B"]  # the seed: only Qwen/Qwen3-32B is fine-tuned on Together
+    n_epochs: int = Field(ge=1, le=20)
+    suffix: str | None = Field(max_length=40)
+    lora: bool
+    learning_rate: float = Field(gt=0)
+    batch_size: int | Literal["max"]
+    validation_file: str | None
+    n_evals: int = Field(ge=0)
+    train_on_inputs: bool | Literal["auto"]
+    context_length: int = Field(ge=512)
+    wait: bool
+    poll_interval_s: float = Field(gt=0)

@@ -1,0 +1,79 @@
+"""The knobs of each stage and flow (conf/stage/<stage>.yaml, under the stage's own key) and of
+the judges (conf/evaluation/). A stage's registry entry (chareval/stages/__init__.py) names the
+settings it reads."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from chareval import templates
+from chareval.config.base import ModelString, Strict
+
+CONTEXTS_FIELDS = (
+    "theme_description",
+    "theme_prompt",
+    "assistant_name",
+    "assistant_role",
+    "index",
+    "total",
+    "previous_titles",
+)
+
+
+class ContextsSettings(Strict):
+    max_documents: int = Field(ge=1, le=3)
+    instructions: str = Field(min_length=1)
+
+    @field_validator("instructions")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        return templates.check(value, allowed=CONTEXTS_FIELDS)
+
+
+class ConversationsSettings(Strict):
+    retry_empty_reply: bool
+
+
+class PrepareSettings(Strict):
+    skip_errored: bool
+
+
+class EvaluateSettings(Strict):
+    skip_errored: bool
+
+
+class JudgeCheckSettings(Strict):
+    dataset: str
+
+
+class FinetuneLoopSettings(Strict):
+    holdout_fraction: float = Field(gt=0.0, lt=1.0)
+
+
+class PipelineSettings(Strict):
+    stages: list[Literal["contexts", "conversations", "prepare", "finetune", "evaluate"]] = Field(min_length=1)
+
+
+class EvaluationSettings(Strict):
+    """evaluation.* (conf/evaluation/): which judges, how many samples, the rubric templates.
+    Evaluator names are checked against the evaluators' registry when the config is validated."""
+
+    evaluators: list[str] = Field(min_length=1)
+    judge_samples: int = Field(ge=1, le=20)
+    judges: list[ModelString] | None = Field(default=None, min_length=1)
+    max_error_fraction: float = Field(ge=0.0, le=1.0)
+    rubrics: dict[str, str]
+
+    @model_validator(mode="after")
+    def _rubrics(self) -> EvaluationSettings:
+        for name in self.evaluators:
+            if not self.rubrics.get(name, "").strip():
+                raise ValueError(f"evaluator '{name}' has no rubric: add evaluation.rubrics.{name}")
+        for name, rubric in self.rubrics.items():
+            try:
+                templates.check(rubric, allowed=templates.RUBRIC_FIELDS)
+            except ValueError as e:
+                raise ValueError(f"evaluation.rubrics.{name}: {e}") from None
+        return self

@@ -1,0 +1,225 @@
+"""The public stage runner: one stage as its own MLflow run, its input resolved (the previous
+stage's output, a file, or an MLflow run's artifact), its outputs and usage logged. Flows
+(pipeline, finetune_loop) and single-stage jobs all run stages through it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chareval.config import AppConfig
+from chareval.errors import CharevalError, ConfigError, InputError
+from chareval.io import file_sha256
+from chareval.llm import LLMClient, UsageMeter
+from chareval.schemas import Usage
+from chareval.stages import STAGES, InputSpec
+from chareval.stages.base import StageContext, StageResult
+from chareval.tracking import INPUT_SHA_TAG, SWEEP_TAG, StageRun, output_sha_tag, start_run
+
+
+@dataclass(frozen=True)
+class Step:
+    """One stage of a flow: which stage, under what label, in which folder, with which settings and
+    model client (the closed loop runs some stages twice, on other contexts and another assistant).
+    Unset fields are the job's own."""
+
+    stage: str
+    label: str | None = None
+    run_dir: Path | None = None
+    settings: AppConfig | None = None
+    client: LLMClient | None = None
+
+
+@dataclass
+class RunLog:
+    """What the job's stages have done so far: for the printed report and a sweep's comparison."""
+
+    summaries: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
+    latency_s: float = 0.0
+    truncated: int = 0  # replies cut off at max_tokens
+    top_run_id: str | None = None  # the first MLflow run made: the job's parent run or its stage run
+
+
+class StageRunner:
+    def __init__(
+        self,
+        settings: AppConfig,
+        client: LLMClient,
+        run_dir: Path,
+        *,
+        params: dict[str, str],
+        tags: dict[str, str],
+        config_file: Path,
+        parent_run_id: str | None = None,
+    ):
+        self.settings = settings
+        self.client = client
+        self.run_dir = run_dir
+        self.params = params
+        self.tags = tags  # shared by every run of the job (choices, commit, the sweep)
+        self.config_file = config_file
+        self.parent_run_id = parent_run_id
+        self.log = RunLog()
+
+    def _tags(self, stage: str, **extra: str) -> dict[str, str]:
+        tags = self.tags | {"chareval.stage": stage, "chareval.run_dir": str(self.run_dir)} | extra
+        if self.parent_run_id:  # every run of a sweep job, nested or not, finds its sweep in one query
+            tags[SWEEP_TAG] = self.parent_run_id
+        return tags
+
+    @contextmanager
+    def parent_run(self, kind: str) -> Iterator[StageRun]:
+        """A parent MLflow run whose children are the stages run inside it; it sums their usage."""
+        started = time.perf_counter()
+        self.log.usage, self.log.latency_s, self.log.truncated = Usage(), 0.0, 0
+        with start_run(
+            self.settings.tracking.enabled,
+            run_name=f"{kind} {self.run_dir.name}",
+            tags=self._tags(kind, **{"chareval.kind": kind}),
+            params=self.params,
+            parent_run_id=self.parent_run_id,
+        ) as parent:
+            self.log.top_run_id = self.log.top_run_id or parent.run_id
+            parent.log_artifact(self.config_file)
+            try:
+                yield parent
+            finally:
+                parent.log_metrics(
+                    usage_metrics(self.log.usage, self.log.latency_s, self.log.truncated)
+                    | {"wall_time_s": time.perf_counter() - started}
+                )
+
+    def run(self, step: Step, previous: dict[str, Path], parent_run_id: str | None = None) -> dict[str, Path]:
+        """Run one stage as its own MLflow run (nested under the active run, or under `parent_run_id`)."""
+        spec = STAGES[step.stage]
+        run_dir, settings, client = (
+            step.run_dir or self.run_dir,
+            step.settings or self.settings,
+            step.client or self.client,
+        )
+        if spec.knobs and getattr(settings, spec.knobs[0]) is None:
+            raise ConfigError(
+                f"stage {step.stage} has no {spec.knobs[0]}.* settings",
+                f"select it with stage={step.stage} "
+                f"(conf/stage/{step.stage}.yaml), or list it in the flow's conf/stage/<flow>.yaml defaults",
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        client.meter = UsageMeter()  # usage is counted per stage
+        started = time.perf_counter()
+        label = step.label or step.stage
+        tags = self._tags(
+            step.stage, **{"chareval.kind": "stage", "chareval.step": label, "chareval.run_dir": str(run_dir)}
+        )
+        with start_run(
+            settings.tracking.enabled,
+            run_name=f"{label} {self.run_dir.name}",
+            tags=tags,
+            params=self.params,
+            parent_run_id=parent_run_id,
+        ) as run:
+            self.log.top_run_id = self.log.top_run_id or run.run_id
+            run.log_artifact(self.config_file)
+            inputs = {}
+            needs = spec.needs
+            if needs and not (needs.unless and getattr(settings, needs.unless)):
+                inputs[needs.name] = previous.get(needs.name) or self.resolve_input(step.stage, needs, settings)
+                run.log_artifact(inputs[needs.name], artifact_path="inputs")
+                if run.run_id:
+                    run.set_tags({INPUT_SHA_TAG: file_sha256(inputs[needs.name])})
+            result: StageResult | None = None
+            try:
+                result = spec.run(StageContext(settings, run_dir, client, run), inputs)
+            finally:
+                # Whatever was written (all of it, or what finished before a failure) is logged.
+                log_outputs(run, step.stage, result, run_dir)
+                meter = client.meter
+                self.log.usage, self.log.latency_s = (
+                    self.log.usage + meter.total(),
+                    self.log.latency_s + meter.latency_s,
+                )
+                self.log.truncated += meter.truncated
+                metrics = usage_metrics(meter.total(), meter.latency_s, meter.truncated) | {
+                    "wall_time_s": time.perf_counter() - started
+                }
+                run.log_metrics(metrics | (result.metrics if result else {}))
+            assert result is not None
+            self.log.summaries.append(result.summary)
+            self.log.metrics.update(result.metrics)
+            if result.failure:  # inside the run, so that MLflow marks it FAILED
+                raise CharevalError(result.failure)
+        return result.outputs
+
+    def resolve_input(self, stage: str, spec: InputSpec, settings: AppConfig) -> Path:
+        """The input of a stage run on its own: a file path, or an artifact of an MLflow run."""
+        path, run_id = getattr(settings, spec.file_key), getattr(settings, spec.run_key)
+        if path and run_id:
+            raise ConfigError(f"both {spec.file_key} and {spec.run_key} are set", "give only one of them")
+        if path:
+            resolved = Path(path).expanduser().resolve()
+            if not resolved.is_file():
+                raise InputError(
+                    f"{spec.file_key}={path}: no such file", "check the path (relative to the current directory)"
+                )
+            return resolved
+        if run_id:
+            return fetch_run_artifact(run_id, spec.artifact, self.run_dir / "inputs", settings.tracking.enabled)
+        raise ConfigError(
+            f"stage={stage} needs its input: {spec.file_key}=<{spec.artifact}> or {spec.run_key}=<MLflow run id>",
+            f"e.g. python src/run.py stage={stage} {spec.file_key}=outputs/runs/<date>/<time>_<stage>/{spec.artifact}",
+        )
+
+
+def log_outputs(run: StageRun, stage: str, result: StageResult | None, run_dir: Path) -> None:
+    """Each output as an artifact, and each output file's hash as a tag: a later stage tags the hash
+    of its input, so runs link up by content (a file path, a run id or a pipeline alike)."""
+    outputs = result.outputs if result else {Path(n).stem: run_dir / n for n in STAGES[stage].writes}
+    for name, path in outputs.items():
+        run.log_artifact(path)
+        if run.run_id and path.is_file():
+            run.set_tags({output_sha_tag(name): file_sha256(path)})
+
+
+def usage_metrics(usage: Usage, latency_s: float, truncated: int) -> dict[str, float]:
+    return {
+        "model.truncated": truncated,
+        "model.calls": usage.calls,
+        "model.cached_calls": usage.cached_calls,
+        "model.retries": usage.retries,
+        "model.fallbacks": usage.fallbacks,
+        "tokens.input": usage.input_tokens,
+        "tokens.output": usage.output_tokens,
+        "tokens.thinking": usage.thinking_tokens,
+        "cost_usd": usage.cost_usd,
+        "model.latency_s": latency_s,
+    }
+
+
+def fetch_run_artifact(run_id: str, artifact: str, destination: Path, tracking_enabled: bool) -> Path:
+    """Download `artifact` from an MLflow run of the configured store."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if not tracking_enabled:
+        raise ConfigError("a *_run input needs MLflow", "set tracking.enabled=true or pass the file path instead")
+    try:
+        mlflow.get_run(run_id)
+    except MlflowException:
+        raise InputError(
+            f"no MLflow run '{run_id}' in {mlflow.get_tracking_uri()}",
+            "copy the run id from the MLflow UI (or pass the file path instead)",
+        ) from None
+    try:
+        return Path(
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(destination))
+        )
+    except (MlflowException, OSError):
+        names = [a.path for a in mlflow.MlflowClient().list_artifacts(run_id)]
+        raise InputError(
+            f"MLflow run {run_id} has no artifact '{artifact}' (it has: {', '.join(names) or 'none'})",
+            "pick the run of the stage that writes it",
+        ) from None

@@ -1,0 +1,1 @@
+"""One module per model provider; each registers itself with chareval.llm.registry."""

@@ -1,0 +1,95 @@
+"""Scripted replies and no model at all (mock/<any name>), like inspect_ai's mockllm: the fast test
+tier runs every stage on it. A reply is the next of models.providers.mock.replies when there are
+any, else a line naming the model and the turn; with a schema it is the smallest valid JSON object.
+A reply longer than max_tokens (counted in words) is cut there with finish_reason "length", as a
+real model's would be."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from typing import Any
+
+from pydantic import Field
+
+from chareval.llm.base import LLMRequest, LLMResponse
+from chareval.llm.registry import BuildContext, ProviderSettings, ProviderSpec, register
+from chareval.schemas import Usage
+
+
+class MockSettings(ProviderSettings):
+    """models.providers.mock (values in conf/provider/mock.yaml)."""
+
+    max_in_flight: int = Field(ge=1)
+    replies: list[str]  # cycled through, for plain (not structured) requests
+
+
+class MockProvider:
+    name = "mock"
+
+    def __init__(self, model: str, ctx: BuildContext):
+        self.model = model
+        self.settings: MockSettings = ctx.settings
+        self._replies = itertools.cycle(self.settings.replies) if self.settings.replies else None
+        self._lock = threading.Lock()
+
+    def identity(self) -> dict[str, Any]:
+        return {"provider": self.name, "replies": self.settings.replies}
+
+    def max_in_flight(self) -> int:
+        return self.settings.max_in_flight
+
+    def classify(self, error: Exception) -> None:
+        return None
+
+    def complete(self, request: LLMRequest) -> LLMResponse:
+        if request.response_schema is not None:
+            text = json.dumps(example(request.response_schema.model_json_schema()))
+        elif self._replies is not None:
+            with self._lock:
+                text = next(self._replies)
+        else:
+            text = f"{self.model} reply {len(request.messages)} (seed {request.seed})"
+        words = sum(len(m.content.split()) for m in request.messages) + len(request.system.split())
+        reply = text.split(" ")
+        finish_reason = "length" if len(reply) > request.max_tokens else "stop"
+        text = " ".join(reply[: request.max_tokens])
+        return LLMResponse(
+            text=text,
+            model=f"mock/{self.model}",
+            latency_s=0.0,
+            finish_reason=finish_reason,
+            usage=Usage(calls=1, input_tokens=words, output_tokens=len(text.split())),
+        )
+
+
+def example(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> Any:
+    """The smallest instance of a JSON schema (objects, arrays, enums, strings, numbers, booleans)."""
+    defs = defs if defs is not None else schema.get("$defs", {})
+    if "$ref" in schema:
+        return example(defs[schema["$ref"].rsplit("/", 1)[-1]], defs)
+    if "enum" in schema:
+        return schema["enum"][-1]
+    if "const" in schema:
+        return schema["const"]
+    if "anyOf" in schema:
+        return example(next((s for s in schema["anyOf"] if s.get("type") != "null"), schema["anyOf"][0]), defs)
+    kind = schema.get("type")
+    if kind == "object":
+        return {name: example(sub, defs) for name, sub in schema.get("properties", {}).items()}
+    if kind == "array":
+        return [
+            example(schema.get("items", {}), defs)
+            for _ in range(schema.get("minItems", 0) or (1 if schema.get("items") else 0))
+        ]
+    if kind == "string":
+        return "mock text"[: schema.get("maxLength", 9)] or "x"
+    if kind in ("integer", "number"):
+        return schema.get("minimum", 1)
+    if kind == "boolean":
+        return True
+    return None
+
+
+register(ProviderSpec("mock", MockProvider, MockSettings))
