@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
 import streamlit as st
 
@@ -42,6 +43,20 @@ def table_key(name: str, ids: list[str]) -> str:
     """A selectable table's key, new whenever its rows are: a selection belongs to the rows it was made
     on (Streamlit keeps it by key, so row 3 of one page would otherwise select row 3 of the next)."""
     return f"{name}.{hashlib.sha1(chr(0).join(ids).encode()).hexdigest()[:10]}"
+
+
+def pick_row(rows: list[dict], name: str, ids: list[str], **options: Any) -> int | None:
+    """A full-width table where one row can be selected: the selected row's index, or None."""
+    event = st.dataframe(
+        rows,
+        hide_index=True,
+        width="stretch",
+        on_select="rerun",
+        selection_mode="single-row",
+        key=table_key(name, ids),
+        **options,
+    )
+    return event.selection.rows[0] if event.selection.rows else None
 
 
 def empty(message: str, command: str) -> None:

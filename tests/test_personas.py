@@ -7,6 +7,7 @@ import hashlib
 import re
 
 import pytest
+from omegaconf import OmegaConf
 
 from chareval.errors import ConfigError, InputError
 from chareval.evaluators.registry import build
@@ -44,7 +45,7 @@ def test_the_library_has_characters_in_other_domains_and_pressures():
 @pytest.mark.parametrize("user", USERS)
 def test_each_user_persona_brings_its_own_theme_without_copying_its_text(user):
     s = validate_config(compose_cfg(f"user_persona={user}"))
-    assert s.theme.name == user
+    assert s.theme.description == OmegaConf.load(CONF / "theme" / f"{user}.yaml").description
     raw_theme = (CONF / "theme" / f"{user}.yaml").read_text()
     raw_persona = (CONF / "user_persona" / f"{user}.yaml").read_text()
     words = re.findall(r"\w+", raw_persona.split("system_prompt:")[0])

@@ -11,11 +11,11 @@ from dashboard.components import (
     escape,
     judge_run_picker,
     judgments_panel,
+    pick_row,
     remember,
     run_picker,
     selection,
     set_picker,
-    table_key,
     transcript,
     uri,
 )
@@ -54,18 +54,15 @@ if not judged:
     st.caption(f"not judged yet: python src/run.py stage=evaluate conversations_run={cs.source_run}")
 
 rows = derive.conversation_rows(conversations, evaluations, contexts)
-event = st.dataframe(
+picked_row = pick_row(
     rows,
-    hide_index=True,
-    width="stretch",
-    on_select="rerun",
-    selection_mode="single-row",
-    key=table_key("conversations.table", [cs.source_run, *(c.id for c in conversations)]),
+    "conversations.table",
+    [cs.source_run, *(c.id for c in conversations)],
     column_config={"mean score": st.column_config.NumberColumn(format="%.1f")},
 )
 ids = [c.id for c in conversations]
-if event.selection.rows:
-    remember("conv", ids[event.selection.rows[0]])
+if picked_row is not None:
+    remember("conv", ids[picked_row])
 current = selection("conv")
 conversation = next((c for c in conversations if c.id == current), conversations[0])
 

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data, derive
-from dashboard.components import empty, escape, go, run_picker, selection, table_key, uri
+from dashboard.components import empty, escape, go, pick_row, run_picker, selection, uri
 
 st.title("Evaluations")
 picked = run_picker("Run", ("evaluate", "judge_check", "conversations", *data.FLOWS))
@@ -112,19 +112,14 @@ st.subheader("Disagreements")
 disagreements = derive.disagreements(evaluations)
 if disagreements:
     st.caption("conversations on which judges, or one judge's samples, gave different verdicts · select one to read it")
-    event = st.dataframe(
-        disagreements,
-        hide_index=True,
-        width="stretch",
-        on_select="rerun",
-        selection_mode="single-row",
-        key=table_key("evaluations.disagreements", [f"{r['conversation']}|{r['evaluator']}" for r in disagreements]),
+    picked_row = pick_row(
+        disagreements, "evaluations.disagreements", [f"{r['conversation']}|{r['evaluator']}" for r in disagreements]
     )
-    if event.selection.rows:
+    if picked_row is not None:
         go(
             "conversations",
             run=ev_run.run_id,
-            conv=disagreements[event.selection.rows[0]]["conversation"],
+            conv=disagreements[picked_row]["conversation"],
             judged=ev_run.run_id,
         )
 else:
@@ -133,15 +128,7 @@ else:
 errors = derive.error_rows(evaluations)
 st.subheader(f"Errors ({len(errors)})")
 if errors:
-    event = st.dataframe(
-        errors,
-        hide_index=True,
-        width="stretch",
-        on_select="rerun",
-        selection_mode="single-row",
-        key=table_key("evaluations.errors", [r["id"] for r in errors]),
-    )
-    chosen = errors[event.selection.rows[0]]["id"] if event.selection.rows else errors[0]["id"]
+    chosen = errors[pick_row(errors, "evaluations.errors", [r["id"] for r in errors]) or 0]["id"]
     record = next(e for e in evaluations if e.id == chosen)
     st.caption(escape(f"raw answer of {record.id}"))
     st.code(record.raw_text or "(no answer text)", language=None, wrap_lines=True)

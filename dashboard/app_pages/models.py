@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data
-from dashboard.components import empty, escape, settings, table_key, uri
+from dashboard.components import empty, escape, pick_row, settings, uri
 
 st.title("Fine-tuned models")
 models = data.finetuned_models(uri(), settings().registry)
@@ -32,15 +32,8 @@ rows = [
     }
     for m in models
 ]
-event = st.dataframe(
-    rows,
-    hide_index=True,
-    width="stretch",
-    on_select="rerun",
-    selection_mode="single-row",
-    key=table_key("models.table", [m.key for m in models]),
-)
-record = models[event.selection.rows[0] if event.selection.rows else 0]
+picked_row = pick_row(rows, "models.table", [m.key for m in models])
+record = models[picked_row or 0]
 
 st.subheader(escape(record.model or record.name))
 c = st.columns(2, gap="large")

@@ -14,12 +14,12 @@ from dashboard import data
 from dashboard.components import (
     empty,
     escape,
+    pick_row,
     remember,
     run_picker,
     selection,
     set_picker,
     settings,
-    table_key,
     transcript,
     uri,
 )
@@ -97,16 +97,9 @@ rows = [
     }
     for c in conversations
 ]
-event = st.dataframe(
-    rows,
-    hide_index=True,
-    width="stretch",
-    on_select="rerun",
-    selection_mode="single-row",
-    key=table_key("review.table", [cs.source_run, *(c.id for c in conversations)]),
-)
-if event.selection.rows:
-    remember("conv", conversations[event.selection.rows[0]].id)
+picked_row = pick_row(rows, "review.table", [cs.source_run, *(c.id for c in conversations)])
+if picked_row is not None:
+    remember("conv", conversations[picked_row].id)
 current = selection("conv")
 conversation = next((c for c in conversations if c.id == current), conversations[0])
 cid = case_id(conversation.id)

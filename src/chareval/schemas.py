@@ -51,11 +51,15 @@ class Context(Record):
     model: str
 
 
+# Who speaks in a conversation (the opening message is the assistant's).
+Speaker = Literal["assistant", "user"]
+
+
 class Message(BaseModel):
     """One message of a conversation, with the model that wrote it."""
 
     model_config = ConfigDict(extra="forbid")
-    role: Literal["assistant", "user"]
+    role: Speaker
     content: str
     turn: int = Field(ge=0)
     model: str
@@ -161,6 +165,11 @@ class JudgeCase(Record):
     note: str
     conversation: Conversation
     expected: dict[str, bool]  # evaluator -> passed
+
+
+# A fine-tuning job's final statuses (Together's names; a local job ends "completed").
+JOB_FAILED = frozenset({"error", "user_error", "cancelled"})
+JOB_FINISHED = JOB_FAILED | {"completed"}
 
 
 class FineTunedModel(Record):

@@ -14,9 +14,9 @@ from chareval.errors import ConfigError, InputError
 from chareval.finetune.data_format import validate_file
 from chareval.remote.keys import TOGETHER, api_key
 from chareval.remote.retry import Failure, call_with_retries, connection_failure, status_error_failure
+from chareval.schemas import JOB_FINISHED
 
 log = logging.getLogger(__name__)
-TERMINAL = {"completed", "error", "user_error", "cancelled"}
 
 
 def check_before_upload(path: Path, context_length: int) -> None:
@@ -101,6 +101,6 @@ class TogetherFinetuner:
             messages = [f"{e.created_at} {e.type}: {e.message}" for e in events]
             new, seen = messages[len(seen) :], messages
             on_update(job, new)
-            if status_of(job) in TERMINAL or not wait:
+            if status_of(job) in JOB_FINISHED or not wait:
                 return job, seen
             time.sleep(self.settings.poll_interval_s)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from chareval.remote.retry import Failure
-from chareval.schemas import Usage
+from chareval.schemas import Speaker, Usage
 
 # Sampling temperature of the local engines when a role sets none.
 DEFAULT_TEMPERATURE = 0.7
@@ -16,7 +16,7 @@ DEFAULT_TEMPERATURE = 0.7
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    role: Literal["user", "assistant"]
+    role: Speaker
     content: str
 
 

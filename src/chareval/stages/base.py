@@ -10,7 +10,9 @@ from pydantic import BaseModel
 
 from chareval.config import AppConfig
 from chareval.errors import ConfigError
+from chareval.io import latest_by_id, read_records_jsonl
 from chareval.llm import LLMClient
+from chareval.schemas import Conversation
 from chareval.tracking import StageRun
 
 
@@ -48,3 +50,9 @@ class StageResult:
     summary: str = ""
     # Set when the stage wrote everything but must still fail (e.g. the judges' error budget).
     failure: str | None = None
+
+
+def read_conversations(path: Path) -> list[Conversation]:
+    """A conversations.jsonl as its latest record per id (a retried conversation supersedes its
+    error), in id order (the file is in completion order, which concurrency changes)."""
+    return sorted(latest_by_id(read_records_jsonl(path, Conversation)), key=lambda c: c.id)

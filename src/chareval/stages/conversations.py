@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
 
 from chareval.config import ConversationsSettings
 from chareval.errors import CharevalError, ModelError
@@ -17,7 +16,7 @@ from chareval.io import (
     read_records_jsonl,
 )
 from chareval.llm import LLMResponse, derive_seed
-from chareval.schemas import Context, Conversation, Message, Usage
+from chareval.schemas import Context, Conversation, Message, Speaker, Usage
 from chareval.stages.base import StageContext, StageResult, progress
 from chareval.stages.parallel import run_parallel
 from chareval.stages.prompts import (
@@ -39,11 +38,11 @@ def plan(contexts: list[Context], n: int) -> list[tuple[str, Context]]:
     return [(f"conv-{i + 1:03d}", contexts[i % len(contexts)]) for i in range(n)]
 
 
-def speaker(turn: int) -> Literal["assistant", "user"]:
+def speaker(turn: int) -> Speaker:
     return "assistant" if turn % 2 == 0 else "user"  # the assistant opens
 
 
-def _reply(ctx: StageContext, role: Literal["assistant", "user"], system: str, view, seed: int) -> LLMResponse:
+def _reply(ctx: StageContext, role: Speaker, system: str, view, seed: int) -> LLMResponse:
     response = ctx.client.ask(role, system, view, seed=seed)
     if not response.text and ctx.knobs("conversations", ConversationsSettings).retry_empty_reply:
         response = ctx.client.ask(role, system, view, seed=derive_seed(seed, "retry-empty"))

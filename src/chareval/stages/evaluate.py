@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from chareval.config import EvaluateSettings
+from chareval.config import AppConfig, EvaluateSettings
 from chareval.errors import ModelError
 from chareval.evaluators.base import Evaluator
 from chareval.evaluators.registry import build
@@ -21,7 +21,7 @@ from chareval.io import (
 )
 from chareval.llm import ChatMessage, derive_seed
 from chareval.schemas import Conversation, Evaluation
-from chareval.stages.base import StageContext, StageResult, progress
+from chareval.stages.base import StageContext, StageResult, progress, read_conversations
 from chareval.stages.parallel import run_parallel
 from chareval.stages.prompts import with_characters
 
@@ -100,16 +100,21 @@ def write_rubrics(evaluators: list[Evaluator], folder: Path) -> Path:
     return folder
 
 
+def build_evaluators(settings: AppConfig, names: list[str]) -> list[Evaluator]:
+    """The named evaluators, each with its rubric from the config."""
+    return [build(name, settings.evaluation.rubrics[name]) for name in names]
+
+
 def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     s = ctx.settings
-    conversations = sorted(latest_by_id(read_records_jsonl(inputs["conversations"], Conversation)), key=lambda c: c.id)
+    conversations = read_conversations(inputs["conversations"])
     skip_errored = ctx.knobs("evaluate", EvaluateSettings).skip_errored
     usable = [c for c in conversations if c.messages and not (c.error and skip_errored)]
     if len(usable) < len(conversations):
         log.warning(
             "not judging %d conversation(s) that ended in an error or are empty", len(conversations) - len(usable)
         )
-    evaluators = [build(name, s.evaluation.rubrics[name]) for name in s.evaluation.evaluators]
+    evaluators = build_evaluators(s, s.evaluation.evaluators)
     out = ctx.run_dir / "evaluations.jsonl"
     records = judge_all(ctx, usable, evaluators, out)
     summary = summarize(records, [e.name for e in evaluators], s.judges())

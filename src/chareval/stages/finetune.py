@@ -11,11 +11,10 @@ from chareval.errors import InputError
 from chareval.finetune.data_format import validate_file
 from chareval.io import file_sha256, write_text_atomic
 from chareval.registry import Registry, job_key, now
-from chareval.schemas import FineTunedModel
+from chareval.schemas import JOB_FAILED, JOB_FINISHED, FineTunedModel
 from chareval.stages.base import StageContext, StageResult
 
 log = logging.getLogger(__name__)
-FAILED = {"error", "user_error", "cancelled"}
 
 
 def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
@@ -44,7 +43,7 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         outputs["adapter"] = Path(record.adapter_path)
     failure = (
         f"fine-tuning job {record.job_id} ended '{record.status}': {record.events[-1] if record.events else ''}"
-        if record.status in FAILED
+        if record.status in JOB_FAILED
         else None
     )
     summary = (
@@ -150,7 +149,7 @@ def run_together(ctx: StageContext, train_file: Path | None) -> tuple[FineTunedM
         sha = file_sha256(train_file)
         key = job_key(sha, _key_settings(ctx))
         record = registry.find(key)
-        if record and record.job_id and record.status not in FAILED:
+        if record and record.job_id and record.status not in JOB_FAILED:
             log.info("found the job for this file and these settings: %s (%s)", record.job_id, record.status)
         else:
             file_id = tuner.upload(train_file)
@@ -195,7 +194,7 @@ def run_together(ctx: StageContext, train_file: Path | None) -> tuple[FineTunedM
             }
         )
     )
-    if not f.wait and status not in FAILED | {"completed"}:
+    if not f.wait and status not in JOB_FINISHED:
         log.info(
             "not waiting: follow it later with python src/run.py stage=finetune finetune=together_qwen3_32b job_id=%s",
             record.job_id,

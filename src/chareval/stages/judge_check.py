@@ -9,11 +9,10 @@ from pathlib import Path
 
 from chareval.config import JudgeCheckSettings
 from chareval.errors import InputError
-from chareval.evaluators.registry import build
 from chareval.io import file_sha256, latest_by_id, read_records_jsonl, write_text_atomic
 from chareval.schemas import Evaluation, JudgeCase
 from chareval.stages.base import StageContext, StageResult
-from chareval.stages.evaluate import judge_all
+from chareval.stages.evaluate import build_evaluators, judge_all
 
 # Tags that let the dashboard find the checks of a labels file, and tell whether it changed since.
 DATASET_SHA_TAG = "judge_check.dataset_sha256"
@@ -58,7 +57,7 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
             "label conversations for these evaluators (e.g. on the dashboard's Review page) "
             "or set evaluation.evaluators",
         )
-    evaluators = [build(name, s.evaluation.rubrics[name]) for name in labelled]
+    evaluators = build_evaluators(s, labelled)
     out = ctx.run_dir / "evaluations.jsonl"
     records = judge_all(ctx, [c.conversation for c in cases], evaluators, out)
     report = accuracy(records, {c.conversation.id: c.expected for c in cases})

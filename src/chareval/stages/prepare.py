@@ -9,16 +9,15 @@ from pathlib import Path
 from chareval.config import PrepareSettings
 from chareval.errors import CharevalError
 from chareval.finetune.data_format import conversation_to_example, validate_file
-from chareval.io import latest_by_id, read_records_jsonl, write_jsonl_atomic
-from chareval.schemas import Conversation
-from chareval.stages.base import StageContext, StageResult
+from chareval.io import write_jsonl_atomic
+from chareval.stages.base import StageContext, StageResult, read_conversations
 
 log = logging.getLogger(__name__)
 
 
 def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     s = ctx.settings
-    conversations = sorted(latest_by_id(read_records_jsonl(inputs["conversations"], Conversation)), key=lambda c: c.id)
+    conversations = read_conversations(inputs["conversations"])
     out = Path(s.output_file).resolve() if s.output_file else ctx.run_dir / "finetune.jsonl"
     examples: list[dict] = []
     skipped: Counter[str] = Counter()
