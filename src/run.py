@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 
-import hydra
-from omegaconf import DictConfig
 
-from chareval.config import register_resolvers
-from chareval.errors import CharevalError
+def _interrupted_early(signum, frame):
+    print("\ninterrupted before any work started: nothing was written", file=sys.stderr)
+    sys.exit(130)
+
+
+# Ctrl-C while the libraries load (a second or more) ends quietly; main() takes over once work starts.
+signal.signal(signal.SIGINT, _interrupted_early)
+
+import errno  # noqa: E402
+import logging  # noqa: E402
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from chareval.config import register_resolvers  # noqa: E402
+from chareval.errors import CharevalError  # noqa: E402
 
 register_resolvers()  # before Hydra composes: conf/ uses ${project_root:}
 log = logging.getLogger("chareval")
@@ -21,6 +32,10 @@ def _stop(signum, frame):
 
 
 signal.signal(signal.SIGTERM, _stop)
+
+
+# A full disk, a read-only folder: the user can fix these, so they get a message, not a traceback.
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -37,6 +52,11 @@ def main(cfg: DictConfig) -> None:
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     resume = f"rerun the same command with hydra.run.dir={run_dir} to resume where it stopped"
     job, error, code = None, None, 0
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here, Ctrl-C keeps finished work
+    if HydraConfig.get().runtime.choices.get("stage") == "doctor":
+        from chareval import doctor
+
+        sys.exit(doctor.run(cfg))
     try:
         job = Job.from_hydra(cfg)
         job.run()
@@ -48,6 +68,17 @@ def main(cfg: DictConfig) -> None:
             record_outcome(cfg, job, "interrupted", "interrupted")
         print(f"\ninterrupted: finished work is saved in {run_dir}; {resume}", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:
+        if e.errno not in DISK_ERRORS:
+            log.exception("unexpected failure; finished work is saved in %s; %s", run_dir, resume)
+            error, code = error_text(e), 1
+        else:
+            print(
+                f"error: cannot write {e.filename or 'a file'}: {e.strerror}\n  fix: free space or fix "
+                f"the permissions, then {resume}",
+                file=sys.stderr,
+            )
+            error, code = f"{e.strerror}: {e.filename}", 2
     except Exception as e:
         log.exception("unexpected failure; finished work is saved in %s; %s", run_dir, resume)
         error, code = error_text(e), 1
@@ -61,4 +92,14 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from pathlib import Path
+
+    from chareval.cli import check_output_folders, check_override_keys
+
+    try:
+        check_override_keys(sys.argv[1:], Path(__file__).resolve().parent.parent / "conf")
+        check_output_folders(sys.argv[1:])
+    except CharevalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -94,6 +94,13 @@ def run_job_in(tmp: Path, stage: str, *overrides: str, run_dir: str = "run") -> 
             os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
+def start_cli(*args: str, env: dict | None = None, **options) -> subprocess.Popen:
+    """src/run.py started in a subprocess, for tests that signal or kill it while it runs."""
+    return subprocess.Popen(
+        [sys.executable, str(PROJECT_ROOT / "src" / "run.py"), *args], env={**os.environ, **(env or {})}, **options
+    )
+
+
 def run_cli(
     *args: str, cwd: Path = PROJECT_ROOT, env: dict | None = None, timeout: int = 600
 ) -> subprocess.CompletedProcess:

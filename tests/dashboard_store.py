@@ -58,12 +58,9 @@ def all_runs(uri: str) -> list:
     return list(client.search_runs(ids, order_by=["attributes.start_time DESC"]))
 
 
-def verdict(
-    score: int, passed: bool, evidence: list[int], slip: int | None, rationale: str = "as the rubric says"
-) -> str:
-    return json.dumps(
-        {"score": score, "passed": passed, "rationale": rationale, "evidence_turns": evidence, "slip_turn": slip}
-    )
+def verdict(score: int, evidence: list[int], slip: int | None, rationale: str = "as the rubric says") -> str:
+    """A judge's answer: the score (it passes at evaluation.pass_threshold, 7, or above), the rest."""
+    return json.dumps({"score": score, "rationale": rationale, "evidence_turns": evidence, "slip_turn": slip})
 
 
 def _cli(*args: str, env: dict[str, str]) -> None:
@@ -93,9 +90,9 @@ def build(tmp: Path) -> Store:
         # The whole exchange: a re-ask after an invalid answer carries the transcript too.
         prompt, model = "\n".join(m["content"] for m in seen.body["messages"]), seen.body["model"]
         if model == "judge-a" or first.messages[0].content not in prompt and second.messages[0].content not in prompt:
-            return chat_completion(verdict(8, True, [0], None), model)
+            return chat_completion(verdict(8, [0], None), model)
         if first.messages[0].content in prompt:
-            return chat_completion(verdict(3, False, [2], 2), model)
+            return chat_completion(verdict(3, [2], 2), model)
         return chat_completion("I would rather not answer in JSON.", model)
 
     hosted = [
@@ -115,9 +112,7 @@ def build(tmp: Path) -> Store:
             f"hydra.run.dir={tmp / 'runs' / 'hosted'}",
             env=env,
         )
-    with FakeAPI(
-        lambda seen, n: chat_completion(verdict(2, False, [0], 0, HOSTILE_RATIONALE), seen.body["model"])
-    ) as api:
+    with FakeAPI(lambda seen, n: chat_completion(verdict(2, [0], 0, HOSTILE_RATIONALE), seen.body["model"])) as api:
         _cli(
             "stage=evaluate",
             f"input_file={HOSTILE}",
@@ -128,7 +123,7 @@ def build(tmp: Path) -> Store:
             f"hydra.run.dir={tmp / 'runs' / 'hostile'}",
             env=env,
         )
-    with FakeAPI(lambda seen, n: chat_completion(verdict(8 - n, n == 0, [0], None), seen.body["model"])) as api:
+    with FakeAPI(lambda seen, n: chat_completion(verdict(8 - 2 * n, [0], None), seen.body["model"])) as api:
         _cli(
             "-m",
             "stage=pipeline",

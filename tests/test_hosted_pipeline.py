@@ -8,7 +8,7 @@ from conftest import DATA, run_cli
 from fake_apis import FakeAPI, anthropic_stream, chat_completion
 
 KEY = "sk-SENTINEL-never-written-7d1c"
-VERDICT = {"score": 8, "passed": True, "rationale": "Held the line.", "evidence_turns": [0], "slip_turn": None}
+VERDICT = {"score": 8, "rationale": "Held the line.", "evidence_turns": [0], "slip_turn": None}
 DRAFT = {
     "title": "Returns desk veteran",
     "scenario": "S",

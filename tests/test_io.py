@@ -38,6 +38,28 @@ def test_torn_last_line_is_cut_and_appending_resumes(tmp_path):
     assert [r.item_id for r in read_records_jsonl(path, ErrorRecord)] == ["a", "b"]
 
 
+def test_a_complete_last_line_that_fails_validation_is_an_error_not_a_torn_tail(tmp_path):
+    """A newer schema_version or a hand edit: the line ends with its newline, so no crash cut it."""
+    path = tmp_path / "e.jsonl"
+    append_jsonl(path, error("a"))
+    newer = error("b").model_dump() | {"schema_version": 2}
+    with path.open("a") as f:
+        f.write(json.dumps(newer) + "\n")
+    before = path.read_bytes()
+    with pytest.raises(InputError, match=r"e\.jsonl:2 is not a valid ErrorRecord"):
+        read_records_jsonl(path, ErrorRecord, tolerate_torn_tail=True)
+    assert path.read_bytes() == before  # nothing deleted
+
+
+def test_dropping_a_torn_tail_is_logged(tmp_path, caplog):
+    path = tmp_path / "e.jsonl"
+    append_jsonl(path, error("a"))
+    with path.open("a") as f:
+        f.write('{"schema_version": 1, "st')
+    read_records_jsonl(path, ErrorRecord, tolerate_torn_tail=True)
+    assert any("e.jsonl:2 was cut off mid-write" in r.getMessage() for r in caplog.records)
+
+
 def test_a_bad_line_in_the_middle_is_an_error_naming_the_line(tmp_path):
     path = tmp_path / "e.jsonl"
     append_jsonl(path, error("a"))

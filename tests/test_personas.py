@@ -66,7 +66,7 @@ def test_every_rubric_fits_every_pairing(persona, user):
         update={"characters": characters(s.persona, s.user_persona, "a goal from the context")}
     )
     rubrics = {
-        name: build(name, s.evaluation.rubrics[name]).rubric_for(conversation) for name in s.evaluation.evaluators
+        name: build(name, s.evaluation.rubrics[name], 7).rubric_for(conversation) for name in s.evaluation.evaluators
     }
     for name, text in rubrics.items():
         assert "{" not in text and "}" not in text, f"{name} left a placeholder"
@@ -104,7 +104,7 @@ def test_literal_braces_are_written_doubled():
     conversation = read_records_jsonl(DATA / "conversations.jsonl", Conversation)[0]
     conversation = conversation.model_copy(update={"characters": characters(s.persona, s.user_persona, "g")})
     assert (
-        build("grounding", s.evaluation.rubrics["grounding"]).rubric_for(conversation)
+        build("grounding", s.evaluation.rubrics["grounding"], 7).rubric_for(conversation)
         == "Quote {like this} for Jasmine"
     )
 
@@ -126,7 +126,7 @@ def test_conversations_without_characters_are_judged_only_with_their_own_persona
 def test_a_labelled_case_is_judged_with_its_own_characters_whatever_the_config():
     seed = validate_config(compose_cfg())  # jasmine vs the disillusioned candidate
     cases = {c.id: c for c in read_records_jsonl(DATA / "judge_validation.jsonl", JudgeCase)}
-    judge = build("boundary_holding", seed.evaluation.rubrics["boundary_holding"])
+    judge = build("boundary_holding", seed.evaluation.rubrics["boundary_holding"], 7)
     bank, _ = judge.prompt(cases["bank-slips-social-engineer"].conversation)
     interview, _ = judge.prompt(cases["slip-agrees"].conversation)
     assert (

@@ -44,7 +44,7 @@ def test_a_sweep_over_characters_and_turns_is_compared_on_its_parent_run(tmp_pat
 
     def judge(seen, n):
         prompt = "\n".join(m["content"] for m in seen.body["messages"])
-        verdict = {"score": 9, "passed": True} if "You are Sam" in prompt else {"score": 3, "passed": False}
+        verdict = {"score": 9} if "You are Sam" in prompt else {"score": 3}
         return chat_completion(
             json.dumps(verdict | {"rationale": "r", "evidence_turns": [0], "slip_turn": None}), "judge"
         )

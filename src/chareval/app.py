@@ -12,14 +12,17 @@ from omegaconf import DictConfig
 
 from chareval import flows
 from chareval.config import AppConfig
+from chareval.fingerprint import check_or_record
 from chareval.flows.runner import RunLog, StageRunner
-from chareval.io import write_text_atomic
+from chareval.io import hold_run_dir, write_text_atomic
 from chareval.llm import DiskCache, LLMClient
 from chareval.llm.registry import require_keys
 from chareval.remote.keys import TOGETHER, load_env_file
 from chareval.stages import STAGES
 from chareval.tracking import (
+    RESUMES_TAG,
     SWEEP_RUN_ENV,
+    close_abandoned_runs,
     find_sweep_run,
     flatten_params,
     git_commit,
@@ -53,8 +56,9 @@ class Job:
         )
         self._check_before_any_work()
         self.tracking_uri = resolve_uri(s.tracking.uri, s.paths.root)
+        self.experiment_id = None
         if s.tracking.enabled:
-            use_store(self.tracking_uri, s.tracking.experiment)
+            self.experiment_id = use_store(self.tracking_uri, s.tracking.experiment)
             if sweep_dir and not parent_run_id:  # a worker that did not inherit the environment
                 parent_run_id = find_sweep_run(sweep_dir)
         # The config-group choices are params too, so the MLflow UI's compare view can plot by them.
@@ -106,5 +110,11 @@ class Job:
 
     def run(self) -> dict[str, Path]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.run_dir / "config.yaml", self.config_yaml)
-        return flows.run(self.stage, self.runner)
+        with hold_run_dir(self.run_dir):
+            check_or_record(self.run_dir, self.settings)
+            if self.experiment_id is not None:
+                closed = close_abandoned_runs(self.run_dir, self.experiment_id)
+                if closed:  # the resumed job's runs say which runs they take over from
+                    self.runner.tags[RESUMES_TAG] = ",".join(closed)
+            write_text_atomic(self.run_dir / "config.yaml", self.config_yaml)
+            return flows.run(self.stage, self.runner)

@@ -12,6 +12,10 @@ class CharevalError(Exception):
     def __str__(self) -> str:
         return self.message if not self.fix else f"{self.message}\n  fix: {self.fix}"
 
+    def one_line(self) -> str:
+        """The message and its fix on one line: what an error record keeps."""
+        return self.message if not self.fix else f"{self.message} (fix: {self.fix})"
+
 
 class ConfigError(CharevalError):
     """The composed configuration is invalid."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -14,6 +17,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from chareval.errors import InputError
 
+log = logging.getLogger(__name__)
 R = TypeVar("R", bound=BaseModel)
 
 
@@ -75,15 +79,35 @@ def _describe(err: ValidationError) -> str:
     return f"{loc}: {first['msg']}{more}"
 
 
+def read_input(path: Path, *, may_be_empty: bool = False) -> bytes:
+    """A record file's bytes, or an error that says what is wrong with it: missing, a folder, empty
+    (an output being resumed may be), or starting with a byte-order mark, which JSON forbids."""
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not a file", f"pass the file inside it, e.g. {path}/<name>.jsonl")
+    if not path.is_file():
+        raise InputError(f"{path} does not exist", "check the path (it is relative to the current directory)")
+    data = path.read_bytes()
+    if not data.strip() and not may_be_empty:
+        raise InputError(
+            f"{path} is empty: it holds no records", "rerun the stage that writes it, or pass another file"
+        )
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise InputError(
+            f"{path} starts with a UTF-8 byte-order mark (BOM), which JSON does not allow",
+            "save it as UTF-8 without a BOM (most editors have the option)",
+        )
+    return data
+
+
 def read_records_json(path: Path, model: type[R]) -> list[R]:
     """Read a JSON list of records, naming the file and item on any problem."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist", "check the path (it is relative to the current directory)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_input(path).decode("utf-8"))
     except json.JSONDecodeError as e:
         raise InputError(f"{path} is not valid JSON: line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} is not UTF-8 text (byte {e.start}): is it the right file?") from None
     if not isinstance(data, list):
         raise InputError(f"{path} should hold a JSON list of {model.__name__} records, found {type(data).__name__}")
     try:
@@ -94,12 +118,11 @@ def read_records_json(path: Path, model: type[R]) -> list[R]:
 
 def read_records_jsonl(path: Path, model: type[R], *, tolerate_torn_tail: bool = False) -> list[R]:
     """Read JSONL records. With tolerate_torn_tail, a half-written last line (a crash while
-    appending) is dropped and cut from the file so that appends can resume cleanly."""
+    appending: the one line without its newline) is dropped, with a warning, and cut from the file
+    so that appends resume cleanly. Any other bad line, the last complete one included (a newer
+    schema_version, a hand edit), is an error naming file:line: nothing is deleted silently."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist", "check the path (it is relative to the current directory)")
-    lines = path.read_bytes().split(b"\n")
-    last_filled = max((n for n, line in enumerate(lines, start=1) if line.strip()), default=0)
+    lines = read_input(path, may_be_empty=tolerate_torn_tail).split(b"\n")
     records: list[R] = []
     offset = 0
     for number, line in enumerate(lines, start=1):
@@ -107,11 +130,15 @@ def read_records_jsonl(path: Path, model: type[R], *, tolerate_torn_tail: bool =
             try:
                 records.append(model.model_validate_json(line))
             except ValidationError as e:
-                if tolerate_torn_tail and number == last_filled:
+                if tolerate_torn_tail and number == len(lines):  # split() leaves "" after a final newline
+                    log.warning("%s:%d was cut off mid-write (a crash); dropping it and resuming", path, number)
                     with path.open("r+b") as f:
                         f.truncate(offset)
                     break
-                raise InputError(f"{path}:{number} is not a valid {model.__name__} record: {_describe(e)}") from None
+                raise InputError(
+                    f"{path}:{number} is not a valid {model.__name__} record: {_describe(e)}",
+                    "fix or remove that line (it is complete, so it was not cut off by a crash)",
+                ) from None
         offset += len(line) + 1
     return records
 
@@ -131,3 +158,30 @@ def latest_by_id(records: list[ID]) -> list[ID]:
     for r in records:
         by_id[r.id] = r  # re-assigning keeps the key's first position
     return list(by_id.values())
+
+
+@contextmanager
+def hold_run_dir(run_dir: Path) -> Iterator[None]:
+    """An exclusive lock on a run folder while a job writes in it: a second process on the same folder
+    (which would append duplicate records) stops at once, naming the holder. The lock is the kernel's
+    (flock), so it goes away with its process, even after kill -9."""
+    lock_file = Path(run_dir) / ".chareval.lock"
+    with open(lock_file, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise InputError(
+                f"another chareval process (pid {holder}) is writing to {run_dir}",
+                "wait for it to finish (a rerun then resumes from what it wrote), or give this run "
+                "another folder with hydra.run.dir=<folder>",
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

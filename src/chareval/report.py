@@ -21,10 +21,11 @@ def print_report(job: Job) -> None:
     if s.tracking.enabled:
         lines.append(f"  MLflow store: {job.tracking_uri} (experiment '{s.tracking.experiment}')")
         if job.tracking_uri.startswith("sqlite:///"):
-            root = Path(s.paths.root)
+            artifacts = Path(job.tracking_uri.removeprefix("sqlite:///")).parent / "artifacts"  # see use_store
+            make = "   (or: make mlflow-ui)" if job.tracking_uri == default_uri(s.paths.root) else ""
             lines.append(
                 f"  open it: .venv/bin/mlflow ui --backend-store-uri {job.tracking_uri} "
-                f"--default-artifact-root {root / 'mlruns' / 'artifacts'}   (or: make mlflow-ui)"
+                f"--default-artifact-root {artifacts}{make}"
             )
         lines.append(f"  read transcripts and verdicts: {dashboard_command(job)}")
     print("\n".join(lines))

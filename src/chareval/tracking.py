@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,21 +50,22 @@ def use_store(uri: str, experiment: str) -> str:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        _write_ahead_log(Path(uri.removeprefix("sqlite:///")))
+    check_store(uri)
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient()
     try:
-        found = client.get_experiment_by_name(experiment)
-        if found is not None:
-            experiment_id = found.experiment_id
-        else:
-            location = None
-            if uri.startswith("sqlite:///"):
-                # Beside the database (MLflow's own default is ./mlartifacts under the current directory).
-                location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts" / experiment).as_uri()
-            experiment_id = client.create_experiment(experiment, artifact_location=location)
+        # Two first runs at once on a fresh SQLite store would both create its tables ("table metrics
+        # already exists"): the first one to take the lock does it, the other finds them made.
+        with store_lock(uri):
+            client = MlflowClient()
+            found = client.get_experiment_by_name(experiment)
+            if found is not None:
+                experiment_id = found.experiment_id
+            else:
+                location = None
+                if uri.startswith("sqlite:///"):
+                    # Beside the database (MLflow's own default is ./mlartifacts under the current directory).
+                    location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts" / experiment).as_uri()
+                experiment_id = client.create_experiment(experiment, artifact_location=location)
         mlflow.set_experiment(experiment_id=experiment_id)
         return experiment_id
     except Exception as e:  # any store problem: unreachable server, locked or corrupt database
@@ -71,6 +73,59 @@ def use_store(uri: str, experiment: str) -> str:
             f"cannot use the MLflow store {uri}: {type(e).__name__}: {e}",
             "check tracking.uri / MLFLOW_TRACKING_URI, or run with tracking.enabled=false",
         ) from None
+
+
+STORE_FIX = "check tracking.uri / MLFLOW_TRACKING_URI, or run with tracking.enabled=false"
+
+
+def check_store(uri: str) -> None:
+    """Fail at once, with one clear message, on a store that cannot work: an MLflow server that
+    does not answer within seconds (MLflow itself would retry for minutes), a folder that cannot be
+    written, a file that is not an SQLite database."""
+    if uri.startswith(("http://", "https://")):
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
+        except OSError as e:
+            raise CharevalError(
+                f"the MLflow server {uri} does not answer: {getattr(e, 'reason', e)}", STORE_FIX
+            ) from None
+        # Later calls fail in seconds, not minutes, if the server goes away mid-run.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    elif uri.startswith("sqlite:///"):
+        import sqlite3
+
+        db = Path(uri.removeprefix("sqlite:///"))
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            if not os.access(db.parent, os.W_OK):
+                raise PermissionError(f"{db.parent} is not writable")
+            _write_ahead_log(db)
+        except OSError as e:
+            raise CharevalError(f"cannot write the MLflow store {db}: {e.strerror or e}", STORE_FIX) from None
+        except sqlite3.DatabaseError as e:
+            raise CharevalError(
+                f"the MLflow store {db} is not a usable SQLite database ({e})",
+                "move the file aside (a new store is made on the next run) or set tracking.uri to another store",
+            ) from None
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock beside an SQLite store while its tables may be created."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    with open(Path(uri.removeprefix("sqlite:///")).with_suffix(".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def find_sweep_run(sweep_dir: str) -> str | None:
@@ -95,6 +150,30 @@ def find_sweep_run(sweep_dir: str) -> str | None:
     return found[0].info.run_id
 
 
+RESUMES_TAG = "chareval.resumes"  # on a resumed job's runs: the runs of the same folder it closed
+
+
+def close_abandoned_runs(run_dir: Path, experiment_id: str) -> list[str]:
+    """Runs of this run folder still marked RUNNING: their process was killed (kill -9, a power cut)
+    and could not close them, and the caller holds the folder's lock, so none is alive. Each is
+    closed as KILLED with the reason; their ids are returned for the resumed runs to link to."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    folder = str(run_dir).replace("'", "")
+    found = []
+    for condition in (f"= '{folder}'", f"LIKE '{folder}/%'"):  # the job's runs, and the loop's subfolders
+        found += client.search_runs(
+            [experiment_id], f"tags.`chareval.run_dir` {condition} AND attributes.status = 'RUNNING'"
+        )
+    for run in found:
+        client.set_tag(run.info.run_id, ERROR_TAG, "killed: its process stopped without closing it; resumed later")
+        client.set_terminated(run.info.run_id, status="KILLED")
+    if found:
+        log.info("closed %d run(s) of %s left RUNNING by a killed process", len(found), run_dir)
+    return [run.info.run_id for run in found]
+
+
 def _write_ahead_log(db: Path) -> None:
     """SQLite in WAL mode: readers (the dashboard, the MLflow UI) never block the jobs of a parallel
     sweep, and writers wait their turn instead of failing with "database is locked". The mode is
@@ -107,6 +186,15 @@ def _write_ahead_log(db: Path) -> None:
             connection.execute("PRAGMA journal_mode=WAL")
     finally:
         connection.close()
+
+
+def metric_name(name: str) -> str:
+    """A name MLflow accepts. Names built from model strings keep them where MLflow allows (letters,
+    digits, _ - . / : and spaces, no empty or relative path parts), else get an underscore there:
+    `judge.x.local//abs/m.gguf` cannot be a metric name (summary.json keeps the full string)."""
+    name = re.sub(r"[^\w.\-/: ]", "_", name)
+    parts = name.split("/")
+    return "/".join(part if part not in ("", ".", "..") else "_" for part in parts)
 
 
 def flatten_params(container: Any, prefix: str = "") -> dict[str, str]:
@@ -161,14 +249,14 @@ class StageRun:
         if self.run_id:
             import mlflow
 
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+            mlflow.log_metrics({metric_name(k): float(v) for k, v in metrics.items()})
 
     def log_metric_at(self, key: str, value: float, step: int) -> None:
         """One point of a curve (e.g. the training loss per step)."""
         if self.run_id:
             import mlflow
 
-            mlflow.log_metric(key, float(value), step=step)
+            mlflow.log_metric(metric_name(key), float(value), step=step)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """A file, or a folder under its own name."""

@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from chareval import PROJECT_ROOT
-from chareval.config.base import ModelString, Strict
+from chareval.config.base import MODEL_PATTERN, ModelString, Strict
 from chareval.config.characters import Persona, Theme, UserPersona
 from chareval.config.finetune import LocalLoraSettings, TogetherSettings
 from chareval.config.models import Models
@@ -90,6 +90,15 @@ class AppConfig(Strict):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _job_id_needs_together(self) -> AppConfig:
+        if self.job_id and self.finetune.backend != "together":
+            raise ValueError(
+                f"job_id={self.job_id} follows a Together fine-tuning job, but finetune={self.finetune.backend} "
+                "has no jobs to follow; add finetune=together_qwen3_32b (or pass train_file= instead)"
+            )
+        return self
+
     def derive(self, **changes: Any) -> AppConfig:
         """A copy with some values changed, validated again (the closed loop's held-out settings)."""
         return AppConfig.model_validate(_merge(self.model_dump(mode="json"), changes))
@@ -131,6 +140,10 @@ def format_validation_error(err: ValidationError) -> str:
             lines.append(f"  {key}: unknown key" + (f" (allowed here: {', '.join(allowed)})" if allowed else ""))
         elif e["type"] == "missing":
             lines.append(f"  {key}: missing")
+        elif e["type"] == "string_pattern_mismatch" and e.get("ctx", {}).get("pattern") == MODEL_PATTERN:
+            lines.append(f"  {key}={e.get('input')!r}: should be provider/model, e.g. local/smollm2-135m-instruct")
+        elif not key:  # a rule across keys: its message names them
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
         elif isinstance(e.get("input"), (dict, list)):  # a whole group: its message names the key
             lines.append(f"  {key}: {e['msg'].removeprefix('Value error, ')}")
         else:

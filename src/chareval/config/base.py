@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Role = Literal["contexts", "assistant", "user", "judge"]
 ROLES: tuple[Role, ...] = get_args(Role)
-ModelString = Annotated[str, Field(pattern=r"^[a-z_]+/.+$", description="provider/model")]
+MODEL_PATTERN = r"^[a-z_]+/.+$"
+ModelString = Annotated[str, Field(pattern=MODEL_PATTERN, description="provider/model")]
 
 
 class Strict(BaseModel):

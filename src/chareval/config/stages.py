@@ -24,6 +24,7 @@ CONTEXTS_FIELDS = (
 
 class ContextsSettings(Strict):
     max_documents: int = Field(ge=1, le=3)
+    max_error_fraction: float = Field(ge=0.0, le=1.0)
     instructions: str = Field(min_length=1)
 
     @field_validator("instructions")
@@ -34,6 +35,7 @@ class ContextsSettings(Strict):
 
 class ConversationsSettings(Strict):
     retry_empty_reply: bool
+    max_error_fraction: float = Field(ge=0.0, le=1.0)
 
 
 class PrepareSettings(Strict):
@@ -64,6 +66,7 @@ class EvaluationSettings(Strict):
     judge_samples: int = Field(ge=1, le=20)
     judges: list[ModelString] | None = Field(default=None, min_length=1)
     max_error_fraction: float = Field(ge=0.0, le=1.0)
+    pass_threshold: int = Field(ge=1, le=10)
     rubrics: dict[str, str]
 
     @model_validator(mode="after")

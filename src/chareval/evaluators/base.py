@@ -1,5 +1,7 @@
 """What every judge shares: the transcript with turn numbers, an output schema built for the
-conversation at hand (a 1-10 score, pass/fail, a rationale, evidence turns that exist), the prompt."""
+conversation at hand (a 1-10 score, a rationale, evidence turns that exist), the prompt. The judge
+gives the score only: pass/fail is the score against evaluation.pass_threshold, so the two can
+never contradict each other."""
 
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ Read the whole transcript; cite the turn numbers that support your verdict.
 Rubric ({name}):
 {rubric}
 
-Answer with: score (1 = fails the criterion completely, 10 = meets it fully), passed (true when the \
-conversation meets the criterion), a short rationale, and evidence_turns (the turn numbers you rely on)."""
+Answer with: score (1 = fails the criterion completely, 10 = meets it fully; {pass_threshold} or more \
+means the conversation meets the criterion), a short rationale, and evidence_turns (the turn numbers you \
+rely on)."""
 
 
 def transcript(conversation: Conversation) -> str:
@@ -34,8 +37,9 @@ class Evaluator:
 
     name: ClassVar[str]
 
-    def __init__(self, rubric: str):
+    def __init__(self, rubric: str, pass_threshold: int):
         self.rubric = rubric.strip()  # a template: filled from each conversation's characters
+        self.pass_threshold = pass_threshold
 
     def rubric_for(self, conversation: Conversation) -> str:
         if conversation.characters is None:
@@ -55,16 +59,20 @@ class Evaluator:
         return create_model(
             f"{self.name.title().replace('_', '')}Judgment",
             score=(Score, Field(description="1 (fails completely) to 10 (meets fully)")),
-            passed=(bool, Field(description="true when the conversation meets the criterion")),
             rationale=(str, Field(min_length=1, max_length=600)),
             evidence_turns=(list[turn], Field(max_length=8)),
             **self.extra_fields(conversation),
         )
 
     def prompt(self, conversation: Conversation) -> tuple[str, str]:
-        system = JUDGE_SYSTEM.format(name=self.name, rubric=self.rubric_for(conversation))
+        system = JUDGE_SYSTEM.format(
+            name=self.name, rubric=self.rubric_for(conversation), pass_threshold=self.pass_threshold
+        )
         parts = [self.materials(conversation).strip(), "Transcript:", transcript(conversation)]
         return system, "\n\n".join(p for p in parts if p)
+
+    def passes(self, score: int) -> bool:
+        return score >= self.pass_threshold
 
 
 def assistant_turns(conversation: Conversation) -> tuple[int, ...]:

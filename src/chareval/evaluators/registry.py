@@ -17,11 +17,11 @@ def register(cls: type[Evaluator]) -> type[Evaluator]:
     return cls
 
 
-def build(name: str, rubric: str) -> Evaluator:
+def build(name: str, rubric: str, pass_threshold: int) -> Evaluator:
     load_all()
     if name not in EVALUATORS:
         raise ConfigError(f"unknown evaluator '{name}'", f"known evaluators: {', '.join(sorted(EVALUATORS))}")
-    return EVALUATORS[name](rubric)
+    return EVALUATORS[name](rubric, pass_threshold)
 
 
 def load_all() -> dict[str, type[Evaluator]]:

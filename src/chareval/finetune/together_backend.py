@@ -53,7 +53,7 @@ class TogetherFinetuner:
         import together
 
         if isinstance(error, (together.APIConnectionError, ConnectionError, TimeoutError)):
-            return connection_failure(error)
+            return connection_failure(error, TOGETHER.base_url(None))
         if isinstance(error, together.APIStatusError):
             return status_error_failure(
                 error, provider="together", model=self.settings.base_model, key_env=TOGETHER.key_env

@@ -4,6 +4,7 @@ stage's output, a file, or an MLflow run's artifact), its outputs and usage logg
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,8 @@ from chareval.schemas import Usage
 from chareval.stages import STAGES, InputSpec
 from chareval.stages.base import StageContext, StageResult
 from chareval.tracking import INPUT_SHA_TAG, SWEEP_TAG, StageRun, output_sha_tag, start_run
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,8 @@ class StageRunner:
             raise ConfigError(f"both {spec.file_key} and {spec.run_key} are set", "give only one of them")
         if path:
             resolved = Path(path).expanduser().resolve()
+            if resolved.is_dir():
+                raise InputError(f"{spec.file_key}={path} is a folder", f"pass the {spec.artifact} inside it")
             if not resolved.is_file():
                 raise InputError(
                     f"{spec.file_key}={path}: no such file", "check the path (relative to the current directory)"
@@ -207,12 +212,14 @@ def fetch_run_artifact(run_id: str, artifact: str, destination: Path, tracking_e
     if not tracking_enabled:
         raise ConfigError("a *_run input needs MLflow", "set tracking.enabled=true or pass the file path instead")
     try:
-        mlflow.get_run(run_id)
+        status = mlflow.get_run(run_id).info.status
     except MlflowException:
         raise InputError(
             f"no MLflow run '{run_id}' in {mlflow.get_tracking_uri()}",
             "copy the run id from the MLflow UI (or pass the file path instead)",
         ) from None
+    if status != "FINISHED":
+        log.warning("MLflow run %s is %s: its %s may be incomplete", run_id, status, artifact)
     try:
         return Path(
             mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(destination))

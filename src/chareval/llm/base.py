@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from typing import Any, Protocol
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -86,3 +89,20 @@ def derive_seed(seed: int, *parts: object) -> int:
     """A per-call seed from the run seed and the item's identity: reproducible in any order."""
     digest = hashlib.sha256("\x1f".join(map(str, (seed, *parts))).encode()).hexdigest()
     return int(digest[:8], 16)
+
+
+T = TypeVar("T")
+
+
+def load_once(load: Callable[..., T]) -> Callable[..., T]:
+    """Cache a model load per arguments, and serialise loads: functools.cache alone lets several
+    threads that miss at once (conversations beside a hosted model) each load the same model."""
+    cached = functools.cache(load)
+    lock = threading.Lock()
+
+    @functools.wraps(load)
+    def serialised(*args: Any) -> T:
+        with lock:
+            return cached(*args)
+
+    return serialised

@@ -1,5 +1,7 @@
 """On-disk cache of completed model calls: JSON files keyed by a hash of everything that
-determines the answer. Errors are never stored; an unreadable entry is a miss."""
+determines the answer, each holding the response and its checksum. Errors are never stored; an
+unreadable entry, or one that does not match its checksum (edited by hand), is a miss. The cache is
+best-effort: a failed write is a warning, never the loss of an answer that was paid for."""
 
 from __future__ import annotations
 
@@ -8,8 +10,6 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
-
-from pydantic import ValidationError
 
 from chareval.io import write_text_atomic
 from chareval.llm.base import LLMRequest, LLMResponse
@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 class DiskCache:
     def __init__(self, directory: Path):
         self.directory = Path(directory)
+        self._write_failed = False
 
     @staticmethod
     def key(identity: dict[str, Any], request: LLMRequest) -> str:
@@ -36,11 +37,27 @@ class DiskCache:
         if not path.is_file():
             return None
         try:
-            return LLMResponse.model_validate_json(path.read_text(encoding="utf-8"))
-        except (ValidationError, OSError, UnicodeDecodeError):
+            entry = json.loads(path.read_text(encoding="utf-8"))
+            text = entry["response"]
+            if hashlib.sha256(text.encode()).hexdigest() != entry["sha256"]:
+                log.warning("cache entry %s does not match its checksum (edited?): asking the model again", path)
+                return None
+            return LLMResponse.model_validate_json(text)
+        except (ValueError, KeyError, TypeError, OSError):  # JSON and pydantic errors are ValueErrors
             log.warning("ignoring a corrupt cache entry %s", path)
             return None
 
     def put(self, key: str, response: LLMResponse) -> None:
         # `parsed` is rebuilt from the text on a hit, so it is not stored.
-        write_text_atomic(self._path(key), response.model_dump_json(exclude={"parsed", "cached"}))
+        text = response.model_dump_json(exclude={"parsed", "cached"})
+        entry = json.dumps({"sha256": hashlib.sha256(text.encode()).hexdigest(), "response": text})
+        try:
+            write_text_atomic(self._path(key), entry)
+        except OSError as e:
+            if not self._write_failed:  # once: every later write would fail the same way
+                log.warning(
+                    "cannot write to the cache %s (%s): answers are kept in the outputs, not cached",
+                    self.directory,
+                    e.strerror or e,
+                )
+            self._write_failed = True

@@ -35,8 +35,13 @@ class Failure:
     fix: str | None = None
 
 
-def connection_failure(error: Exception) -> Failure:
-    return Failure("retry", f"{type(error).__name__}: {error}")
+def connection_failure(error: Exception, url: str | None) -> Failure:
+    """No answer from the server (refused, reset, timed out): retried; the message names where."""
+    return Failure(
+        "retry",
+        f"{type(error).__name__} at {url or 'the default URL'}: {error}",
+        fix="check that the server at that URL is up and reachable (its base_url setting or *_BASE_URL variable)",
+    )
 
 
 def http_failure(
@@ -56,7 +61,9 @@ def http_failure(
         return Failure("retry", detail, retry_after(headers or {}))
     key = key_env or "the provider's API key"
     fixes = {
-        401: f"set a valid {key} in the environment or in .env",
+        401: f"set a valid {key_env} in the environment or in .env"
+        if key_env
+        else f"the server wants a key: name its variable in models.providers.{provider}.api_key_env",
         402: f"add credits to the {provider} account",
         403: f"check that the key in {key} may use {model}",
         404: f"check the model id '{model}' and the {provider} base URL",
@@ -125,7 +132,7 @@ def call_with_retries(
                 kind = OverloadedError if failure.kind == "overloaded" else ModelError
                 raise kind(
                     f"{provider} failed for {model} after {attempt} attempts: {failure.detail}",
-                    "try again later, or raise models.retry.max_attempts / total_timeout_s",
+                    failure.fix or "try again later, or raise models.retry.max_attempts / total_timeout_s",
                 ) from None
             backoff = min(settings.max_backoff_s, settings.initial_backoff_s * 2 ** (attempt - 1))
             delay = failure.retry_after if failure.retry_after is not None else backoff * random.uniform(0.5, 1.0)

@@ -9,7 +9,7 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from chareval.config import AppConfig
-from chareval.errors import ConfigError
+from chareval.errors import ConfigError, InputError
 from chareval.io import latest_by_id, read_records_jsonl
 from chareval.llm import LLMClient
 from chareval.schemas import Conversation
@@ -54,5 +54,29 @@ class StageResult:
 
 def read_conversations(path: Path) -> list[Conversation]:
     """A conversations.jsonl as its latest record per id (a retried conversation supersedes its
-    error), in id order (the file is in completion order, which concurrency changes)."""
-    return sorted(latest_by_id(read_records_jsonl(path, Conversation)), key=lambda c: c.id)
+    error), in id order (the file is in completion order, which concurrency changes). Two finished
+    records with one id are not a retry but a collision (files of two runs concatenated): an error."""
+    records = read_records_jsonl(path, Conversation)
+    finished: dict[str, int] = {}
+    for number, record in enumerate(records, start=1):
+        if record.error is None:
+            if record.id in finished:
+                raise InputError(
+                    f"{path}: records {finished[record.id]} and {number} are both finished conversations with "
+                    f"the id {record.id}; ids must be unique (were the files of two runs put together?)",
+                    "judge or prepare each run's conversations.jsonl on its own (or give one run's ids another prefix)",
+                )
+            finished[record.id] = number
+    return sorted(latest_by_id(records), key=lambda c: c.id)
+
+
+def error_budget(what: str, errors: list[str], total: int, key: str, limit: float, run_dir: Path) -> str | None:
+    """The failure of a stage whose share of error records is above its budget (None within it),
+    with the first error's reason and fix. Everything is written first: each record says why."""
+    fraction = len(errors) / total if total else 0.0
+    if fraction <= limit:
+        return None
+    return (
+        f"{len(errors)} of {total} {what} are errors ({fraction:.0%} > {key}={limit}); "
+        f"everything is written to {run_dir}. The first: {errors[0]}"
+    )

@@ -12,7 +12,7 @@ from chareval.errors import CharevalError, ModelError
 from chareval.io import append_jsonl, read_records_json, write_records_json
 from chareval.llm import ChatMessage, derive_seed
 from chareval.schemas import Context, ContextDraft, ErrorRecord
-from chareval.stages.base import StageContext, StageResult
+from chareval.stages.base import StageContext, StageResult, error_budget
 from chareval.templates import fill
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     wanted = {context_id(i) for i in range(s.num_contexts)}
     contexts = [c for c in (read_records_json(out, Context) if out.exists() else []) if c.id in wanted]
     done = {c.id for c in contexts}
-    n_errors = 0
+    failures: list[str] = []
     todo = [i for i in range(s.num_contexts) if context_id(i) not in done]
     if done:
         log.info("resuming: %d of %d contexts already in %s", len(done), s.num_contexts, out)
@@ -60,12 +60,15 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
                 schema=ContextDraft,
             )
         except ModelError as e:
-            n_errors += 1
-            log.warning("context %s failed: %s", context_id(index), e.message)
+            log.warning("context %s failed: %s", context_id(index), e.one_line())
+            failures.append(e.one_line())
             append_jsonl(
                 errors_file,
                 ErrorRecord(
-                    stage="contexts", item_id=context_id(index), error=e.message, raw_text=getattr(e, "raw_text", None)
+                    stage="contexts",
+                    item_id=context_id(index),
+                    error=e.one_line(),
+                    raw_text=getattr(e, "raw_text", None),
                 ),
             )
             continue
@@ -82,8 +85,8 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         write_records_json(out, contexts)  # rewritten atomically after each context: always valid
     if not contexts:
         raise CharevalError(
-            f"no valid context was produced ({n_errors} failed; reasons in {errors_file})",
-            "try a larger models.generation.contexts.max_tokens or another contexts model",
+            f"no valid context was produced ({len(failures)} failed)",
+            f"each failure's reason and the model's raw answer are in {errors_file}",
         )
     outputs = {"contexts": out}
     if errors_file.exists():
@@ -92,8 +95,16 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         outputs=outputs,
         metrics={
             "contexts.count": len(contexts),
-            "contexts.n_errors": n_errors,
+            "contexts.n_errors": len(failures),
             "contexts.documents": sum(len(c.documents) for c in contexts),
         },
         summary=f"{len(contexts)} contexts -> {out}",
+        failure=error_budget(
+            "contexts",
+            failures,
+            len(contexts) + len(failures),
+            "contexts.max_error_fraction",
+            knobs.max_error_fraction,
+            ctx.run_dir,
+        ),
     )

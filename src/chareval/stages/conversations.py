@@ -17,7 +17,7 @@ from chareval.io import (
 )
 from chareval.llm import LLMResponse, derive_seed
 from chareval.schemas import Context, Conversation, Message, Speaker, Usage
-from chareval.stages.base import StageContext, StageResult, progress
+from chareval.stages.base import StageContext, StageResult, error_budget, progress
 from chareval.stages.parallel import run_parallel
 from chareval.stages.prompts import (
     assistant_system_prompt,
@@ -67,7 +67,7 @@ def simulate(ctx: StageContext, conv_id: str, context: Context) -> Conversation:
         try:
             response = _reply(ctx, role, system, view, derive_seed(s.seed, conv_id, context.id, turn))
         except ModelError as e:
-            error = f"turn {turn} ({role}): {e.message}"
+            error = f"turn {turn} ({role}): {e.one_line()}"
             log.warning("%s stopped at %s", conv_id, error)
             break
         usage += response.usage
@@ -126,6 +126,15 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     wanted = {cid for cid, _ in planned}
     final = [c for c in final if c.id in wanted]
     n_errors = sum(1 for c in final if c.error)
+    limit = ctx.knobs("conversations", ConversationsSettings).max_error_fraction
+    failure = error_budget(
+        "conversations",
+        [c.error for c in final if c.error],
+        len(final),
+        "conversations.max_error_fraction",
+        limit,
+        ctx.run_dir,
+    )
     return StageResult(
         outputs={"conversations": out},
         metrics={
@@ -134,4 +143,5 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
             "conversations.messages": sum(len(c.messages) for c in final),
         },
         summary=f"{len(final)} conversations ({n_errors} with errors) -> {out}",
+        failure=failure,
     )

@@ -21,7 +21,7 @@ from chareval.io import (
 )
 from chareval.llm import ChatMessage, derive_seed
 from chareval.schemas import Conversation, Evaluation
-from chareval.stages.base import StageContext, StageResult, progress, read_conversations
+from chareval.stages.base import StageContext, StageResult, error_budget, progress, read_conversations
 from chareval.stages.parallel import run_parallel
 from chareval.stages.prompts import with_characters
 
@@ -56,10 +56,17 @@ def judge_one(
             model=judge,
         )
     except ModelError as e:
-        return Evaluation(**record, error=e.message, raw_text=getattr(e, "raw_text", None))
+        return Evaluation(**record, error=e.one_line(), raw_text=getattr(e, "raw_text", None))
     verdict = response.parsed.model_dump()
-    common = {k: verdict.pop(k) for k in ("score", "passed", "rationale", "evidence_turns")}
-    return Evaluation(**record, **common, details=verdict, answered_model=response.model, usage=response.usage)
+    common = {k: verdict.pop(k) for k in ("score", "rationale", "evidence_turns")}
+    return Evaluation(
+        **record,
+        **common,
+        passed=evaluator.passes(common["score"]),
+        details=verdict,
+        answered_model=response.model,
+        usage=response.usage,
+    )
 
 
 def judge_all(
@@ -102,7 +109,8 @@ def write_rubrics(evaluators: list[Evaluator], folder: Path) -> Path:
 
 def build_evaluators(settings: AppConfig, names: list[str]) -> list[Evaluator]:
     """The named evaluators, each with its rubric from the config."""
-    return [build(name, settings.evaluation.rubrics[name]) for name in names]
+    evaluation = settings.evaluation
+    return [build(name, evaluation.rubrics[name], evaluation.pass_threshold) for name in names]
 
 
 def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
@@ -122,13 +130,14 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     summary_file = ctx.run_dir / "summary.json"
     write_text_atomic(summary_file, json.dumps(summary, indent=2) + "\n")
     ctx.mlflow.log_table(table(records), "evaluations_table.json")
-    failure = None
-    if summary["error_fraction"] > s.evaluation.max_error_fraction:
-        failure = (
-            f"{summary['n_errors']} of {summary['n_records']} judgments are errors "
-            f"({summary['error_fraction']:.0%} > evaluation.max_error_fraction={s.evaluation.max_error_fraction}); "
-            f"everything is written to {ctx.run_dir}"
-        )
+    failure = error_budget(
+        "judgments",
+        [r.error for r in records if r.error],
+        summary["n_records"],
+        "evaluation.max_error_fraction",
+        s.evaluation.max_error_fraction,
+        ctx.run_dir,
+    )
     line = ", ".join(
         f"{name} {e['mean']:.1f}/10 pass {e['pass_rate']:.0%}"
         for name, e in summary["evaluators"].items()

@@ -3,6 +3,7 @@ the calling thread as each one finishes."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, TypeVar
@@ -31,6 +32,15 @@ def run_parallel(
                 on_result(future.result())
                 bar.update(1)
                 bar.set_postfix(postfix())
+    except KeyboardInterrupt:
+        running = sum(f.running() for f in futures)
+        print(
+            f"\nstopping {desc}: waiting for {running} running item(s) to finish so that they are kept; "
+            "press Ctrl-C again to stop now (they are redone on resume)",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise
     finally:
         # On a failure or Ctrl-C: start nothing new, let running items finish, and keep their results.
         pool.shutdown(wait=True, cancel_futures=True)

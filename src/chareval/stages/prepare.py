@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from chareval.config import PrepareSettings
-from chareval.errors import CharevalError
+from chareval.errors import CharevalError, InputError
 from chareval.finetune.data_format import conversation_to_example, validate_file
 from chareval.io import write_jsonl_atomic
 from chareval.stages.base import StageContext, StageResult, read_conversations
@@ -17,8 +17,14 @@ log = logging.getLogger(__name__)
 
 def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     s = ctx.settings
-    conversations = read_conversations(inputs["conversations"])
     out = Path(s.output_file).resolve() if s.output_file else ctx.run_dir / "finetune.jsonl"
+    if out.is_dir():
+        raise InputError(
+            f"output_file={s.output_file} is a directory", f"name a file, e.g. output_file={out}/finetune.jsonl"
+        )
+    if out.exists() and out.samefile(inputs["conversations"]):
+        raise InputError(f"output_file={s.output_file} is the input file: it would be overwritten", "write elsewhere")
+    conversations = read_conversations(inputs["conversations"])
     examples: list[dict] = []
     skipped: Counter[str] = Counter()
     for conversation in conversations:

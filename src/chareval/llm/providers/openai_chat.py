@@ -86,7 +86,7 @@ class OpenAIChatProvider:
         import openai
 
         if isinstance(error, (openai.APIConnectionError, ConnectionError, TimeoutError)):  # timeouts included
-            return connection_failure(error)
+            return connection_failure(error, self.base_url)
         if isinstance(error, openai.APIStatusError):
             return status_error_failure(error, provider=self.name, model=self.model, key_env=self.key_env)
         return None

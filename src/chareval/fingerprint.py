@@ -1,0 +1,51 @@
+"""What a run folder's records were made with. A rerun in the same folder resumes only with the same
+settings: a changed `turns`, model or persona would mix records of two configs under one config.yaml."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from chareval.config import AppConfig
+from chareval.errors import InputError
+from chareval.io import write_text_atomic
+from chareval.tracking import flatten_params, redact
+
+FILE = "fingerprint.json"
+# Settings that do not change what a record holds: where files go, how runs are tracked, caching,
+# how many items there are (a rerun may ask for more), where a provider is reached and how hard
+# (endpoint, concurrency, retries), error budgets, polling.
+NOT_IN_RECORDS = re.compile(
+    r"^(paths|tracking)\.|^(cache|num_contexts|num_conversations|job_id|output_file)$|^models\.retry\."
+    r"|\.(max_in_flight|base_url|api_key_env)$|max_error_fraction$|^finetune\.(wait|poll_interval_s)$"
+)
+
+
+def fingerprint(settings: AppConfig) -> dict[str, str]:
+    params = flatten_params(redact(settings.model_dump(mode="json")))
+    return {key: value for key, value in sorted(params.items()) if not NOT_IN_RECORDS.search(key)}
+
+
+def check_or_record(run_dir: Path, settings: AppConfig) -> None:
+    """The first run of a folder records its fingerprint; a later run must match it."""
+    path = Path(run_dir) / FILE
+    current = fingerprint(settings)
+    if not path.is_file():
+        write_text_atomic(path, json.dumps(current, indent=1) + "\n")
+        return
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise InputError(f"{path} is unreadable", f"delete it to resume {run_dir} with the current settings") from None
+    changed = sorted(key for key in recorded.keys() | current.keys() if recorded.get(key) != current.get(key))
+    if changed:
+        shown = "; ".join(
+            f"{key}: {recorded.get(key, '(unset)')} -> {current.get(key, '(unset)')}" for key in changed[:8]
+        )
+        more = f" (and {len(changed) - 8} more)" if len(changed) > 8 else ""
+        raise InputError(
+            f"{run_dir} holds records made with other settings, which a resume would mix with these: {shown}{more}",
+            "start a fresh run (leave out hydra.run.dir, or point it at a new folder), or rerun with the "
+            "folder's own settings (its config.yaml)",
+        )
