@@ -35,9 +35,10 @@ test: setup browser lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The inner loop: no embedded model, no LoRA, no browser, no subprocess (the `mock` provider and
-# fake HTTP APIs instead); under a minute. `make test` still runs everything.
+# fake HTTP APIs instead), on every core; under a minute on 2 cores. `make test` still runs
+# everything, one test at a time (some tests time signals and concurrency).
 test-fast: setup
-	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" -n auto -q $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff format --check .

@@ -167,8 +167,8 @@ class LLMClient:
     def _note_truncation(self, response: LLMResponse, request: LLMRequest, role: str) -> None:
         if response.hit_token_limit and self.meter.add_truncated(role):
             log.warning(
-                "a %s reply from %s stopped at max_tokens=%d and is cut off (more are counted in the model.truncated "
-                "metric); raise models.generation.%s.max_tokens if it matters",
+                "%s: a reply from %s stopped at max_tokens=%d and is cut off (more are counted in the "
+                "model.truncated metric); raise models.generation.%s.max_tokens if it matters",
                 role,
                 response.model,
                 request.max_tokens,
