@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ class DiskCache:
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         self._write_failed = False
+        self._lock = threading.Lock()  # conversations write from several threads
 
     @staticmethod
     def key(identity: dict[str, Any], request: LLMRequest) -> str:
@@ -54,10 +56,11 @@ class DiskCache:
         try:
             write_text_atomic(self._path(key), entry)
         except OSError as e:
-            if not self._write_failed:  # once: every later write would fail the same way
+            with self._lock:  # warn once: every later write fails the same way
+                first, self._write_failed = not self._write_failed, True
+            if first:
                 log.warning(
                     "cannot write to the cache %s (%s): answers are kept in the outputs, not cached",
                     self.directory,
                     e.strerror or e,
                 )
-            self._write_failed = True
