@@ -13,7 +13,7 @@ from chareval.config import RetrySettings, TogetherSettings
 from chareval.errors import ConfigError, InputError
 from chareval.finetune.data_format import validate_file
 from chareval.remote.keys import TOGETHER, api_key
-from chareval.remote.retry import Failure, call_with_retries, connection_failure, status_error_failure
+from chareval.remote.retry import Failure, call_with_retries, classify_sdk_error
 from chareval.schemas import JOB_FINISHED
 
 log = logging.getLogger(__name__)
@@ -52,13 +52,14 @@ class TogetherFinetuner:
         """The together SDK's failures: connection errors and 429/5xx are retried, the rest fail with the fix."""
         import together
 
-        if isinstance(error, (together.APIConnectionError, ConnectionError, TimeoutError)):
-            return connection_failure(error, TOGETHER.base_url(None))
-        if isinstance(error, together.APIStatusError):
-            return status_error_failure(
-                error, provider="together", model=self.settings.base_model, key_env=TOGETHER.key_env
-            )
-        return None
+        return classify_sdk_error(
+            error,
+            together,
+            url=TOGETHER.base_url(None),
+            provider="together",
+            model=self.settings.base_model,
+            key_env=TOGETHER.key_env,
+        )
 
     def upload(self, path: Path) -> str:
         uploaded = self._call(lambda: self.client.files.upload(file=Path(path), purpose="fine-tune", check=True))

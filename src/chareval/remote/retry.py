@@ -9,7 +9,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from chareval.config import RetrySettings
 from chareval.errors import ModelError
@@ -94,6 +94,18 @@ def status_error_failure(error: Exception, *, provider: str, model: str, key_env
         key_env=key_env,
         overloaded=error_type == "overloaded_error",
     )
+
+
+def classify_sdk_error(
+    error: Exception, sdk: Any, *, url: str | None, provider: str, model: str, key_env: str | None
+) -> Failure | None:
+    """The anthropic, openai and together SDKs share their error classes' names and layout: a
+    connection error (timeouts included) is retried, a status error is read by its status."""
+    if isinstance(error, (sdk.APIConnectionError, ConnectionError, TimeoutError)):
+        return connection_failure(error, url)
+    if isinstance(error, sdk.APIStatusError):
+        return status_error_failure(error, provider=provider, model=model, key_env=key_env)
+    return None
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:

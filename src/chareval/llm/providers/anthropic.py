@@ -15,7 +15,7 @@ from chareval.config import Models
 from chareval.llm.base import LLMRequest, LLMResponse, with_cost
 from chareval.llm.registry import BuildContext, ProviderSpec, RemoteSettings, register
 from chareval.remote.keys import Endpoint, api_key
-from chareval.remote.retry import Failure, call_with_retries, connection_failure, status_error_failure
+from chareval.remote.retry import Failure, call_with_retries, classify_sdk_error
 from chareval.schemas import Usage
 
 ENDPOINT = Endpoint("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "https://api.anthropic.com")
@@ -83,11 +83,9 @@ class AnthropicMessagesProvider:
     def classify(self, error: Exception) -> Failure | None:
         import anthropic
 
-        if isinstance(error, (anthropic.APIConnectionError, ConnectionError, TimeoutError)):  # timeouts included
-            return connection_failure(error, self.base_url)
-        if isinstance(error, anthropic.APIStatusError):
-            return status_error_failure(error, provider=self.name, model=self.model, key_env=ENDPOINT.key_env)
-        return None
+        return classify_sdk_error(
+            error, anthropic, url=self.base_url, provider=self.name, model=self.model, key_env=ENDPOINT.key_env
+        )
 
     def params(self, request: LLMRequest) -> dict[str, Any]:
         system = request.system

@@ -13,7 +13,7 @@ from typing import Any
 from chareval.llm.base import LLMRequest, LLMResponse, with_cost
 from chareval.llm.registry import BuildContext
 from chareval.remote.keys import Endpoint, api_key
-from chareval.remote.retry import Failure, call_with_retries, connection_failure, status_error_failure
+from chareval.remote.retry import Failure, call_with_retries, classify_sdk_error
 from chareval.schemas import Usage
 
 THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
@@ -85,11 +85,9 @@ class OpenAIChatProvider:
     def classify(self, error: Exception) -> Failure | None:
         import openai
 
-        if isinstance(error, (openai.APIConnectionError, ConnectionError, TimeoutError)):  # timeouts included
-            return connection_failure(error, self.base_url)
-        if isinstance(error, openai.APIStatusError):
-            return status_error_failure(error, provider=self.name, model=self.model, key_env=self.key_env)
-        return None
+        return classify_sdk_error(
+            error, openai, url=self.base_url, provider=self.name, model=self.model, key_env=self.key_env
+        )
 
     def params(self, request: LLMRequest) -> dict[str, Any]:
         params: dict[str, Any] = {
