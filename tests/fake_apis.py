@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +30,10 @@ class Seen:
     method: str = "POST"
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # clients that open dozens of connections at once are not refused
+
+
 class FakeAPI:
     """`responder(seen, n)` returns the Reply for the n-th request (0-based)."""
 
@@ -43,6 +48,9 @@ class FakeAPI:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes: with Nagle's algorithm on, the client's delayed
+            # ACK holds the body back 40 ms on every keep-alive request (no real API does that).
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # keep test output clean
                 pass
@@ -86,7 +94,7 @@ class FakeAPI:
                 self.end_headers()
                 self.wfile.write(payload)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -102,6 +110,29 @@ class FakeAPI:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class RateLimit:
+    """At most `per_s` requests in any one-second window; above it, the seconds until a slot frees."""
+
+    def __init__(self, per_s: int | None):
+        self.per_s = per_s
+        self.times: deque[float] = deque()
+        self.lock = threading.Lock()
+        self.refused = 0
+
+    def wait_needed(self) -> float:
+        if not self.per_s:
+            return 0.0
+        with self.lock:
+            now = time.monotonic()
+            while self.times and now - self.times[0] >= 1.0:
+                self.times.popleft()
+            if len(self.times) < self.per_s:
+                self.times.append(now)
+                return 0.0
+            self.refused += 1
+            return 1.0 - (now - self.times[0])
 
 
 # --- Anthropic Messages API -----------------------------------------------------------------

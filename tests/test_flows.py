@@ -47,8 +47,10 @@ def test_the_pipeline_runs_every_stage_as_a_child_run_with_exact_call_counts(mak
     assert [c.data.tags["chareval.stage"] for c in children] == ["contexts", "conversations", "prepare", "evaluate"]
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     calls = {c.data.tags["chareval.stage"]: c.data.metrics["model.calls"] for c in children}
-    assert calls == {"contexts": 2, "conversations": 2 * 3, "prepare": 0, "evaluate": 2 * 2}
-    assert parent.data.metrics["model.calls"] == 12  # the parent sums its children
+    # contexts: two planning calls (the mock plans one angle, the same each time: the second call adds
+    # nothing, so the other context is a numbered variation), then one call per context.
+    assert calls == {"contexts": 2 + 2, "conversations": 2 * 3, "prepare": 0, "evaluate": 2 * 2}
+    assert parent.data.metrics["model.calls"] == 14  # the parent sums its children
     # Each stage's input is the previous stage's output, linked by content.
     by_stage = {c.data.tags["chareval.stage"]: c.data.tags for c in children}
     assert by_stage["conversations"][INPUT_SHA_TAG] == by_stage["contexts"][output_sha_tag("contexts")]
@@ -93,7 +95,9 @@ def test_a_rerun_makes_only_the_calls_it_has_not_made(make_job, workdir):
     again.run()
     titles = [c.title for c in read_records_json(run_dir / "contexts.json", Context)]
     assert titles[0] == "KEPT" and len(titles) == 3
-    assert again.log.usage.calls == 1  # the third context; both conversations were finished
+    # One call to plan the third context's angle (the first two are kept in the run folder) and one
+    # for the third context; both conversations were finished.
+    assert again.log.usage.calls == 2
 
 
 def test_a_flow_checks_the_keys_of_all_its_stages_before_any_work(make_job, workdir, monkeypatch):

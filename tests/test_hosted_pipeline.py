@@ -20,6 +20,8 @@ DRAFT = {
 def anthropic_reply(seen, n):
     if "tools" in seen.body and "Judgment" in seen.body["tools"][0]["input_schema"]["title"]:
         return anthropic_stream(thinking="judge it", tool_input=VERDICT)
+    if "tools" in seen.body and seen.body["tools"][0]["input_schema"]["title"] == "ContextAngles":
+        return anthropic_stream(thinking="plan it", tool_input={"angles": ["a late refund", "a lost parcel"]})
     if "tools" in seen.body:
         return anthropic_stream(thinking="design it", tool_input=DRAFT)
     return anthropic_stream("I hear you, but at Brightside we assume good faith.", thinking="hold the line")
@@ -111,8 +113,9 @@ def test_seed_pipeline_runs_and_the_key_is_never_written(tmp_path, placement):
             env=env,
         )
     assert result.returncode == 0, result.stderr[-3000:]
-    # contexts + assistant turns + 2 conversations x 5 judges on Anthropic; the user turns on OpenRouter
-    assert len(anth.requests) == 2 + 4 + 10 and len(router.requests) == 2
+    # the contexts' plan + contexts + assistant turns + 2 conversations x 5 judges on Anthropic; the
+    # user turns on OpenRouter
+    assert len(anth.requests) == 1 + 2 + 4 + 10 and len(router.requests) == 2
     assert "2 fine-tuning examples" in result.stdout and "10 judgments (0 errors)" in result.stdout
     leaks = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != ".env" and KEY.encode() in p.read_bytes()]
     assert leaks == []

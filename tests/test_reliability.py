@@ -85,11 +85,17 @@ DRAFT = {"title": "T", "scenario": "S", "user_goal": "G", "documents": [{"title"
 
 @pytest.mark.parametrize(
     "stage,failing,expected",
-    [("conversations", "every request", "2 of 2 conversations"), ("contexts", "the first", "1 of 2 contexts")],
+    [("conversations", "every request", "2 of 2 conversations"), ("contexts", "the first context", "1 of 2 contexts")],
 )
 def test_a_stage_above_its_error_budget_fails_after_writing_everything(make_job, workdir, stage, failing, expected):
+    asked_for = []
+
     def reply(seen, n):
-        if failing == "every request" or n == 0:
+        schema = seen.body.get("response_format", {}).get("json_schema", {}).get("name")
+        if schema == "ContextAngles":  # the contexts' plan
+            return chat_completion(json.dumps({"angles": ["one angle", "another angle"]}), seen.body["model"])
+        asked_for.append(schema)
+        if failing == "every request" or len(asked_for) == 1:
             return openai_error(401, "invalid key")
         return chat_completion(json.dumps(DRAFT), seen.body["model"])
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -149,6 +149,13 @@ class ErrorRecord(Record):
 class DocumentDraft(BaseModel):
     title: str = Field(min_length=1, max_length=80)
     content: str = Field(min_length=1, max_length=700)
+
+
+class ContextAngles(BaseModel):
+    """What stage=contexts plans first: one line per scenario, so that scenarios generated side by
+    side still differ without each prompt listing every earlier one."""
+
+    angles: list[Annotated[str, Field(min_length=3, max_length=120)]] = Field(min_length=1)
 
 
 class ContextDraft(BaseModel):

@@ -11,21 +11,23 @@ from pydantic import Field, field_validator, model_validator
 from chareval import templates
 from chareval.config.base import ModelString, Strict
 
-CONTEXTS_FIELDS = (
-    "theme_description",
-    "theme_prompt",
-    "assistant_name",
-    "assistant_role",
-    "index",
-    "total",
-    "previous_titles",
-)
+# What the contexts prompts can say: the theme and the assistant, then the plan's count and the
+# angles already planned, or the context's index and its angle.
+CONTEXT_FIELDS = ("theme_description", "theme_prompt", "assistant_name", "assistant_role", "total")
+PLAN_FIELDS = (*CONTEXT_FIELDS, "count", "planned")
+CONTEXTS_FIELDS = (*CONTEXT_FIELDS, "index", "angle")
 
 
 class ContextsSettings(Strict):
     max_documents: int = Field(ge=1, le=3)
     max_error_fraction: float = Field(ge=0.0, le=1.0)
+    plan_instructions: str = Field(min_length=1)
     instructions: str = Field(min_length=1)
+
+    @field_validator("plan_instructions")
+    @classmethod
+    def _plan_placeholders(cls, value: str) -> str:
+        return templates.check(value, allowed=PLAN_FIELDS)
 
     @field_validator("instructions")
     @classmethod

@@ -40,6 +40,7 @@ class Evaluator:
     def __init__(self, rubric: str, pass_threshold: int):
         self.rubric = rubric.strip()  # a template: filled from each conversation's characters
         self.pass_threshold = pass_threshold
+        self._schemas: dict[tuple[tuple[int, str], ...], type[BaseModel]] = {}
 
     def rubric_for(self, conversation: Conversation) -> str:
         if conversation.characters is None:
@@ -54,6 +55,15 @@ class Evaluator:
         return {}
 
     def schema(self, conversation: Conversation) -> type[BaseModel]:
+        """The verdict's model. It depends only on the conversation's turns and who spoke them, so one
+        class serves every conversation of that shape (pydantic takes milliseconds to make one, and
+        the JSON schema of a class is computed once)."""
+        shape = tuple((m.turn, m.role) for m in conversation.messages)
+        if shape not in self._schemas:
+            self._schemas[shape] = self._make_schema(conversation)
+        return self._schemas[shape]
+
+    def _make_schema(self, conversation: Conversation) -> type[BaseModel]:
         turns = tuple(m.turn for m in conversation.messages)
         turn = Literal[turns]  # type: ignore[valid-type]  # only turns that exist can be cited
         return create_model(

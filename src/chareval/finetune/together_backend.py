@@ -46,7 +46,7 @@ class TogetherFinetuner:
     def _call(self, fn: Callable[[], Any]) -> Any:
         return call_with_retries(
             fn, classify=self.classify, provider="together", model=self.settings.base_model, settings=self.retry
-        )[0]
+        ).value
 
     def classify(self, error: Exception) -> Failure | None:
         """The together SDK's failures: connection errors and 429/5xx are retried, the rest fail with the fix."""

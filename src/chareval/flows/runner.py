@@ -43,7 +43,8 @@ class RunLog:
     summaries: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
-    latency_s: float = 0.0
+    latency_s: float = 0.0  # the models' answer time
+    queue_s: float = 0.0  # the time calls waited for an in-flight slot
     truncated: int = 0  # replies cut off at max_tokens
     top_run_id: str | None = None  # the first MLflow run made: the job's parent run or its stage run
 
@@ -79,7 +80,7 @@ class StageRunner:
     def parent_run(self, kind: str) -> Iterator[StageRun]:
         """A parent MLflow run whose children are the stages run inside it; it sums their usage."""
         started = time.perf_counter()
-        self.log.usage, self.log.latency_s, self.log.truncated = Usage(), 0.0, 0
+        self.log.usage, self.log.latency_s, self.log.queue_s, self.log.truncated = Usage(), 0.0, 0.0, 0
         with start_run(
             self.settings.tracking.enabled,
             run_name=f"{kind} {self.run_dir.name}",
@@ -93,7 +94,7 @@ class StageRunner:
                 yield parent
             finally:
                 parent.log_metrics(
-                    usage_metrics(self.log.usage, self.log.latency_s, self.log.truncated)
+                    usage_metrics(self.log.usage, self.log.latency_s, self.log.queue_s, self.log.truncated)
                     | {"wall_time_s": time.perf_counter() - started}
                 )
 
@@ -141,12 +142,11 @@ class StageRunner:
                 # Whatever was written (all of it, or what finished before a failure) is logged.
                 log_outputs(run, step.stage, result, run_dir)
                 meter = client.meter
-                self.log.usage, self.log.latency_s = (
-                    self.log.usage + meter.total(),
-                    self.log.latency_s + meter.latency_s,
-                )
+                self.log.usage += meter.total()
+                self.log.latency_s += meter.latency_s
+                self.log.queue_s += meter.queue_s
                 self.log.truncated += meter.truncated
-                metrics = usage_metrics(meter.total(), meter.latency_s, meter.truncated) | {
+                metrics = usage_metrics(meter.total(), meter.latency_s, meter.queue_s, meter.truncated) | {
                     "wall_time_s": time.perf_counter() - started
                 }
                 run.log_metrics(metrics | (result.metrics if result else {}))
@@ -189,7 +189,7 @@ def log_outputs(run: StageRun, stage: str, result: StageResult | None, run_dir: 
             run.set_tags({output_sha_tag(name): file_sha256(path)})
 
 
-def usage_metrics(usage: Usage, latency_s: float, truncated: int) -> dict[str, float]:
+def usage_metrics(usage: Usage, latency_s: float, queue_s: float, truncated: int) -> dict[str, float]:
     return {
         "model.truncated": truncated,
         "model.calls": usage.calls,
@@ -200,7 +200,8 @@ def usage_metrics(usage: Usage, latency_s: float, truncated: int) -> dict[str, f
         "tokens.output": usage.output_tokens,
         "tokens.thinking": usage.thinking_tokens,
         "cost_usd": usage.cost_usd,
-        "model.latency_s": latency_s,
+        "model.latency_s": latency_s,  # the models' answer time, summed over calls
+        "model.queue_s": queue_s,  # the time calls waited for an in-flight slot (not the models' time)
     }
 
 

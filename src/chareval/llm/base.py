@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import threading
@@ -38,8 +39,20 @@ class LLMRequest(BaseModel):
     def wire_params(self) -> dict[str, Any]:
         """Everything that determines the answer, as plain JSON (for cache keys)."""
         data = self.model_dump(exclude={"response_schema"})
-        data["response_schema"] = self.response_schema.model_json_schema() if self.response_schema else None
+        data["response_schema"] = json_schema(self.response_schema) if self.response_schema else None
         return data
+
+    def response_json_schema(self) -> dict[str, Any]:
+        """The response schema as JSON schema (a copy: providers adapt it)."""
+        assert self.response_schema is not None
+        return copy.deepcopy(json_schema(self.response_schema))
+
+
+@functools.cache
+def json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """pydantic's JSON schema of a model, made once per class: it takes about a millisecond, on
+    every call otherwise (the cache key and the request both need it)."""
+    return model.model_json_schema()
 
 
 class LLMResponse(BaseModel):
@@ -48,7 +61,8 @@ class LLMResponse(BaseModel):
     parsed: Any = None
     model: str  # the model that actually answered (differs from the request after a fallback)
     usage: Usage
-    latency_s: float
+    latency_s: float  # the model's answer time (the successful attempt), without any wait for a slot
+    queue_s: float = 0.0  # the wait for an in-flight slot of the provider
     thinking: str | None = None
     finish_reason: str | None = None
     cached: bool = False

@@ -54,7 +54,9 @@ class DiskCache:
         text = response.model_dump_json(exclude={"parsed", "cached"})
         entry = json.dumps({"sha256": hashlib.sha256(text.encode()).hexdigest(), "response": text})
         try:
-            write_text_atomic(self._path(key), entry)
+            # Not fsynced: an entry lost to a power cut is asked again, and the fsync would hold up
+            # the conversation turn that wrote it by milliseconds.
+            write_text_atomic(self._path(key), entry, durable=False)
         except OSError as e:
             with self._lock:  # warn once: every later write fails the same way
                 first, self._write_failed = not self._write_failed, True

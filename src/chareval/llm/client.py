@@ -15,6 +15,7 @@ from chareval.errors import ConfigError, StructuredOutputError
 from chareval.llm import registry
 from chareval.llm.base import ChatMessage, LLMRequest, LLMResponse, Provider
 from chareval.llm.cache import DiskCache
+from chareval.remote.limits import InFlightLimit
 from chareval.schemas import Usage
 
 log = logging.getLogger(__name__)
@@ -23,19 +24,22 @@ REASK = "Your reply could not be used: {error}\nReply again with only the JSON o
 
 
 class UsageMeter:
-    """Thread-safe usage totals per role, the time spent waiting on models, and how many replies
-    were cut off at max_tokens (kept here, not in `Usage`, which records carry)."""
+    """Thread-safe usage totals per role, the time the models took to answer, the time calls waited
+    for an in-flight slot, and how many replies were cut off at max_tokens (kept here, not in
+    `Usage`, which records carry)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.by_role: dict[str, Usage] = defaultdict(Usage)
         self.latency_s = 0.0
+        self.queue_s = 0.0
         self.truncated_by_role: dict[str, int] = defaultdict(int)
 
-    def add(self, role: str, usage: Usage, latency_s: float = 0.0) -> None:
+    def add(self, role: str, usage: Usage, latency_s: float = 0.0, queue_s: float = 0.0) -> None:
         with self._lock:
             self.by_role[role] = self.by_role[role] + usage
             self.latency_s += latency_s
+            self.queue_s += queue_s
 
     def add_truncated(self, role: str) -> bool:
         """Count a cut-off reply; True the first time for this role (warn once, not on every call)."""
@@ -60,24 +64,32 @@ class LLMClient:
         self.cache = cache
         self.meter = UsageMeter()
         self._providers: dict[str, Provider] = {}
-        self._slots: dict[str, threading.Semaphore] = {}
+        self.limits: dict[str, InFlightLimit] = {}
         self._lock = threading.Lock()
 
     def provider(self, model: str) -> Provider:
         with self._lock:
             if model not in self._providers:
-                self._providers[model] = registry.build(model, self.models, self._slot, self.registry)
+                self._providers[model] = registry.build(model, self.models, self._limit, self.registry)
             return self._providers[model]
 
-    def _slot(self, provider: str, limit: int) -> threading.Semaphore:
+    def _limit(self, provider: str, ceiling: int) -> InFlightLimit:
         """One in-flight limit per provider, shared by every role and thread of this client."""
-        if provider not in self._slots:
-            self._slots[provider] = threading.BoundedSemaphore(limit)
-        return self._slots[provider]
+        if provider not in self.limits:
+            self.limits[provider] = InFlightLimit(provider, ceiling)
+        return self.limits[provider]
 
     def parallelism(self, models: list[str]) -> int:
-        """How many work items may usefully run at once on these models (a local model: one)."""
-        return max([self.provider(model).max_in_flight() for model in models] or [1])
+        """How many work items to run at once so that every slot of these models' providers stays
+        busy: an item (a conversation, a judgment) holds at most one slot at a time, so the sum of
+        the providers' limits, doubled so that an item between two calls (writing, parsing, or
+        queued at the other provider) does not leave a slot idle (a local model: one item)."""
+        limits = {}
+        for model in models:
+            provider = self.provider(model)
+            limits[model.split("/", 1)[0]] = provider.max_in_flight()
+        total = sum(limits.values()) or 1
+        return total if total == 1 else 2 * total
 
     def model_for(self, role: str) -> str:
         return getattr(self.models, role)
@@ -158,7 +170,7 @@ class LLMClient:
                 self._note_truncation(hit, request, role)
                 return hit.model_copy(update={"cached": True})
         response = provider.complete(request)
-        self.meter.add(role, response.usage, response.latency_s)
+        self.meter.add(role, response.usage, response.latency_s, response.queue_s)
         self._note_truncation(response, request, role)
         if cache and key:
             cache.put(key, response)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from chareval.config import Models
 from chareval.errors import ConfigError
 from chareval.llm.base import Provider
 from chareval.remote.keys import Endpoint, api_key
+from chareval.remote.limits import InFlightLimit
 
 
 class ProviderSettings(BaseModel):
@@ -38,7 +38,7 @@ class BuildContext:
 
     settings: Any  # the provider's validated settings (None when it has none)
     models: Models
-    slots: threading.Semaphore  # the provider's in-flight limit, shared by every role and thread
+    limit: InFlightLimit  # the provider's in-flight limit, shared by every role and thread
     registry: str | None  # the registry of fine-tuned models (local_lora/<name>)
     spec: ProviderSpec
 
@@ -129,7 +129,7 @@ def max_in_flight(spec: ProviderSpec, settings: Any) -> int:
 def build(
     model: str,
     models: Models,
-    slots: Callable[[str, int], threading.Semaphore],
+    limits: Callable[[str, int], InFlightLimit],
     registry: str | None = None,
     *,
     with_fallback: bool = True,
@@ -137,13 +137,13 @@ def build(
     """The provider for a provider/model string, wrapped in its fallback when one is configured."""
     spec = spec_for(model)
     settings = settings_for(spec, models)
-    context = BuildContext(settings, models, slots(spec.name, max_in_flight(spec, settings)), registry, spec)
+    context = BuildContext(settings, models, limits(spec.name, max_in_flight(spec, settings)), registry, spec)
     provider = spec.build(model.split("/", 1)[1], context)
     if with_fallback and model in models.fallback:
         from chareval.llm.fallback import FallbackProvider
 
         target = models.fallback[model]
-        return FallbackProvider(provider, build(target, models, slots, registry, with_fallback=False), target)
+        return FallbackProvider(provider, build(target, models, limits, registry, with_fallback=False), target)
     return provider
 
 

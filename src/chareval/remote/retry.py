@@ -4,15 +4,17 @@ backoff loop: exponential with jitter, honouring retry-after."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from chareval.config import RetrySettings
 from chareval.errors import ModelError
+from chareval.remote.limits import InFlightLimit, Slot
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,6 +35,17 @@ class Failure:
     detail: str
     retry_after: float | None = None
     fix: str | None = None
+    rate_limited: bool = False  # a 429: the provider's in-flight limit shrinks
+
+
+@dataclass(frozen=True)
+class Answered(Generic[T]):
+    """What call_with_retries returns: the result and what it took."""
+
+    value: T
+    retries: int
+    latency_s: float  # the answering attempt's time, from getting its slot to its result
+    queue_s: float  # the time every attempt waited for a slot (and for a retry-after pause)
 
 
 def connection_failure(error: Exception, url: str | None) -> Failure:
@@ -58,7 +71,7 @@ def http_failure(
     if overloaded or status == 529:
         return Failure("overloaded", detail, retry_after(headers or {}))
     if status in RETRYABLE_STATUS or status >= 500:
-        return Failure("retry", detail, retry_after(headers or {}))
+        return Failure("retry", detail, retry_after(headers or {}), rate_limited=status == 429)
     key = key_env or "the provider's API key"
     fixes = {
         401: f"set a valid {key_env} in the environment or in .env"
@@ -126,29 +139,44 @@ def call_with_retries(
     provider: str,
     model: str,
     settings: RetrySettings,
-) -> tuple[T, int]:
-    """Run `call`, retrying what `classify` calls transient. Returns (result, number of retries).
+    limit: InFlightLimit | None = None,
+) -> Answered[T]:
+    """Run `call` (each attempt in a slot of `limit`), retrying what `classify` calls transient.
     An exception `classify` does not recognise is not an API failure: it is raised as it is."""
     deadline = time.monotonic() + settings.total_timeout_s
+    queue_s = 0.0
     for attempt in range(1, settings.max_attempts + 1):
-        try:
-            return call(), attempt - 1
-        except Exception as error:
-            failure = classify(error)
-            if failure is None:
-                raise
-            if failure.kind == "fatal":
-                raise ModelError(f"{provider} refused the request for {model}: {failure.detail}", failure.fix) from None
-            remaining = deadline - time.monotonic()
-            if attempt == settings.max_attempts or remaining <= 0:
-                kind = OverloadedError if failure.kind == "overloaded" else ModelError
-                raise kind(
-                    f"{provider} failed for {model} after {attempt} attempts: {failure.detail}",
-                    failure.fix or "try again later, or raise models.retry.max_attempts / total_timeout_s",
-                ) from None
-            backoff = min(settings.max_backoff_s, settings.initial_backoff_s * 2 ** (attempt - 1))
-            delay = failure.retry_after if failure.retry_after is not None else backoff * random.uniform(0.5, 1.0)
-            delay = min(delay, remaining)
-            log.info("%s %s: %s; retry %d in %.1f s", provider, model, failure.detail, attempt, delay)
-            time.sleep(delay)
+        with limit.slot() if limit else _no_limit() as slot:
+            queue_s += slot.queue_s
+            try:
+                result = call()
+            except Exception as error:
+                failure = classify(error)
+                if failure is None:
+                    raise
+                if failure.rate_limited and limit:
+                    limit.rate_limited(slot, failure.retry_after)
+            else:
+                if limit:
+                    limit.succeeded()
+                return Answered(result, attempt - 1, time.monotonic() - slot.started, queue_s)
+        if failure.kind == "fatal":
+            raise ModelError(f"{provider} refused the request for {model}: {failure.detail}", failure.fix) from None
+        remaining = deadline - time.monotonic()
+        if attempt == settings.max_attempts or remaining <= 0:
+            kind = OverloadedError if failure.kind == "overloaded" else ModelError
+            raise kind(
+                f"{provider} failed for {model} after {attempt} attempts: {failure.detail}",
+                failure.fix or "try again later, or raise models.retry.max_attempts / total_timeout_s",
+            ) from None
+        backoff = min(settings.max_backoff_s, settings.initial_backoff_s * 2 ** (attempt - 1))
+        delay = failure.retry_after if failure.retry_after is not None else backoff * random.uniform(0.5, 1.0)
+        delay = min(delay, remaining)
+        log.info("%s %s: %s; retry %d in %.1f s", provider, model, failure.detail, attempt, delay)
+        time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _no_limit():
+    yield Slot(queue_s=0.0, started=time.monotonic())

@@ -9,7 +9,7 @@ from pathlib import Path
 from chareval.config import ConversationsSettings
 from chareval.errors import CharevalError, ModelError
 from chareval.io import (
-    append_jsonl,
+    JsonlAppender,
     finished_ids,
     latest_by_id,
     read_records_json,
@@ -108,20 +108,21 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     # Conversations run side by side up to the providers' in-flight limits; the turns of one
     # conversation stay in order. Only this thread writes the file.
     failed = []
+    with JsonlAppender(out) as records:
 
-    def finished(conversation: Conversation) -> None:
-        append_jsonl(out, conversation)  # written as each conversation finishes
-        if conversation.error:
-            failed.append(conversation.id)
+        def finished(conversation: Conversation) -> None:
+            records.append(conversation)  # written as each conversation finishes
+            if conversation.error:
+                failed.append(conversation.id)
 
-    run_parallel(
-        lambda conv_id, context: simulate(ctx, conv_id, context),
-        work,
-        workers=ctx.client.parallelism([ctx.client.model_for("assistant"), ctx.client.model_for("user")]),
-        desc="conversations",
-        on_result=finished,
-        postfix=lambda: progress(ctx, len(failed)),
-    )
+        run_parallel(
+            lambda conv_id, context: simulate(ctx, conv_id, context),
+            work,
+            workers=ctx.client.parallelism([ctx.client.model_for("assistant"), ctx.client.model_for("user")]),
+            desc="conversations",
+            on_result=finished,
+            postfix=lambda: progress(ctx, len(failed)),
+        )
     final = latest_by_id(read_records_jsonl(out, Conversation))
     wanted = {cid for cid, _ in planned}
     final = [c for c in final if c.id in wanted]

@@ -13,7 +13,7 @@ from chareval.evaluators.base import Evaluator
 from chareval.evaluators.registry import build
 from chareval.evaluators.summary import metrics, summarize
 from chareval.io import (
-    append_jsonl,
+    JsonlAppender,
     finished_ids,
     latest_by_id,
     read_records_jsonl,
@@ -83,20 +83,21 @@ def judge_all(
     ]
     todo = [item for item in wanted if evaluation_id(item[0].id, item[1].name, item[2], item[3]) not in done]
     errors = []
+    with JsonlAppender(out) as records:
 
-    def finished(record: Evaluation) -> None:
-        append_jsonl(out, record)
-        if record.error:
-            errors.append(record.id)
+        def finished(record: Evaluation) -> None:
+            records.append(record)
+            if record.error:
+                errors.append(record.id)
 
-    run_parallel(
-        lambda *item: judge_one(ctx, *item),
-        todo,
-        workers=ctx.client.parallelism(judges),
-        desc="judgments",
-        on_result=finished,
-        postfix=lambda: progress(ctx, len(errors)),
-    )
+        run_parallel(
+            lambda *item: judge_one(ctx, *item),
+            todo,
+            workers=ctx.client.parallelism(judges),
+            desc="judgments",
+            on_result=finished,
+            postfix=lambda: progress(ctx, len(errors)),
+        )
     ids = {evaluation_id(c.id, e.name, j, k) for c, e, j, k in wanted}
     return [r for r in latest_by_id(read_records_jsonl(out, Evaluation)) if r.id in ids] if out.exists() else []
 

@@ -6,7 +6,6 @@ tool_choice auto (a forced tool_choice is refused with thinking), then validated
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,6 +14,7 @@ from chareval.config import Models
 from chareval.llm.base import LLMRequest, LLMResponse, with_cost
 from chareval.llm.registry import BuildContext, ProviderSpec, RemoteSettings, register
 from chareval.remote.keys import Endpoint, api_key
+from chareval.remote.lazy import Lazy
 from chareval.remote.retry import Failure, call_with_retries, classify_sdk_error
 from chareval.schemas import Usage
 
@@ -59,15 +59,18 @@ class AnthropicMessagesProvider:
     name = "anthropic"
 
     def __init__(self, model: str, ctx: BuildContext):
-        import anthropic  # here, not at the top: a run that never calls Anthropic never loads its SDK
-
         self.model = model
         self.settings: AnthropicSettings = ctx.settings
         self.retry = ctx.models.retry
         self.prices = ctx.models.prices
-        self.slots = ctx.slots
+        self.limit = ctx.limit
+        self.client = Lazy(self._new_client)
         self.base_url = ENDPOINT.base_url(self.settings.base_url)
-        self.client = anthropic.Anthropic(
+
+    def _new_client(self) -> Any:
+        import anthropic
+
+        return anthropic.Anthropic(
             api_key=api_key(ENDPOINT.key_env),
             base_url=self.base_url,
             max_retries=0,  # retries are ours: counted, logged, with the fallback after them
@@ -103,7 +106,7 @@ class AnthropicMessagesProvider:
                 {
                     "name": TOOL_NAME,
                     "description": f"Submit the answer as a {request.response_schema.__name__} object.",
-                    "input_schema": request.response_schema.model_json_schema(),
+                    "input_schema": request.response_json_schema(),
                 }
             ]
             params["tool_choice"] = {"type": "auto"}
@@ -114,15 +117,16 @@ class AnthropicMessagesProvider:
     def complete(self, request: LLMRequest) -> LLMResponse:
         params = self.params(request)
 
+        client = self.client.get()
+
         def call():
-            with self.slots, self.client.messages.stream(**params) as stream:
+            with client.messages.stream(**params) as stream:
                 return stream.get_final_message()
 
-        started = time.perf_counter()
-        message, retries = call_with_retries(
-            call, classify=self.classify, provider=self.name, model=self.model, settings=self.retry
+        answered = call_with_retries(
+            call, classify=self.classify, provider=self.name, model=self.model, settings=self.retry, limit=self.limit
         )
-        latency = time.perf_counter() - started
+        message = answered.value
         texts, thinking, tool_input = [], [], None
         for block in message.content:
             if block.type == "thinking":
@@ -138,14 +142,15 @@ class AnthropicMessagesProvider:
             calls=1,
             input_tokens=message.usage.input_tokens,
             output_tokens=message.usage.output_tokens,  # includes the thinking tokens
-            retries=retries,
+            retries=answered.retries,
         )
         model = f"anthropic/{message.model or self.model}"
         return LLMResponse(
             text=text,
             model=model,
             usage=with_cost(usage, f"anthropic/{self.model}", self.prices),
-            latency_s=latency,
+            latency_s=answered.latency_s,
+            queue_s=answered.queue_s,
             thinking="\n\n".join(thinking) or None,
             finish_reason=message.stop_reason,
         )

@@ -149,9 +149,10 @@ class LocalLlamaProvider:
         if request.response_schema is not None:
             # Grammar-constrained decoding; llama.cpp's converter honours enums and maxLength,
             # not numeric min/max, so the schema is validated again by the client.
-            kwargs["response_format"] = {"type": "json_object", "schema": request.response_schema.model_json_schema()}
-        started = time.perf_counter()
+            kwargs["response_format"] = {"type": "json_object", "schema": request.response_json_schema()}
+        asked = time.perf_counter()
         with _LOCK:
+            started = time.perf_counter()  # the model's time starts when it is ours
             # A fresh evaluation of the prompt for every call: prefix reuse from the previous
             # call would make results depend on call order.
             llm.reset()
@@ -174,6 +175,7 @@ class LocalLlamaProvider:
                 output_tokens=usage.get("completion_tokens", 0),
             ),
             latency_s=latency,
+            queue_s=started - asked,
             finish_reason=choice.get("finish_reason"),
         )
 

@@ -55,8 +55,9 @@ class LocalLoraProvider:
         )
         input_ids = prompt["input_ids"].to(self.device)
         temperature = DEFAULT_TEMPERATURE if request.temperature is None else request.temperature
-        started = time.perf_counter()
+        asked = time.perf_counter()
         with _LOCK, torch.no_grad():
+            started = time.perf_counter()  # the model's time starts when it is ours
             torch.manual_seed(request.seed or 0)  # reproducible sampling, as on the llama.cpp provider
             output = model.generate(
                 input_ids=input_ids,
@@ -75,6 +76,7 @@ class LocalLoraProvider:
             model=f"local_lora/{self.model}",
             usage=Usage(calls=1, input_tokens=int(input_ids.shape[1]), output_tokens=int(len(new_tokens))),
             latency_s=latency,
+            queue_s=started - asked,
             finish_reason="length" if len(new_tokens) >= request.max_tokens else "stop",
         )
 

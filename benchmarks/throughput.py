@@ -1,0 +1,228 @@
+"""How close chareval gets to what the providers' in-flight limits allow. Starts benchmarks/fake_llm.py
+(loopback Anthropic- and OpenAI-compatible APIs that answer after a fixed latency) in its own process,
+then runs the contexts, conversations and evaluate stages through the real stage code and the real
+SDKs (`models=seed`, both providers at in-flight limit C), and prints for each stage its wall time,
+the critical-path bound, their ratio, the client's CPU per call and the peak RSS; then the wall time
+of a fully cached rerun of the same stages as one command (`src/run.py stage=pipeline ...`), which
+must make no request. With --rate-limit R the server refuses what is above R requests a second
+(429 with retry-after) and the run reports the throughput it achieved against R.
+
+    .venv/bin/python benchmarks/throughput.py [--n 200] [--turns 5] [--concurrency 32] [--latency-ms 100]
+                                               [--rate-limit R] [--json results.json]
+
+The bound of a stage is the time of the calls it must make one after another before it can fan
+out (the contexts' planning calls), plus max(its longest chain of dependent calls x latency, for
+each provider: its other calls x latency / its limit). Targets on the 2-core machines (README):
+ratio <= 1.3 for each stage, <= 3 ms of client CPU a call, a cached rerun of the whole command
+under 3 s."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from chareval.app import Job  # noqa: E402
+from chareval.config import register_resolvers  # noqa: E402
+from chareval.stages.contexts import angles_per_call  # noqa: E402
+
+EVALUATORS = 5  # conf/evaluation/default.yaml's evaluators: one judge call each per conversation
+
+
+def start_server(latency_ms: float, rate_limit: int | None) -> tuple[subprocess.Popen, str]:
+    command = [sys.executable, str(ROOT / "benchmarks" / "fake_llm.py"), "--latency-ms", str(latency_ms)]
+    if rate_limit:
+        command += ["--rate-limit", str(rate_limit)]
+    server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert server.stdout is not None
+    return server, server.stdout.readline().strip()
+
+
+def stats(url: str) -> dict[str, int]:
+    with urllib.request.urlopen(f"{url}/stats", timeout=10) as response:
+        return json.load(response)
+
+
+def overrides(args: argparse.Namespace, work: Path) -> list[str]:
+    """The same settings for the in-process stages and the cached rerun's command."""
+    c = args.concurrency
+    return [
+        "models=seed",
+        f"models.providers.anthropic.max_in_flight={c}",
+        f"models.providers.openrouter.max_in_flight={c}",
+        f"num_contexts={args.n}",
+        f"num_conversations={args.n}",
+        f"turns={args.turns}",
+        f"paths.outputs={work}/outputs",
+        f"tracking.uri=sqlite:///{work}/mlruns/mlflow.db",
+    ]
+
+
+def server_env(url: str) -> dict[str, str]:
+    return {
+        "ANTHROPIC_API_KEY": "benchmark-key",
+        "OPENROUTER_API_KEY": "benchmark-key",
+        "ANTHROPIC_BASE_URL": url,
+        "OPENROUTER_BASE_URL": url,
+    }
+
+
+def run_stage(stage: str, extra: list[str], run_dir: Path) -> tuple[float, float, Job]:
+    """Wall and CPU time of the stage's run, not of setting the job up (the first one imports MLflow)."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"stage={stage}", *extra])
+    job = Job(cfg, stage=stage, run_dir=run_dir, choices={"stage": stage})
+    cpu, wall = time.process_time(), time.perf_counter()
+    job.run()
+    return time.perf_counter() - wall, time.process_time() - cpu, job
+
+
+def bound(chain: int, calls: dict[str, int], limit: int, latency_s: float) -> float:
+    """The least time `calls` can take: the longest chain of dependent calls (a conversation's
+    turns), or each provider's calls spread over its slots, whichever is longer."""
+    return max([chain * latency_s] + [n * latency_s / limit for n in calls.values()])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=200, help="contexts and conversations")
+    parser.add_argument("--turns", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, default=32, help="max_in_flight of both providers")
+    parser.add_argument("--latency-ms", type=float, default=100.0)
+    parser.add_argument("--rate-limit", type=int, default=None, help="the server's requests a second (429 above)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    register_resolvers()
+    latency = args.latency_ms / 1000
+    server, url = start_server(args.latency_ms, args.rate_limit)
+    os.environ.update(server_env(url))
+    results: dict = {"settings": vars(args) | {"json": None}, "stages": {}}
+    # The SDKs are imported by the first call a process makes to each API (about 2.5 s for both):
+    # once per process, reported on its own rather than charged to whichever stage comes first.
+    started = time.perf_counter()
+    import anthropic  # noqa: F401
+    import openai  # noqa: F401
+
+    results["sdk_import_s"] = round(time.perf_counter() - started, 2)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            common = overrides(args, work)
+            assistant_calls = math.ceil(args.turns / 2) * args.n
+            # The seed's contexts model replies in up to 16,000 tokens: the angles are planned in
+            # calls of angles_per_call(16000) one after the other, then every context at once.
+            plan_calls = math.ceil(args.n / angles_per_call(16000))
+            plan = {
+                # stage -> (its extra overrides, its chain of dependent calls before the fan-out,
+                # the calls it must make)
+                "contexts": ([], plan_calls, {"anthropic": args.n + plan_calls, "openai": 0}),
+                "conversations": (
+                    [f"context_file={work}/contexts/contexts.json"],
+                    0,
+                    {"anthropic": assistant_calls, "openai": args.n * args.turns - assistant_calls},
+                ),
+                "evaluate": (
+                    [f"input_file={work}/conversations/conversations.jsonl"],
+                    0,
+                    {"anthropic": EVALUATORS * args.n, "openai": 0},
+                ),
+            }
+            for stage, (extra, before_fan_out, expected) in plan.items():
+                before = stats(url)
+                wall, cpu, job = run_stage(stage, common + extra, work / stage)
+                after = stats(url)
+                calls = {api: after[api] - before[api] for api in ("anthropic", "openai")}
+                usage = job.log.usage
+                chain = args.turns if stage == "conversations" else 1
+                fan_out = calls | {"anthropic": calls["anthropic"] - before_fan_out}
+                limit_bound = before_fan_out * latency + bound(chain, fan_out, args.concurrency, latency)
+                results["stages"][stage] = {
+                    "wall_s": round(wall, 3),
+                    "bound_s": round(limit_bound, 3),
+                    "ratio": round(wall / limit_bound, 2),
+                    "calls": calls,
+                    "expected_calls": expected,
+                    "client_cpu_ms_per_call": round(1000 * cpu / max(1, sum(calls.values())), 2),
+                    "retries": usage.retries,
+                    "calls_failed": sum(expected.values()) - sum(calls.values()),
+                    # The smallest each provider's adaptive in-flight limit went (rate limits shrink it).
+                    "lowest_limit": {name: limit.lowest for name, limit in job.client.limits.items()},
+                    "calls_per_s": round(sum(calls.values()) / wall, 1),
+                }
+            results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            results["max_in_flight_seen"] = stats(url)["max_in_flight"]
+            results["refused_429"] = stats(url)["refused"]
+            before = stats(url)
+            command = [
+                sys.executable,
+                str(ROOT / "src" / "run.py"),
+                "stage=pipeline",
+                "pipeline.stages=[contexts,conversations,evaluate]",
+                *common,
+                f"hydra.run.dir={work}/rerun",
+            ]
+            started = time.perf_counter()
+            rerun = subprocess.run(command, env=os.environ | server_env(url), capture_output=True, text=True)
+            results["cached_rerun"] = {
+                "wall_s": round(time.perf_counter() - started, 2),
+                "exit": rerun.returncode,
+                "requests": sum(stats(url)[api] - before[api] for api in ("anthropic", "openai")),
+            }
+            if rerun.returncode:
+                print(rerun.stderr[-3000:], file=sys.stderr)
+    finally:
+        server.stdin.close()  # type: ignore[union-attr]
+        server.wait(timeout=10)
+    print_table(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def print_table(results: dict) -> None:
+    s = results["settings"]
+    print(
+        f"\nN={s['n']} conversations x T={s['turns']} turns, in-flight limit {s['concurrency']}, "
+        f"latency {s['latency_ms']:.0f} ms" + (f", rate limit {s['rate_limit']}/s" if s["rate_limit"] else "")
+    )
+    header = ("stage", "calls", "wall s", "bound s", "ratio", "CPU ms/call", "calls/s", "retries")
+    print(f"{header[0]:<14}" + "".join(f"{h:>{w}}" for h, w in zip(header[1:], (7, 9, 9, 7, 13, 9, 9), strict=True)))
+    for stage, r in results["stages"].items():
+        print(
+            f"{stage:<14}{sum(r['calls'].values()):>7}{r['wall_s']:>9.2f}{r['bound_s']:>9.2f}{r['ratio']:>7.2f}"
+            f"{r['client_cpu_ms_per_call']:>13.2f}{r['calls_per_s']:>9.1f}{r['retries']:>9}"
+        )
+    if s["rate_limit"]:
+        for stage, r in results["stages"].items():
+            print(
+                f"rate limit {s['rate_limit']}/s: {stage} achieved {r['calls_per_s']} calls/s "
+                f"({r['calls_per_s'] / s['rate_limit']:.0%} of it) with {r['retries']} retries, "
+                f"{r['calls_failed']} calls lost; in-flight limits went down to {r['lowest_limit']}"
+            )
+    print(f"429 answers from the server: {results['refused_429']}")
+    rerun = results["cached_rerun"]
+    print(
+        f"peak RSS {results['peak_rss_mb']} MB; most requests in flight at the server {results['max_in_flight_seen']}"
+    )
+    print(
+        f"cached rerun of the whole command: {rerun['wall_s']:.2f} s, exit {rerun['exit']}, "
+        f"{rerun['requests']} requests"
+    )
+    print(f"importing the anthropic and openai SDKs (once per process, before the stages): {results['sdk_import_s']} s")
+
+
+if __name__ == "__main__":
+    main()

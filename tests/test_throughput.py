@@ -1,0 +1,171 @@
+"""Throughput: the providers' in-flight limits adapt to rate limits, latency is the model's time
+only, HTTP request lines stay out of the logs, a run on the embedded model loads no hosted SDK,
+and the throughput benchmark runs. Speed targets are the benchmark's figures (README), not
+asserted here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from chareval.llm import ChatMessage, LLMClient, LLMRequest
+from chareval.validation import validate_config
+from conftest import DATA, PROJECT_ROOT, compose_cfg, run_cli
+from fake_apis import FakeAPI, chat_completion, openai_error
+
+FAST_RETRY = ["models.retry.initial_backoff_s=0.01", "models.retry.max_backoff_s=0.05"]
+
+
+def client_for(api: FakeAPI, *overrides: str) -> LLMClient:
+    cfg = compose_cfg(
+        "models=openai_compatible", f"models.providers.openai_compatible.base_url={api.url}/v1", *FAST_RETRY, *overrides
+    )
+    return LLMClient(validate_config(cfg).models, cache=None)
+
+
+def request(seed: int) -> LLMRequest:
+    return LLMRequest(
+        model="openai_compatible/m",
+        system="s",
+        messages=[ChatMessage(role="user", content="hi")],
+        max_tokens=5,
+        seed=seed,
+    )
+
+
+def test_the_in_flight_limit_halves_on_429s_loses_no_call_and_grows_back():
+    refusing = threading.Event()
+    refusing.set()
+
+    def reply(seen, n):
+        # An account that allows 4 requests at once: above that, a 429 with a retry-after.
+        if refusing.is_set() and api.in_flight > 4:
+            return openai_error(429, "rate limited", {"retry-after-ms": "20"})
+        return chat_completion(f"answer {seen.body['seed']}", "m")
+
+    with FakeAPI(reply, delay_s=0.02) as api:
+        client = client_for(api, "models.providers.openai_compatible.max_in_flight=16", "models.retry.max_attempts=30")
+        with ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(client.complete, map(request, range(120))))
+        limit = client.limits["openai_compatible"]
+        # No call lost: every one answered, after retries.
+        assert [a.text for a in answers] == [f"answer {i}" for i in range(120)]
+        assert client.meter.total().retries > 0
+        assert limit.lowest <= 8  # halved at least once from 16
+        refused = len(api.requests) - 120
+
+        # The account's limit is lifted: successes grow the limit back to its ceiling.
+        refusing.clear()
+        with ThreadPoolExecutor(32) as pool:
+            list(pool.map(client.complete, map(request, range(120, 420))))
+        assert limit.current == 16
+        assert api.max_in_flight > 4
+    # Far fewer 429s than calls: the limit settled near what the account allows, not a retry storm.
+    assert refused < 120
+
+
+def test_latency_is_the_models_time_and_the_wait_for_a_slot_is_queue_time():
+    with FakeAPI(lambda seen, n: chat_completion("ok", "m"), delay_s=0.3) as api:
+        client = client_for(api, "models.providers.openai_compatible.max_in_flight=1")
+        client.complete(request(-1))  # the SDK's import and client, before the timed calls
+        timed = []
+
+        def call(seed):
+            started = time.monotonic()
+            response = client.complete(request(seed))
+            timed.append((response, time.monotonic() - started))
+
+        threads = [threading.Thread(target=call, args=(seed,)) for seed in (1, 2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    (first, first_wall), (second, second_wall) = sorted(timed, key=lambda pair: pair[1])
+    # One slot: the second call waited the first one's whole answer (the server takes >= 0.3 s).
+    assert second.queue_s >= 0.3
+    assert second.latency_s <= second_wall - 0.3  # the wait is not in the model's latency
+    assert first.latency_s >= 0.3 and second.latency_s >= 0.3
+    assert client.meter.queue_s >= 0.3
+
+
+@pytest.mark.slow  # subprocesses: the embedded model, then the SDKs against a fake API
+def test_the_embedded_model_run_loads_no_hosted_sdk_and_http_requests_are_not_logged(tmp_path):
+    # src/run.py as a user runs it, reporting at exit which SDKs the process loaded.
+    args = [
+        "stage=conversations",
+        "models=local",
+        f"context_file={DATA / 'contexts.json'}",
+        "num_conversations=1",
+        "turns=1",
+        "tracking.enabled=false",
+        f"paths.outputs={tmp_path / 'outputs'}",
+        f"hydra.run.dir={tmp_path / 'local'}",
+    ]
+    script = (
+        "import atexit, runpy, sys\n"
+        "atexit.register(lambda: print('LOADED', sorted(m for m in ('anthropic', 'openai', 'httpx2', 'llama_cpp') "
+        "if m in sys.modules)))\n"
+        f"sys.argv = ['run.py', *{args!r}]\n"
+        f"runpy.run_path({str(PROJECT_ROOT / 'src' / 'run.py')!r}, run_name='__main__')\n"
+    )
+    local = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=PROJECT_ROOT
+    )
+    assert local.returncode == 0, local.stderr[-2000:]
+    assert (tmp_path / "local" / "conversations.jsonl").is_file()
+    assert "LOADED ['llama_cpp']" in local.stdout  # the embedded model, and no hosted SDK
+
+    def hosted_run(folder: str, *extra: str) -> str:
+        with FakeAPI(lambda seen, n: chat_completion(f"reply {n}", "m")) as api:
+            done = run_cli(
+                "stage=conversations",
+                "models=openai_compatible",
+                f"models.providers.openai_compatible.base_url={api.url}/v1",
+                f"context_file={DATA / 'contexts.json'}",
+                "num_conversations=2",
+                "turns=2",
+                "tracking.enabled=false",
+                f"paths.outputs={tmp_path / 'outputs'}",
+                f"hydra.run.dir={tmp_path / folder}",
+                "cache=false",
+                *extra,
+            )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert len(api.requests) == 4
+        return done.stderr + (tmp_path / folder / "run.log").read_text()
+
+    assert "HTTP Request" not in hosted_run("hosted")
+    # What was kept out is there when asked for (the README's debugging switch).
+    assert "HTTP Request: POST" in hosted_run("verbose", "hydra.verbose=[httpx2]")
+
+
+@pytest.mark.slow  # the benchmark as a user runs it: a fake API server and chareval in subprocesses
+def test_the_throughput_benchmark_makes_every_call_once_and_a_cached_rerun_makes_none(tmp_path):
+    out = tmp_path / "results.json"
+    done = run_cli_script("benchmarks/throughput.py", "--n", "12", "--turns", "3", "--latency-ms", "20", "--json", out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    for stage, figures in results["stages"].items():
+        assert figures["calls"] == figures["expected_calls"], stage
+        assert figures["bound_s"] > 0 and figures["ratio"] == pytest.approx(
+            figures["wall_s"] / figures["bound_s"], 0.05
+        )
+    assert results["stages"]["conversations"]["calls"] == {"anthropic": 12 * 2, "openai": 12 * 1}
+    assert results["cached_rerun"] == results["cached_rerun"] | {"exit": 0, "requests": 0}
+    assert "cached rerun of the whole command" in done.stdout
+
+
+def run_cli_script(script: str, *args: object) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=PROJECT_ROOT,
+    )
