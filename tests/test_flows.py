@@ -123,3 +123,23 @@ def test_a_stage_on_its_own_reads_a_file_and_logs_it_as_its_input(make_job, work
     (run,) = runs_of(workdir)
     artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "inputs")}
     assert artifacts == {"inputs/conversations.jsonl"}
+
+
+def test_contexts_stopped_mid_stage_resume_from_their_partial_file(make_job, workdir):
+    run_dir = workdir / "run"
+    make_job("contexts", *MOCK, "num_contexts=3", "cache=false", run_dir=run_dir).run()
+    done = read_records_json(run_dir / "contexts.json", Context)
+    assert [c.id for c in done] == ["ctx-001", "ctx-002", "ctx-003"]
+    assert not (run_dir / "contexts.partial.jsonl").exists()  # contexts.json holds them all
+    # Simulate a run killed after two contexts, while appending a third: no contexts.json yet.
+    (run_dir / "contexts.json").unlink()
+    kept = [c.model_copy(update={"title": f"KEPT {c.id}"}) for c in done[:2]]
+    lines = "".join(c.model_dump_json() + "\n" for c in kept)
+    (run_dir / "contexts.partial.jsonl").write_text(lines + '{"schema_version": 1, "id": "ctx-0')
+
+    again = make_job("contexts", *MOCK, "num_contexts=3", "cache=false", run_dir=run_dir)
+    again.run()
+    titles = [c.title for c in read_records_json(run_dir / "contexts.json", Context)]
+    assert titles[:2] == ["KEPT ctx-001", "KEPT ctx-002"] and len(titles) == 3
+    # Only the third context is asked for: the angles were planned once, in context_angles.json.
+    assert again.log.usage.calls == 1

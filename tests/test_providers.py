@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from chareval.errors import ConfigError, ModelError
@@ -80,6 +82,23 @@ def test_an_invalid_tool_input_is_reasked_once_with_the_error(keys, monkeypatch)
     reask = api.requests[1].body["messages"]
     assert [m["role"] for m in reask] == ["user", "assistant", "user"]
     assert "scenario" in reask[-1]["content"] and "Field required" in reask[-1]["content"]
+
+
+def test_a_tool_input_cut_off_mid_json_is_reasked_not_a_crash(keys, monkeypatch):
+    cut = anthropic_stream(tool_input=DRAFT)
+    for event, data in cut.sse:
+        if data.get("delta", {}).get("type") == "input_json_delta":
+            data["delta"]["partial_json"] = data["delta"]["partial_json"][:25]  # stopped mid-string
+        if event == "message_delta":
+            data["delta"]["stop_reason"] = "max_tokens"
+    replies = [cut, anthropic_stream(tool_input=DRAFT)]
+    with FakeAPI(lambda seen, n: replies[n]) as api:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+        response = ask(client(), role="contexts", schema=ContextDraft)
+    assert len(api.requests) == 2 and response.parsed.title == "T"
+    reask = api.requests[1].body["messages"]
+    assert reask[1]["content"] == json.dumps(DRAFT)[:25]  # the cut-off answer, as it came
+    assert "not valid JSON" in reask[-1]["content"]
 
 
 @pytest.mark.parametrize(

@@ -143,10 +143,13 @@ class ErrorRecord(Record):
 
 
 # --- what the contexts model is asked to produce (the code adds ids and provenance) ---------
-# Lengths are bounded so that a small model's JSON grammar cannot run on forever.
+# Lengths are bounded so that a small model's JSON grammar cannot run on forever; the spaces and
+# newlines small models leave around their strings are stripped.
+DRAFT = ConfigDict(str_strip_whitespace=True)
 
 
 class DocumentDraft(BaseModel):
+    model_config = DRAFT
     title: str = Field(min_length=1, max_length=80)
     content: str = Field(min_length=1, max_length=700)
 
@@ -155,10 +158,12 @@ class ContextAngles(BaseModel):
     """What stage=contexts plans first: one line per scenario, so that scenarios generated side by
     side still differ without each prompt listing every earlier one."""
 
+    model_config = DRAFT
     angles: list[Annotated[str, Field(min_length=3, max_length=120)]] = Field(min_length=1)
 
 
 class ContextDraft(BaseModel):
+    model_config = DRAFT
     title: str = Field(min_length=1, max_length=80)
     scenario: str = Field(min_length=1, max_length=600)
     user_goal: str = Field(min_length=1, max_length=300)

@@ -6,6 +6,7 @@ tool_choice auto (a forced tool_choice is refused with thinking), then validated
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -118,30 +119,39 @@ class AnthropicMessagesProvider:
         params = self.params(request)
 
         client = self.client.get()
+        import anthropic  # loaded with the client, on the first call
 
-        def call():
-            with client.messages.stream(**params) as stream:
-                return stream.get_final_message()
+        def call() -> StreamedMessage:
+            # The SDK's post() sends the request and raises its HTTP errors as usual; the events
+            # are then read as plain JSON (messages.stream() builds a pydantic object for every
+            # event, the larger part of the client's CPU per call).
+            stream = client.post(
+                "/v1/messages",
+                body=params | {"stream": True},
+                cast_to=anthropic.types.Message,
+                stream=True,
+                stream_cls=anthropic.Stream[anthropic.types.RawMessageStreamEvent],
+            )
+            with stream:
+                return read_stream(anthropic, stream.response)
 
         answered = call_with_retries(
             call, classify=self.classify, provider=self.name, model=self.model, settings=self.retry, limit=self.limit
         )
         message = answered.value
-        texts, thinking, tool_input = [], [], None
-        for block in message.content:
-            if block.type == "thinking":
-                thinking.append(block.thinking)
-            elif block.type == "text":
-                texts.append(block.text)
-            elif block.type == "tool_use" and block.name == TOOL_NAME:
-                tool_input = block.input
-        # With a schema, the tool's input is the answer; a model that answered in text instead
-        # gets its text validated (and re-asked) by the client.
-        text = json.dumps(tool_input, ensure_ascii=False) if tool_input is not None else "".join(texts).strip()
+        texts = [b["text"] for b in message.blocks if b["type"] == "text"]
+        thinking = [b["text"] for b in message.blocks if b["type"] == "thinking"]
+        tool = next((b for b in message.blocks if b["type"] == "tool_use" and b["name"] == TOOL_NAME), None)
+        # With a schema, the tool's input is the answer (as it came, when it is not JSON); a model
+        # that answered in text instead gets its text validated (and re-asked) by the client.
+        if tool is not None:
+            text = tool["text"] if tool["input"] is None else json.dumps(tool["input"], ensure_ascii=False)
+        else:
+            text = "".join(texts).strip()
         usage = Usage(
             calls=1,
-            input_tokens=message.usage.input_tokens,
-            output_tokens=message.usage.output_tokens,  # includes the thinking tokens
+            input_tokens=message.input_tokens,
+            output_tokens=message.output_tokens,  # includes the thinking tokens
             retries=answered.retries,
         )
         model = f"anthropic/{message.model or self.model}"
@@ -154,6 +164,67 @@ class AnthropicMessagesProvider:
             thinking="\n\n".join(thinking) or None,
             finish_reason=message.stop_reason,
         )
+
+
+@dataclass
+class StreamedMessage:
+    """What a streamed Messages API reply adds up to."""
+
+    model: str | None = None
+    stop_reason: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    blocks: list[dict[str, Any]] = field(default_factory=list)  # type, text, name, input (tool_use)
+
+
+def read_stream(sdk: Any, response: Any) -> StreamedMessage:
+    """Add up the server-sent events of a Messages API stream (message_start, content blocks and
+    their deltas, message_delta). An `error` event (e.g. overloaded_error inside a 200 stream) is
+    raised as the SDK raises it: an APIStatusError carrying the event's body."""
+    message = StreamedMessage()
+    blocks: dict[int, dict[str, Any]] = {}  # by the index the events give
+    pieces: dict[int, list[str]] = {}
+    for event in sdk.Stream.raw_events(response):
+        if event.event == "error":
+            try:
+                body: Any = event.json()
+            except ValueError:
+                body = event.data
+            raise sdk.APIStatusError(f"{body}", response=response, body=body)
+        if event.event in (None, "ping") or not event.data:
+            continue
+        data = event.json()
+        kind = data.get("type")
+        if kind == "message_start":
+            start = data["message"]
+            message.model = start.get("model")
+            message.input_tokens = start.get("usage", {}).get("input_tokens", 0)
+            message.output_tokens = start.get("usage", {}).get("output_tokens", 0)
+        elif kind == "content_block_start":
+            block = data["content_block"]
+            blocks[data["index"]] = {"type": block["type"], "name": block.get("name"), "input": block.get("input")}
+            pieces[data["index"]] = [block.get("text") or block.get("thinking") or ""]
+        elif kind == "content_block_delta":
+            delta = data["delta"]
+            piece = delta.get("text") or delta.get("thinking") or delta.get("partial_json")
+            if piece and delta["type"] != "signature_delta":
+                pieces[data["index"]].append(piece)
+        elif kind == "message_delta":
+            message.stop_reason = data.get("delta", {}).get("stop_reason") or message.stop_reason
+            usage = data.get("usage") or {}
+            message.output_tokens = usage.get("output_tokens", message.output_tokens)  # a running total
+            message.input_tokens = usage.get("input_tokens") or message.input_tokens
+    for index in sorted(blocks):
+        block, joined = blocks[index], "".join(pieces[index])
+        if block["type"] == "tool_use":
+            try:
+                block["input"] = json.loads(joined) if joined else (block["input"] or {})
+            except ValueError:  # cut off at max_tokens mid-JSON: the client validates (and re-asks)
+                block["input"], block["text"] = None, joined
+        else:
+            block["text"] = joined
+        message.blocks.append(block)
+    return message
 
 
 register(ProviderSpec("anthropic", AnthropicMessagesProvider, AnthropicSettings, ENDPOINT, check=check))
