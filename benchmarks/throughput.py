@@ -104,12 +104,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--latency-ms", type=float, default=100.0)
     parser.add_argument("--rate-limit", type=int, default=None, help="the server's requests a second (429 above)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the outputs, cache and store here")
     args = parser.parse_args(argv)
     register_resolvers()
     latency = args.latency_ms / 1000
     server, url = start_server(args.latency_ms, args.rate_limit)
     os.environ.update(server_env(url))
-    results: dict = {"settings": vars(args) | {"json": None}, "stages": {}}
+    results: dict = {"settings": vars(args) | {"json": None, "workdir": None}, "stages": {}}
     # The SDKs are imported by the first call a process makes to each API (about 2.5 s for both):
     # once per process, reported on its own rather than charged to whichever stage comes first.
     started = time.perf_counter()
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["sdk_import_s"] = round(time.perf_counter() - started, 2)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
+            work = args.workdir.resolve() if args.workdir else Path(tmp)
             common = overrides(args, work)
             assistant_calls = math.ceil(args.turns / 2) * args.n
             # The seed's contexts model replies in up to 16,000 tokens: the angles are planned in
