@@ -169,3 +169,17 @@ def run_cli_script(script: str, *args: object) -> subprocess.CompletedProcess:
         timeout=600,
         cwd=PROJECT_ROOT,
     )
+
+
+@pytest.mark.slow  # commands in subprocesses
+def test_the_startup_benchmark_times_each_command_it_lists(tmp_path):
+    out = tmp_path / "startup.json"
+    done = run_cli_script("benchmarks/startup.py", "--repeat", "1", "--json", out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert set(figures) >= {
+        "a config error (turns=0)",
+        "stage=prepare, tracking on (SQLite)",
+        "importing the anthropic SDK",
+    }
+    assert all(seconds > 0 for seconds in figures.values())
