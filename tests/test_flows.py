@@ -143,3 +143,9 @@ def test_contexts_stopped_mid_stage_resume_from_their_partial_file(make_job, wor
     assert titles[:2] == ["KEPT ctx-001", "KEPT ctx-002"] and len(titles) == 3
     # Only the third context is asked for: the angles were planned once, in context_angles.json.
     assert again.log.usage.calls == 1
+
+
+def test_contexts_without_their_generation_settings_stop_with_the_key_to_set(make_job, workdir):
+    job = make_job("contexts", *MOCK, "~models.generation.contexts", run_dir=workdir / "run")
+    with pytest.raises(ConfigError, match=r"models.generation.contexts is not set"):
+        job.run()

@@ -62,7 +62,8 @@ def plan_angles(ctx: StageContext, knobs: ContextsSettings, planned: list[str]) 
     """`planned` extended to num_contexts distinct angles. A model that gives too few (a small local
     model), or fails, leaves the rest as numbered variations: the contexts are still made."""
     s = ctx.settings
-    per_call = angles_per_call(s.models.generation["contexts"].max_tokens)
+    generation = s.models.generation.get("contexts")  # missing: the first ask() says what to set
+    per_call = angles_per_call(generation.max_tokens if generation else 0)
     planned = list(planned)
     while len(planned) < s.num_contexts:
         count = min(per_call, s.num_contexts - len(planned))
