@@ -102,11 +102,11 @@ def start_cli(*args: str, env: dict | None = None, **options) -> subprocess.Pope
 
 
 def run_cli(
-    *args: str, cwd: Path = PROJECT_ROOT, env: dict | None = None, timeout: int = 600
+    *args: str, cwd: Path = PROJECT_ROOT, env: dict | None = None, timeout: int = 600, script: str = "src/run.py"
 ) -> subprocess.CompletedProcess:
-    """src/run.py in a subprocess, as a user runs it."""
+    """src/run.py (or another of the project's scripts) in a subprocess, as a user runs it."""
     return subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "src" / "run.py"), *args],
+        [sys.executable, str(PROJECT_ROOT / script), *args],
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -148,7 +148,9 @@ def test_the_embedded_model_run_loads_no_hosted_sdk_and_http_requests_are_not_lo
 @pytest.mark.slow  # the benchmark as a user runs it: a fake API server and chareval in subprocesses
 def test_the_throughput_benchmark_makes_every_call_once_and_a_cached_rerun_makes_none(tmp_path):
     out = tmp_path / "results.json"
-    done = run_cli_script("benchmarks/throughput.py", "--n", "12", "--turns", "3", "--latency-ms", "20", "--json", out)
+    done = run_cli(
+        "--n", "12", "--turns", "3", "--latency-ms", "20", "--json", str(out), script="benchmarks/throughput.py"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())
     for stage, figures in results["stages"].items():
@@ -161,20 +163,10 @@ def test_the_throughput_benchmark_makes_every_call_once_and_a_cached_rerun_makes
     assert "cached rerun of the whole command" in done.stdout
 
 
-def run_cli_script(script: str, *args: object) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / script), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=PROJECT_ROOT,
-    )
-
-
 @pytest.mark.slow  # commands in subprocesses
 def test_the_startup_benchmark_times_each_command_it_lists(tmp_path):
     out = tmp_path / "startup.json"
-    done = run_cli_script("benchmarks/startup.py", "--repeat", "1", "--json", out)
+    done = run_cli("--repeat", "1", "--json", str(out), script="benchmarks/startup.py")
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert set(figures) >= {

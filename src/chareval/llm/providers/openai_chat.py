@@ -9,10 +9,9 @@ import copy
 import re
 from typing import Any
 
-from chareval.llm.base import LLMRequest, LLMResponse, with_cost
+from chareval.llm.base import LLMRequest, LLMResponse, load_once, with_cost
 from chareval.llm.registry import BuildContext
 from chareval.remote.keys import Endpoint, api_key
-from chareval.remote.lazy import Lazy
 from chareval.remote.retry import Failure, call_with_retries, classify_sdk_error
 from chareval.schemas import Usage
 
@@ -65,7 +64,9 @@ class OpenAIChatProvider:
         self.retry = ctx.models.retry
         self.prices = ctx.models.prices
         self.limit = ctx.limit
-        self.client = Lazy(self._new_client)
+        # Made on the first call the cache cannot answer: a cached rerun, or a stage that never
+        # calls this API, does not import its SDK (about 2 s for anthropic, 1 s for openai).
+        self.client = load_once(self._new_client)
         self.require_parameters = require_parameters
         self.report_cost = report_cost
 
@@ -120,7 +121,7 @@ class OpenAIChatProvider:
 
     def complete(self, request: LLMRequest) -> LLMResponse:
         params = self.params(request)
-        client = self.client.get()
+        client = self.client()
         from openai.types.chat import ChatCompletion  # loaded with the client, on the first call
 
         answered = call_with_retries(
