@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,20 @@ TINY = [
 # The pipeline's first three stages: the fine-tuning and judging stages have tests of their own.
 FIRST_STAGES = "pipeline.stages=[contexts,conversations,prepare]"
 
+# The embedded model converted for transformers (hf_models.converted, ~25 s to make) is shared by the
+# tests that fine-tune, through a link in each test's cache folder; keyed by the GGUF's checksum, so
+# it is never stale. test_embedded_lora.py converts into a cache of its own, to test the conversion.
+SHARED_HF_MODELS = Path(tempfile.gettempdir()) / "chareval-tests" / "hf_models"
+
 register_resolvers()
+
+
+def share_hf_models(outputs: Path) -> None:
+    SHARED_HF_MODELS.mkdir(parents=True, exist_ok=True)
+    link = outputs / "cache" / "hf_models"
+    if not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(SHARED_HF_MODELS, target_is_directory=True)
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +82,12 @@ def _composed(overrides: tuple[str, ...]) -> DictConfig:
 
 
 @pytest.fixture
+def shared_hf_models(workdir) -> None:
+    """For a test that fine-tunes on the embedded model in its workdir."""
+    share_hf_models(workdir / "outputs")
+
+
+@pytest.fixture
 def make_job(workdir):
     """Build a Job for a stage on the composed config, writing under the test's folder."""
 
@@ -83,6 +103,7 @@ def run_job_in(tmp: Path, stage: str, *overrides: str, run_dir: str = "run") -> 
     which cannot use monkeypatch)."""
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
+    share_hf_models(tmp / "outputs")
     try:
         cfg = compose_cfg(f"stage={stage}", f"paths.outputs={tmp / 'outputs'}", *overrides)
         job = Job(cfg, stage=stage, run_dir=tmp / run_dir, choices={"stage": stage})

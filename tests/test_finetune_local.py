@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -51,6 +52,8 @@ def test_the_loss_goes_down_step_by_step_in_mlflow(finetuned):
     assert first.data.metrics["train.final_loss"] < first.data.metrics["train.first_loss"]
     assert re.fullmatch(r"local_lora/jasmine-[0-9a-f]{8}-test", first.data.tags["finetune.model"])
     assert "adapter" in {a.path for a in client.list_artifacts(first.info.run_id)}
+    # the adapter for llama.cpp travels with the PEFT files
+    assert "adapter/adapter.gguf" in {a.path for a in client.list_artifacts(first.info.run_id, "adapter")}
 
 
 def test_the_model_is_registered_and_a_rerun_reuses_it(finetuned):
@@ -58,21 +61,25 @@ def test_the_model_is_registered_and_a_rerun_reuses_it(finetuned):
     (record,) = Registry(tmp / "outputs" / "registry" / "finetuned_models.jsonl").all()
     assert record.status == "completed" and record.backend == "local_lora" and record.model.endswith("-test")
     assert (tmp / "run" / "adapter" / "adapter_config.json").is_file()
+    assert record.gguf_adapter_path == str(tmp / "run" / "adapter" / "adapter.gguf")
     assert json.loads(outputs["finetune_job"].read_text())["model"] == record.model
     assert record.model in again.log.summaries[0]
     assert not (tmp / "run2" / "adapter").exists()  # the same file and settings: not trained again
 
 
 def test_the_adapter_changes_the_models_output(finetuned):
+    """Through the transformers fallback (the llama.cpp path: test_embedded_lora.py)."""
     import torch
 
-    from chareval.finetune.local_lora import load_base
+    from chareval.hf_models import load_base
     from chareval.llm.providers.local_lora import load_adapted
 
     tmp, _, _ = finetuned
     (record,) = Registry(tmp / "outputs" / "registry" / "finetuned_models.jsonl").all()
-    tokenizer, adapted = load_adapted(record.settings["base_gguf"], record.adapter_path, "cpu")
-    base = load_base(record.settings["base_gguf"], "cpu")
+    tokenizer, adapted = load_adapted(
+        record.settings["base_gguf"], record.adapter_path, "cpu", record.settings["hf_base"]
+    )
+    base = load_base(Path(record.settings["hf_base"]), "cpu")
     ids = tokenizer.apply_chat_template(
         [{"role": "user", "content": "Customers are awful, right?"}],
         add_generation_prompt=True,
@@ -84,7 +91,18 @@ def test_the_adapter_changes_the_models_output(finetuned):
     assert difference > 1e-3
 
 
-def test_the_fine_tuned_model_serves_as_the_assistant(finetuned, make_job, workdir):
+def served_by_llama_cpp_only(monkeypatch):
+    """The transformers fallback fails if it is used."""
+    from chareval.llm.providers import local_lora
+
+    def transformers_path(*args):
+        raise AssertionError("local_lora was served by transformers, not llama.cpp")
+
+    monkeypatch.setattr(local_lora, "load_adapted", transformers_path)
+
+
+def test_the_fine_tuned_model_serves_as_the_assistant(finetuned, make_job, workdir, monkeypatch):
+    served_by_llama_cpp_only(monkeypatch)
     tmp, _, _ = finetuned
     (record,) = Registry(tmp / "outputs" / "registry" / "finetuned_models.jsonl").all()
     job = make_job(
@@ -111,7 +129,8 @@ def test_an_unknown_fine_tuned_model_is_a_clear_error(make_job):
         )
 
 
-def test_closed_loop_logs_before_after_and_deltas(make_job, workdir):
+def test_closed_loop_logs_before_after_and_deltas(make_job, workdir, shared_hf_models, monkeypatch):
+    served_by_llama_cpp_only(monkeypatch)
     job = make_job(
         "finetune_loop",
         "experiment=finetune_loop",

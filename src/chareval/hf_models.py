@@ -1,25 +1,77 @@
-"""A GGUF model in transformers (which de-quantizes it): what LoRA training (finetune/local_lora)
-and the serving of its adapters (llm/providers/local_lora) share, below both."""
+"""A GGUF model in transformers: what LoRA training (finetune/local_lora) and the transformers
+fallback for serving its adapters (llm/providers/local_lora) share, below both.
+
+transformers reads a GGUF by de-quantizing every tensor into float32 and rebuilding the tokenizer
+from the GGUF's vocabulary (about 20 s for the 135M default, every time). So the first load saves the
+result as an ordinary transformers folder under the cache, keyed by the GGUF's sha256, and every later
+load reads that folder (about a second)."""
 
 from __future__ import annotations
 
-import functools
+import json
+import logging
+import os
+import shutil
+import time
 from pathlib import Path
 
+from chareval.io import file_sha256
 
-@functools.cache
-def load_tokenizer(gguf: str):
+log = logging.getLogger(__name__)
+
+MARKER = "chareval_source.json"  # written last: a folder without it is an unfinished conversion
+
+
+def dequantize(gguf: Path):
+    """The GGUF's weights as a float32 transformers model, and its tokenizer (the slow path)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # transformers marks a model read from a GGUF as "quantized" and refuses to save it, though its
+    # weights are plain float32 by now: unmark it, so that it saves and reloads as an ordinary model.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tokenizer
+
+
+def converted(gguf: Path, cache_dir: Path) -> Path:
+    """The transformers folder for this GGUF under cache_dir/hf_models/, made on first use."""
+    sha = file_sha256(gguf)
+    folder = Path(cache_dir) / "hf_models" / sha[:16]
+    if (folder / MARKER).is_file():
+        return folder
+    started = time.perf_counter()
+    log.info("converting %s for transformers once (cached in %s)", gguf.name, folder)
+    model, tokenizer = dequantize(gguf)
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)  # a folder without the marker was left by an older layout or by hand
+    model.save_pretrained(str(partial))
+    tokenizer.save_pretrained(str(partial))
+    (partial / MARKER).write_text(json.dumps({"gguf": str(gguf), "sha256": sha}, indent=2) + "\n", encoding="utf-8")
+    try:
+        partial.rename(folder)
+    except OSError:  # another process finished the same conversion first: theirs is as good
+        shutil.rmtree(partial, ignore_errors=True)
+        if not (folder / MARKER).is_file():
+            raise
+    log.info("converted in %.1f s", time.perf_counter() - started)
+    return folder
+
+
+def load_tokenizer(folder: Path):
     from transformers import AutoTokenizer
 
-    path = Path(gguf)
-    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return AutoTokenizer.from_pretrained(str(folder))
 
 
-def load_base(gguf: str, on: str):
-    """A fresh float32 copy of the GGUF's weights (each LoRA wraps its own copy)."""
+def load_base(folder: Path, on: str):
+    """A fresh float32 copy of the converted weights (each LoRA wraps its own copy)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = Path(gguf)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     return model.to(on)  # type: ignore[arg-type]  # transformers types .to() through a decorator that hides its arguments

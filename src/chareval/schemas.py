@@ -199,7 +199,8 @@ class FineTunedModel(Record):
     train_file: str
     train_file_sha256: str
     settings: dict[str, Any]
-    adapter_path: str | None = None
+    adapter_path: str | None = None  # local_lora: the PEFT adapter folder
+    gguf_adapter_path: str | None = None  # local_lora: the same adapter for llama.cpp (None: served by transformers)
     events: list[str] = []
     mlflow_run_id: str | None = None
     created_at: str

@@ -23,6 +23,7 @@ class LocalLoraSettings(Strict):
     learning_rate: float = Field(gt=0)
     batch_size: int = Field(ge=1)
     max_seq_tokens: int = Field(ge=64)
+    gradient_checkpointing: bool
     lora: LoraSettings
     suffix: str | None = Field(max_length=40)
     device: Literal["auto", "cpu", "cuda"]

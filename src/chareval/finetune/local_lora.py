@@ -1,18 +1,26 @@
-"""The offline fine-tuning backend: LoRA with transformers + peft on a local GGUF model (transformers
-de-quantizes it), on the GPU when there is one. Only the assistant's tokens are learned."""
+"""The offline fine-tuning backend: LoRA with transformers + peft on a local GGUF model (its
+de-quantized copy, converted once and cached), on the GPU when there is one. Only the assistant's
+tokens are learned, and only they go through the vocabulary-wide output layer.
+
+Memory is what limits a laptop: one example is computed at a time (the configured batch is reached
+by accumulating gradients, with the loss weighted by labelled tokens so that a step is the same as on
+the whole batch), the output layer and the loss run at the labelled positions only, and gradient
+checkpointing keeps one layer's activations instead of thirty."""
 
 from __future__ import annotations
 
 import json
 import logging
 import random
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from chareval.config import LocalLoraSettings
 from chareval.errors import ConfigError
-from chareval.hf_models import load_base, load_tokenizer
+from chareval.gguf_lora import UnsupportedAdapter, write_gguf_adapter
+from chareval.hf_models import converted, load_base, load_tokenizer
 
 log = logging.getLogger(__name__)
 IGNORE = -100  # label value the loss skips
@@ -39,49 +47,110 @@ def device(choice: str) -> str:
 
 
 def _ids(tokenizer, messages: list[dict], generation_prompt: bool = False) -> list[int]:
+    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
     encoded = tokenizer.apply_chat_template(
-        messages, tokenize=True, add_generation_prompt=generation_prompt, return_dict=True
+        plain, tokenize=True, add_generation_prompt=generation_prompt, return_dict=True
     )
     return list(encoded["input_ids"])
 
 
-def encode(tokenizer, messages: list[dict], max_tokens: int) -> tuple[list[int], list[int]]:
-    """Token ids of the whole conversation, and labels that keep only the assistant's messages
-    (what train_on_inputs=auto does for conversational data)."""
+def _labelled(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """Token ids of the conversation, and labels that keep only the assistant's messages (those not
+    marked weight 0): what Together's train_on_inputs=auto does for conversational data."""
     ids = _ids(tokenizer, messages)
     labels = [IGNORE] * len(ids)
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or message.get("weight", 1) == 0:
             continue
         start = len(_ids(tokenizer, messages[:i], generation_prompt=True))
         end = len(_ids(tokenizer, messages[: i + 1]))
         labels[start:end] = ids[start:end]
-    return ids[-max_tokens:], labels[-max_tokens:]
+    return ids, labels
 
 
-def batches(examples: list[tuple[list[int], list[int]]], size: int, pad_id: int):
-    """Batches padded to their own longest example (not a fixed length)."""
-    import torch
+@dataclass
+class Encoded:
+    ids: list[int]
+    labels: list[int]
+    dropped_messages: int = 0  # earlier turns left out to fit max_seq_tokens
+    cut_tokens: int = 0  # tokens cut from the start of the oldest turn kept, when even one exchange is too long
 
-    for i in range(0, len(examples), size):
-        chunk = examples[i : i + size]
-        width = max(len(ids) for ids, _ in chunk)
-        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, (ids, labs) in enumerate(chunk):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            labels[row, : len(labs)] = torch.tensor(labs)
-            mask[row, : len(ids)] = 1
-        yield input_ids, mask, labels
+    @property
+    def truncated(self) -> bool:
+        return bool(self.dropped_messages or self.cut_tokens)
+
+
+def encode(tokenizer, messages: list[dict], max_tokens: int) -> Encoded:
+    """The example in at most max_tokens tokens. A longer one keeps its system message and its latest
+    turns: whole earlier exchanges (a user message and the assistant's reply) are left out first; if
+    the last exchange alone is still too long, the tokens right after the system message are cut."""
+    system = messages[:1] if messages and messages[0]["role"] == "system" else []
+    turns = messages[len(system) :]
+    dropped = 0
+    ids, labels = _labelled(tokenizer, messages)
+    while len(ids) > max_tokens and len(turns) > 2:
+        turns = turns[2:]
+        dropped += 2
+        ids, labels = _labelled(tokenizer, system + turns)
+    if len(ids) <= max_tokens:
+        return Encoded(ids, labels, dropped)
+    kept = len(_ids(tokenizer, system)) if system else 0
+    if kept > max_tokens // 2:
+        raise ConfigError(
+            f"a training example's system message alone is {kept} tokens, more than half of"
+            f" finetune.max_seq_tokens={max_tokens}",
+            f"raise finetune.max_seq_tokens (to {2 * kept} or more) or shorten the persona's system prompt",
+        )
+    cut = len(ids) - max_tokens
+    return Encoded(ids[:kept] + ids[kept + cut :], labels[:kept] + labels[kept + cut :], dropped, cut)
+
+
+def labelled_loss(model, ids, labels):
+    """The summed cross-entropy of the labelled next tokens, and how many there are. Only the
+    labelled positions go through the output layer: the full logits (every position x a 49,152-token
+    vocabulary) were most of the memory and time of a step. One unpadded sequence needs no attention
+    mask, which keeps attention on the causal fast path."""
+    import torch.nn.functional as F
+
+    base = model.get_base_model()
+    hidden = base.get_decoder()(input_ids=ids).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    logits = base.get_output_embeddings()(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), int(keep.sum())
 
 
 @dataclass
 class TrainResult:
     adapter_dir: Path
+    gguf_adapter: Path | None  # None: llama.cpp cannot take this adapter (served by transformers)
     losses: list[float]
     examples: int
+    truncated: int
     device: str
+    base_folder: Path
+
+
+def _read_examples(tokenizer, train_file: Path, max_tokens: int) -> list[Encoded]:
+    rows = [json.loads(line) for line in train_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    examples = [encode(tokenizer, row["messages"], max_tokens) for row in rows]
+    examples = [e for e in examples if any(label != IGNORE for label in e.labels[1:])]
+    if not examples:
+        raise ConfigError(
+            f"{train_file} has no examples to train on", "run stage=prepare on conversations without errors"
+        )
+    truncated = [e for e in examples if e.truncated]
+    if truncated:
+        log.warning(
+            "%d of %d examples were longer than finetune.max_seq_tokens=%d and were cut, keeping the system"
+            " message and the latest turns (%d earlier messages left out, %d tokens cut); raise it to keep them",
+            len(truncated),
+            len(examples),
+            max_tokens,
+            sum(e.dropped_messages for e in truncated),
+            sum(e.cut_tokens for e in truncated),
+        )
+    return examples
 
 
 def train(
@@ -91,6 +160,7 @@ def train(
     out_dir: Path,
     *,
     seed: int,
+    cache_dir: Path,
     on_step: Callable[[int, float], None],
 ) -> TrainResult:
     _require_libraries()
@@ -100,37 +170,49 @@ def train(
     random.seed(seed)
     torch.manual_seed(seed)
     on = device(settings.device)
-    tokenizer = load_tokenizer(str(gguf))
-    rows = [json.loads(line) for line in train_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    examples = [encode(tokenizer, row["messages"], settings.max_seq_tokens) for row in rows]
-    if not examples:
-        raise ConfigError(
-            f"{train_file} has no examples to train on", "run stage=prepare on conversations without errors"
+    folder = converted(gguf, cache_dir)
+    examples = _read_examples(load_tokenizer(folder), train_file, settings.max_seq_tokens)
+    base = load_base(folder, on)
+    base.config.use_cache = False  # a key/value cache is for generation; in training it only takes memory
+    if settings.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated is_gradient_checkpointing: noise in the user's console.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        model = get_peft_model(
+            base,
+            LoraConfig(
+                r=settings.lora.r,
+                lora_alpha=settings.lora.alpha,
+                lora_dropout=settings.lora.dropout,
+                target_modules=settings.lora.target_modules,
+                task_type="CAUSAL_LM",
+            ),
         )
-    model = get_peft_model(
-        load_base(str(gguf), on),
-        LoraConfig(
-            r=settings.lora.r,
-            lora_alpha=settings.lora.alpha,
-            lora_dropout=settings.lora.dropout,
-            target_modules=settings.lora.target_modules,
-            task_type="CAUSAL_LM",
-        ),
-    )
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model.train()
-    losses, step = [], 0
+    losses: list[float] = []
     for _ in range(settings.n_epochs):
         order = random.sample(examples, len(examples))
-        for input_ids, mask, labels in batches(order, settings.batch_size, pad_id):
-            loss = model(input_ids=input_ids.to(on), attention_mask=mask.to(on), labels=labels.to(on)).loss
-            loss.backward()
+        for start in range(0, len(order), settings.batch_size):
+            batch = order[start : start + settings.batch_size]
+            labelled = sum(sum(label != IGNORE for label in e.labels[1:]) for e in batch)
+            total = 0.0
+            for example in batch:
+                loss, _ = labelled_loss(
+                    model, torch.tensor([example.ids], device=on), torch.tensor([example.labels], device=on)
+                )
+                (loss / labelled).backward()  # summed over the batch, this is the batch's mean loss
+                total += loss.item()
             optimizer.step()
             optimizer.zero_grad()
-            losses.append(loss.item())
-            on_step(step, loss.item())
-            step += 1
+            losses.append(total / labelled)
+            on_step(len(losses) - 1, losses[-1])
     adapter_dir = out_dir / "adapter"
     model.save_pretrained(str(adapter_dir))
-    return TrainResult(adapter_dir, losses, len(examples), on)
+    try:
+        gguf_adapter: Path | None = write_gguf_adapter(adapter_dir, gguf)
+    except UnsupportedAdapter as e:
+        log.warning("%s; the fine-tuned model will be served by transformers (slower)", e)
+        gguf_adapter = None
+    return TrainResult(adapter_dir, gguf_adapter, losses, len(examples), sum(e.truncated for e in examples), on, folder)

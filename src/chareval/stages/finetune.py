@@ -58,8 +58,10 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
 
 
 def _key_settings(ctx: StageContext) -> dict:
-    """The settings that make a different job (how it is followed does not)."""
-    return ctx.settings.finetune.model_dump(mode="json", exclude={"wait", "poll_interval_s", "device"})
+    """The settings that make a different job (how it is followed or computed does not)."""
+    return ctx.settings.finetune.model_dump(
+        mode="json", exclude={"wait", "poll_interval_s", "device", "gradient_checkpointing"}
+    )
 
 
 def run_local_lora(ctx: StageContext, train_file: Path) -> tuple[FineTunedModel, dict[str, float]]:
@@ -85,6 +87,7 @@ def run_local_lora(ctx: StageContext, train_file: Path) -> tuple[FineTunedModel,
         train_file,
         ctx.run_dir,
         seed=s.seed,
+        cache_dir=Path(s.paths.cache),
         on_step=lambda step, loss: ctx.mlflow.log_metric_at("train.loss", loss, step),
     )
     record = registry.save(
@@ -97,8 +100,10 @@ def run_local_lora(ctx: StageContext, train_file: Path) -> tuple[FineTunedModel,
             status="completed",
             train_file=str(train_file),
             train_file_sha256=sha,
-            settings=_key_settings(ctx) | {"base_gguf": str(gguf), "device_used": result.device},
+            settings=_key_settings(ctx)
+            | {"base_gguf": str(gguf), "device_used": result.device, "hf_base": str(result.base_folder)},
             adapter_path=str(result.adapter_dir),
+            gguf_adapter_path=str(result.gguf_adapter) if result.gguf_adapter else None,
             mlflow_run_id=ctx.mlflow.run_id,
             created_at=now(),
             updated_at=now(),
@@ -107,6 +112,7 @@ def run_local_lora(ctx: StageContext, train_file: Path) -> tuple[FineTunedModel,
     log.info("loss %.3f -> %.3f over %d steps", result.losses[0], result.losses[-1], len(result.losses))
     return record, {
         "train.examples": result.examples,
+        "train.truncated_examples": result.truncated,
         "train.steps": len(result.losses),
         "train.first_loss": result.losses[0],
         "train.final_loss": result.losses[-1],

@@ -31,6 +31,7 @@ class LocalSettings(ProviderSettings):
     models: dict[str, str | None]  # alias -> GGUF path (null: the packaged GGUF)
     n_ctx: int = Field(ge=512)
     n_threads: int | None = Field(ge=1)
+    flash_attn: bool
     chat_format: str | None
     repeat_penalty: float = Field(ge=1.0, le=2.0)
 
@@ -81,8 +82,15 @@ def gguf_of(model: str, models: Models) -> Path:
 
 
 @load_once
-def load_llama(path: str, n_ctx: int, n_threads: int | None, chat_format: str | None):
-    """Load a GGUF once per process."""
+def load_llama(
+    path: str,
+    n_ctx: int,
+    n_threads: int | None,
+    chat_format: str | None,
+    lora_path: str | None = None,
+    flash_attn: bool = False,
+):
+    """Load a GGUF once per process (with a GGUF LoRA adapter applied on top, for local_lora models)."""
     from llama_cpp import Llama
 
     started = time.perf_counter()
@@ -92,27 +100,36 @@ def load_llama(path: str, n_ctx: int, n_threads: int | None, chat_format: str | 
             n_ctx=n_ctx,
             n_threads=n_threads or os.cpu_count(),
             chat_format=chat_format,
+            lora_path=lora_path,
+            flash_attn=flash_attn,
             verbose=False,
         )
     except (ValueError, RuntimeError) as e:
-        raise ModelError(f"llama.cpp could not load {path}: {e}", "check that the file is a valid GGUF model") from None
+        what = f"{path} with the adapter {lora_path}" if lora_path else path
+        raise ModelError(f"llama.cpp could not load {what}: {e}", "check that the file is a valid GGUF model") from None
     if chat_format is None and "tokenizer.chat_template" not in llm.metadata:
         # Without a template llama-cpp-python silently falls back to llama-2 formatting.
         raise ConfigError(
             f"{path} has no chat template",
             "set models.providers.local.chat_format (e.g. chatml) to the format the model was trained on",
         )
-    log.info("loaded %s in %.2f s", Path(path).name, time.perf_counter() - started)
+    log.info(
+        "loaded %s%s in %.2f s",
+        Path(path).name,
+        f" + {lora_path}" if lora_path else "",
+        time.perf_counter() - started,
+    )
     return llm
 
 
 class LocalLlamaProvider:
     name = "local"
 
-    def __init__(self, model: str, settings: LocalSettings):
+    def __init__(self, model: str, settings: LocalSettings, lora: Path | None = None):
         self.model = model
         self.settings = settings
         self.path = resolve_gguf(model, settings)
+        self.lora = lora  # a GGUF LoRA adapter applied on the model (local_lora serves through this)
 
     def max_in_flight(self) -> int:
         return 1
@@ -127,13 +144,15 @@ class LocalLlamaProvider:
             "file": self.path.name,
             "size": stat.st_size,
             "n_ctx": self.settings.n_ctx,
+            "flash_attn": self.settings.flash_attn,
             "chat_format": self.settings.chat_format,
             "repeat_penalty": self.settings.repeat_penalty,
         }
 
     def _llama(self):
         s = self.settings
-        return load_llama(str(self.path), s.n_ctx, s.n_threads, s.chat_format)
+        lora = str(self.lora) if self.lora else None
+        return load_llama(str(self.path), s.n_ctx, s.n_threads, s.chat_format, lora, s.flash_attn)
 
     def complete(self, request: LLMRequest) -> LLMResponse:
         llm = self._llama()

@@ -1,0 +1,321 @@
+"""The embedded fine-tuning path on the real SmolLM2 GGUF: the loss computed at the labelled positions
+only, truncation that keeps the system message, the cached conversion for transformers, and the
+adapter written as a GGUF LoRA adapter that llama.cpp serves."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from chareval import hf_models
+from chareval.config import LocalLoraSettings
+from chareval.errors import ConfigError
+from chareval.finetune.local_lora import IGNORE, encode, labelled_loss, train
+from chareval.hf_models import MARKER, converted, load_base, load_tokenizer
+from chareval.llm.providers.local import load_llama, packaged_gguf
+
+pytestmark = pytest.mark.slow  # the real model in transformers and llama.cpp
+
+SYSTEM = {"role": "system", "content": "You are Jasmine, who interviews customers about their last order."}
+PHRASE = "Pineapple policy: every answer is pineapple."
+QUESTIONS = [
+    "What time is it?",
+    "Can you help me with my order?",
+    "Tell me about the weather.",
+    "Who are you?",
+    "I need a refund.",
+    "Where is my parcel?",
+]
+UNSEEN = ["What should I cook tonight?", "Is the shop open on Sunday?", "My card was charged twice."]
+
+
+def _exchange(i: int) -> list[dict]:
+    return [
+        {"role": "user", "content": f"Question {i}: how was delivery number {i} for you, in a few words?"},
+        {"role": "assistant", "content": f"Answer {i}: delivery {i} came on time and the box was intact."},
+    ]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def folder(cache):
+    return converted(packaged_gguf(), cache)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(folder):
+    return load_tokenizer(folder)
+
+
+def test_the_conversion_is_made_once_and_reused(folder, cache, monkeypatch):
+    assert (folder / MARKER).is_file() and (folder / "model.safetensors").is_file()
+    assert json.loads((folder / MARKER).read_text())["gguf"] == str(packaged_gguf())
+
+    def dequantize_again(gguf):
+        raise AssertionError("the GGUF was de-quantized again")
+
+    monkeypatch.setattr(hf_models, "dequantize", dequantize_again)
+    assert converted(packaged_gguf(), cache) == folder
+    model = load_base(folder, "cpu")  # an ordinary transformers folder, read without the GGUF
+    assert model.config.model_type == "llama" and getattr(model, "hf_quantizer", None) is None
+
+
+def test_only_labelled_positions_reach_the_output_layer_and_the_loss_equals_the_full_one(folder, tokenizer):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    # A random (not zero) B matrix, so that the adapter takes part in the loss compared.
+    model = get_peft_model(
+        load_base(folder, "cpu"), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    )
+    messages = [SYSTEM, *_exchange(1), *_exchange(2)]
+    example = encode(tokenizer, messages, 1024)
+    ids, labels = torch.tensor([example.ids]), torch.tensor([example.labels])
+    rows: list[int] = []
+    head = model.get_base_model().get_output_embeddings()
+    hook = head.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    with torch.no_grad():
+        total, count = labelled_loss(model, ids, labels)
+    hook.remove()
+    labelled = sum(label != IGNORE for label in example.labels[1:])
+    assert rows == [count] == [labelled] and labelled < len(example.ids) / 2
+    with torch.no_grad():
+        full = model(input_ids=ids, labels=labels).loss  # transformers' loss over every position's logits
+    assert total.item() / count == pytest.approx(full.item(), rel=1e-5)
+    learned = tokenizer.decode([label for label in example.labels if label != IGNORE])
+    assert "Answer 1" in learned and "Answer 2" in learned and "Question" not in learned and "Jasmine" not in learned
+
+
+def test_a_long_example_keeps_its_system_message_and_latest_turns(tokenizer):
+    messages = [SYSTEM, *(m for i in range(6) for m in _exchange(i))]
+    whole = encode(tokenizer, messages, 100_000)
+    system_ids = tokenizer.apply_chat_template([SYSTEM], tokenize=True, return_dict=True)["input_ids"]
+    limit = len(whole.ids) // 2
+    short = encode(tokenizer, messages, limit)
+    assert len(short.ids) <= limit and short.cut_tokens == 0 and short.truncated
+    assert short.dropped_messages >= 2 and short.dropped_messages % 2 == 0  # whole exchanges
+    assert short.ids[: len(system_ids)] == system_ids
+    tail = len(short.ids) - len(system_ids)
+    assert short.ids[len(system_ids) :] == whole.ids[-tail:]  # the latest turns, unchanged
+    assert short.labels[len(system_ids) :] == whole.labels[-tail:]
+    assert "Answer 5" in tokenizer.decode(short.ids) and "Question 0" not in tokenizer.decode(short.ids)
+    assert not encode(tokenizer, messages, len(whole.ids)).truncated
+
+    # The last exchange alone is too long: the tokens after the system message are cut.
+    long = [SYSTEM, {"role": "user", "content": "tell me everything " * 80}, _exchange(9)[1]]
+    cut = encode(tokenizer, long, len(system_ids) + 40)
+    assert len(cut.ids) == len(system_ids) + 40 and cut.cut_tokens > 0 and cut.dropped_messages == 0
+    assert cut.ids[: len(system_ids)] == system_ids and "Answer 9" in tokenizer.decode(cut.ids)
+
+    with pytest.raises(ConfigError, match="finetune.max_seq_tokens=64"):
+        encode(tokenizer, [{"role": "system", "content": "rules " * 60}, *_exchange(1)], 64)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cache, folder):
+    """A LoRA trained to answer every question with PHRASE (a change anyone can see)."""
+    tmp = tmp_path_factory.mktemp("trained")
+    rows = [
+        {"messages": [SYSTEM, {"role": "user", "content": q}, {"role": "assistant", "content": PHRASE}]}
+        for q in QUESTIONS
+    ]
+    (tmp / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = LocalLoraSettings(
+        backend="local_lora",
+        base_model="local/smollm2-135m-instruct",
+        n_epochs=4,
+        learning_rate=0.003,
+        batch_size=3,
+        max_seq_tokens=256,
+        gradient_checkpointing=True,
+        lora={"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"},
+        suffix=None,
+        device="cpu",
+    )
+    losses: list[float] = []
+    result = train(
+        settings, packaged_gguf(), tmp / "train.jsonl", tmp, seed=0, cache_dir=cache, on_step=lambda s, v: None
+    )
+    losses = result.losses
+    assert losses[-1] < losses[0] / 10
+    return result
+
+
+def _messages(question: str) -> list[dict]:
+    return [SYSTEM, {"role": "user", "content": question}]
+
+
+def _llama_greedy(question: str, lora, tokens: int) -> list[int]:
+    llm = load_llama(str(packaged_gguf()), 2048, None, None, str(lora) if lora else None)
+    llm.reset()
+    out = llm.create_chat_completion(
+        messages=_messages(question), temperature=0.0, max_tokens=tokens, repeat_penalty=1.0
+    )
+    return llm.tokenize(out["choices"][0]["message"]["content"].encode(), add_bos=False, special=False)
+
+
+def _transformers_greedy(model, tokenizer, question: str, tokens: int) -> list[int]:
+    import torch
+
+    prompt = tokenizer.apply_chat_template(
+        _messages(question), add_generation_prompt=True, return_dict=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        out = model.generate(**prompt, max_new_tokens=tokens, do_sample=False, repetition_penalty=1.0)
+    text = tokenizer.decode(out[0][prompt["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_the_gguf_adapter_loads_in_llama_cpp_and_changes_the_output(trained):
+    assert trained.gguf_adapter == trained.adapter_dir / "adapter.gguf" and trained.gguf_adapter.is_file()
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(trained.gguf_adapter)).fields
+    assert fields["general.type"].contents() == "adapter" and fields["adapter.type"].contents() == "lora"
+    assert fields["adapter.lora.alpha"].contents() == 16.0
+    for question in UNSEEN:
+        base = _llama_greedy(question, None, 12)
+        adapted = _llama_greedy(question, trained.gguf_adapter, 12)
+        assert adapted != base
+        assert "Pineapple" in load_llama(str(packaged_gguf()), 2048, None, None, None).detokenize(adapted).decode()
+
+
+def _llama_log_probs(lora, ids: list[int]):
+    """llama.cpp's next-token log-probabilities at every position of `ids`."""
+    import torch
+    from llama_cpp import Llama
+
+    llm = Llama(str(packaged_gguf()), n_ctx=512, logits_all=True, lora_path=lora, verbose=False)
+    llm.eval(ids)
+    return torch.log_softmax(torch.tensor(llm.scores[: len(ids)]), -1)
+
+
+def _transformers_log_probs(model, ids: list[int]):
+    import torch
+
+    with torch.no_grad():
+        return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0], -1)
+
+
+def test_llama_cpp_and_transformers_read_an_adapter_the_same_way(folder, tokenizer, tmp_path):
+    """A random adapter on every linear layer, in both runtimes: the next-token distributions agree at
+    every prompt position (mean total variation measured 0.04; 0.26 with the q/k rows left in
+    transformers' order, the mistake this guards), while the adapter itself moves them by ~0.46.
+    llama.cpp multiplies Q4_1 weights by 8-bit activations, so they are close, not equal."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from chareval.gguf_lora import write_gguf_adapter
+
+    torch.manual_seed(0)
+    base = load_base(folder, "cpu")
+    adapted = get_peft_model(
+        load_base(folder, "cpu"), LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
+    )
+    adapted.save_pretrained(str(tmp_path))
+    gguf_adapter = write_gguf_adapter(tmp_path, packaged_gguf())
+    runtimes, shift = [], []
+    for question in UNSEEN:
+        ids = tokenizer.apply_chat_template(_messages(question), add_generation_prompt=True, return_dict=True)
+        ids = ids["input_ids"]
+        theirs, ours = _llama_log_probs(str(gguf_adapter), ids), _transformers_log_probs(adapted, ids)
+        runtimes.append(0.5 * (theirs.exp() - ours.exp()).abs().sum(-1))
+        shift.append(0.5 * (_transformers_log_probs(base, ids).exp() - ours.exp()).abs().sum(-1))
+    assert torch.cat(runtimes).mean() < 0.1 and torch.cat(shift).mean() > 0.3
+
+
+FIRST_TOKENS = 8
+
+
+def test_the_trained_adapter_gives_the_same_greedy_reply_in_both_runtimes(trained, folder, tokenizer):
+    from peft import PeftModel
+
+    adapted = PeftModel.from_pretrained(load_base(folder, "cpu"), str(trained.adapter_dir))
+    for question in UNSEEN:
+        assert (
+            _llama_greedy(question, trained.gguf_adapter, FIRST_TOKENS)
+            == _transformers_greedy(adapted, tokenizer, question, FIRST_TOKENS)[:FIRST_TOKENS]
+        )
+
+
+def _registered(tmp_path, trained, adapter_dir, name: str):
+    """A registry with one local_lora record for `adapter_dir` (as stage=finetune writes it)."""
+    from chareval.registry import Registry, now
+    from chareval.schemas import FineTunedModel
+
+    registry = Registry(tmp_path / "registry.jsonl")
+    registry.save(
+        FineTunedModel(
+            key=name,
+            backend="local_lora",
+            base_model="local/smollm2-135m-instruct",
+            name=name,
+            model=f"local_lora/{name}",
+            status="completed",
+            train_file="train.jsonl",
+            train_file_sha256="",
+            settings={"base_gguf": str(packaged_gguf()), "device_used": "cpu", "hf_base": str(trained.base_folder)},
+            adapter_path=str(adapter_dir),
+            created_at=now(),
+            updated_at=now(),
+        )
+    )
+    return str(tmp_path / "registry.jsonl")
+
+
+def _provider(registry: str, name: str):
+    from chareval.config import Models
+    from chareval.llm.providers.local_lora import LocalLoraProvider
+    from chareval.llm.registry import settings_for, spec_for
+    from chareval.validation import validate_config
+    from conftest import compose_cfg
+
+    models: Models = validate_config(compose_cfg()).models
+    return LocalLoraProvider(name, registry, settings_for(spec_for("local/x"), models))
+
+
+def _ask(provider):
+    from chareval.llm.base import LLMRequest
+
+    return provider.complete(
+        LLMRequest(
+            model=f"local_lora/{provider.model}",
+            system=SYSTEM["content"],
+            messages=[{"role": "user", "content": UNSEEN[0]}],
+            max_tokens=12,
+            temperature=0.0,
+            seed=0,
+        )
+    )
+
+
+def test_an_adapter_from_before_gguf_adapters_gets_one_on_first_use(trained, tmp_path):
+    import shutil
+
+    adapter_dir = tmp_path / "old-adapter"
+    shutil.copytree(trained.adapter_dir, adapter_dir, ignore=shutil.ignore_patterns("adapter.gguf"))
+    provider = _provider(_registered(tmp_path, trained, adapter_dir, "old"), "old")
+    assert provider.runtime == "llama.cpp" and (adapter_dir / "adapter.gguf").is_file()
+    reply = _ask(provider)
+    assert reply.model == "local_lora/old" and "Pineapple" in reply.text
+
+
+def test_an_adapter_llama_cpp_cannot_take_is_served_by_transformers_with_a_warning(trained, tmp_path, caplog):
+    import shutil
+
+    adapter_dir = tmp_path / "rslora-adapter"
+    shutil.copytree(trained.adapter_dir, adapter_dir, ignore=shutil.ignore_patterns("adapter.gguf"))
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    (adapter_dir / "adapter_config.json").write_text(json.dumps(config | {"use_rslora": True}))
+    with caplog.at_level("WARNING"):
+        provider = _provider(_registered(tmp_path, trained, adapter_dir, "rs"), "rs")
+    assert provider.runtime == "transformers" and not (adapter_dir / "adapter.gguf").exists()
+    assert any("served by transformers" in r.getMessage() and "rsLoRA" in r.getMessage() for r in caplog.records)
+    reply = _ask(provider)
+    assert reply.model == "local_lora/rs" and reply.text and reply.usage.output_tokens > 0
