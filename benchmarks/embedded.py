@@ -4,7 +4,8 @@ with each stage's wall time (from the MLflow store) and the peak resident memory
 overall and while each stage ran (sampled every 50 ms with psutil); then the reply time of the base
 model (local/...) against the fine-tuned one the run registered (local_lora/...) on the same prompt.
 
-    .venv/bin/python benchmarks/embedded.py [--replies 5] [--json results.json] [--workdir DIR]
+    .venv/bin/python benchmarks/embedded.py [--replies 5] [--transformers-replies 2] [--warm]
+                                            [--json results.json] [--workdir DIR] [override ...]
                                             [--root DIR]   (another checkout's src/run.py, for a before/after)
 
 Targets on the 2-core machines (README): the whole pipeline <= 2.5 min after set-up, peak RSS <= 3 GB,
@@ -103,7 +104,7 @@ def stage_walls(work: Path, sampler: PeakSampler) -> dict[str, dict]:
     return stages
 
 
-def reply_times(work: Path, replies: int, transformers_replies: int) -> dict:
+def reply_times(work: Path, replies: int, transformers_replies: int, overrides: list[str]) -> dict:
     """The same request to local/<default> and to the run's local_lora/<name>, `replies` times each
     (after one untimed call that loads the model)."""
     from hydra import compose, initialize_config_dir
@@ -118,7 +119,9 @@ def reply_times(work: Path, replies: int, transformers_replies: int) -> dict:
     registry = work / "outputs" / "registry" / "finetuned_models.jsonl"
     (record,) = Registry(registry).all()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        settings = validate_config(compose(config_name="config", overrides=[f"paths.outputs={work}/outputs"]))
+        settings = validate_config(
+            compose(config_name="config", overrides=[f"paths.outputs={work}/outputs", *overrides])
+        )
     client = LLMClient(settings.models, cache=None, registry=str(registry))
     generation = settings.models.generation["assistant"]
     request = LLMRequest(
@@ -187,6 +190,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warm", action="store_true", help="run the pipeline once first (conversion cached)")
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose src/run.py runs")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "overrides", nargs="*", help="config overrides for the pipeline (the default size when none; tests shrink it)"
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="keep the outputs and store here")
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]  # the table shows as it comes
@@ -202,11 +208,13 @@ def main(argv: list[str] | None = None) -> dict:
             (work / name / "outputs" / "cache").mkdir(parents=True)
             (work / "hf_models").mkdir(exist_ok=True)
             (work / name / "outputs" / "cache" / "hf_models").symlink_to(work / "hf_models")
-            results = run_pipeline(args.root.resolve(), work / name, [])
+            results = run_pipeline(args.root.resolve(), work / name, args.overrides)
         results["conversion_s"] = conversion_s(work / "timed")
         print_pipeline(results)
         results["replies"] = (
-            reply_times(work / "timed", args.replies, args.transformers_replies) if args.replies else None
+            reply_times(work / "timed", args.replies, args.transformers_replies, args.overrides)
+            if args.replies
+            else None
         )
         print_replies(results["replies"])
 

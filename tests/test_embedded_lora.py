@@ -319,3 +319,31 @@ def test_an_adapter_llama_cpp_cannot_take_is_served_by_transformers_with_a_warni
     assert any("served by transformers" in r.getMessage() and "rsLoRA" in r.getMessage() for r in caplog.records)
     reply = _ask(provider)
     assert reply.model == "local_lora/rs" and reply.text and reply.usage.output_tokens > 0
+
+
+def test_the_embedded_benchmark_reports_every_stage_and_both_runtimes(tmp_path):
+    from conftest import run_cli
+
+    result = run_cli(
+        "--replies=1",
+        "--transformers-replies=0",
+        f"--json={tmp_path / 'figures.json'}",
+        f"--workdir={tmp_path / 'work'}",
+        "num_contexts=1",
+        "num_conversations=1",
+        "turns=1",
+        "evaluation.evaluators=[professionalism]",
+        "models.generation.assistant.max_tokens=24",
+        "finetune.n_epochs=1",
+        script="benchmarks/embedded.py",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    assert list(figures["stages"]) == ["contexts", "conversations", "prepare", "finetune", "evaluate"]
+    assert all(s["wall_s"] > 0 and s["peak_rss_mb"] > 100 for s in figures["stages"].values())
+    assert figures["peak_rss_mb"] >= max(s["peak_rss_mb"] for s in figures["stages"].values())
+    assert figures["conversion_s"] > 0  # a fresh folder: the conversion was made, and timed
+    replies = figures["replies"]
+    assert replies["local_lora"]["runtime"] == "llama.cpp" and replies["local_lora"]["model"].startswith("local_lora/")
+    assert replies["local"]["tokens_per_s"] > 0 and replies["ratio_s_per_token"] > 0
+    assert "whole command" in result.stdout and "fine-tuned vs base" in result.stdout
