@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -78,7 +79,9 @@ def run_pipeline(root: Path, work: Path, extra: list[str]) -> dict:
     ]
     started = time.perf_counter()
     with (work / "stderr.log").open("w") as stderr:
-        process = subprocess.Popen(command, cwd=work, stdout=subprocess.DEVNULL, stderr=stderr)
+        # MLFLOW_TRACKING_URI would beat tracking.uri: the run must log to this folder's store, not the caller's.
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlruns/mlflow.db"}
+        process = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
         sampler = PeakSampler(process.pid)
         code = process.wait()
         sampler.stop()
@@ -98,7 +101,7 @@ def stage_walls(work: Path, sampler: PeakSampler) -> dict[str, dict]:
     for run in runs:
         start, end = run.info.start_time / 1000, run.info.end_time / 1000
         stages[run.data.tags["chareval.step"]] = {
-            "wall_s": round(end - start, 1),
+            "wall_s": round(end - start, 2),
             "peak_rss_mb": sampler.peak_mb(start, end),
         }
     return stages

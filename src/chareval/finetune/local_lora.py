@@ -133,8 +133,13 @@ class TrainResult:
 
 def _read_examples(tokenizer, train_file: Path, max_tokens: int) -> list[Encoded]:
     rows = [json.loads(line) for line in train_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    examples = [encode(tokenizer, row["messages"], max_tokens) for row in rows]
-    examples = [e for e in examples if any(label != IGNORE for label in e.labels[1:])]
+    encoded = [encode(tokenizer, row["messages"], max_tokens) for row in rows]
+    examples = [e for e in encoded if any(label != IGNORE for label in e.labels[1:])]
+    if len(examples) < len(encoded):
+        log.warning(
+            "%d examples have no assistant token to learn (weight 0 everywhere?): left out",
+            len(encoded) - len(examples),
+        )
     if not examples:
         raise ConfigError(
             f"{train_file} has no examples to train on", "run stage=prepare on conversations without errors"
