@@ -180,7 +180,11 @@ def train(
     base = load_base(folder, on)
     base.config.use_cache = False  # a key/value cache is for generation; in training it only takes memory
     if settings.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpoint = {"use_reentrant": False}
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name warns there
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpoint)
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint)
     with warnings.catch_warnings():
         # peft reads transformers' deprecated is_gradient_checkpointing: noise in the user's console.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
