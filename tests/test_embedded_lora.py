@@ -84,7 +84,7 @@ def test_only_labelled_positions_reach_the_output_layer_and_the_loss_equals_the_
         total, count = labelled_loss(model, ids, labels)
     hook.remove()
     labelled = sum(label != IGNORE for label in example.labels[1:])
-    assert rows == [count] == [labelled] and labelled < len(example.ids) / 2
+    assert rows == [count] == [labelled] == [example.learned_tokens] and labelled < len(example.ids) / 2
     with torch.no_grad():
         full = model(input_ids=ids, labels=labels).loss  # transformers' loss over every position's logits
     assert total.item() / count == pytest.approx(full.item(), rel=1e-5)

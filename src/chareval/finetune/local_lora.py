@@ -76,6 +76,11 @@ class Encoded:
     cut_tokens: int = 0  # tokens cut from the start of the oldest turn kept, when even one exchange is too long
 
     @property
+    def learned_tokens(self) -> int:
+        """Tokens predicted with a label (position 0 predicts nothing)."""
+        return sum(label != IGNORE for label in self.labels[1:])
+
+    @property
     def truncated(self) -> bool:
         return bool(self.dropped_messages or self.cut_tokens)
 
@@ -134,7 +139,7 @@ class TrainResult:
 def _read_examples(tokenizer, train_file: Path, max_tokens: int) -> list[Encoded]:
     rows = [json.loads(line) for line in train_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     encoded = [encode(tokenizer, row["messages"], max_tokens) for row in rows]
-    examples = [e for e in encoded if any(label != IGNORE for label in e.labels[1:])]
+    examples = [e for e in encoded if e.learned_tokens]
     if len(examples) < len(encoded):
         log.warning(
             "%d examples have no assistant token to learn (weight 0 everywhere?): left out",
@@ -205,7 +210,7 @@ def train(
         order = random.sample(examples, len(examples))
         for start in range(0, len(order), settings.batch_size):
             batch = order[start : start + settings.batch_size]
-            labelled = sum(sum(label != IGNORE for label in e.labels[1:]) for e in batch)
+            labelled = sum(e.learned_tokens for e in batch)
             total = 0.0
             for example in batch:
                 loss, _ = labelled_loss(
