@@ -8,7 +8,7 @@ must make no request. With --rate-limit R the server refuses what is above R req
 (429 with retry-after) and the run reports the throughput it achieved against R.
 
     .venv/bin/python benchmarks/throughput.py [--n 200] [--turns 5] [--concurrency 32] [--latency-ms 100]
-                                               [--rate-limit R] [--json results.json]
+                                               [--rate-limit R] [--no-traces] [--json results.json]
 
 The bound of a stage is the time of the calls it must make one after another before it can fan
 out (the contexts' planning calls), plus max(its longest chain of dependent calls x latency, for
@@ -68,6 +68,7 @@ def overrides(args: argparse.Namespace, work: Path) -> list[str]:
         f"turns={args.turns}",
         f"paths.outputs={work}/outputs",
         f"tracking.uri=sqlite:///{work}/mlruns/mlflow.db",
+        f"tracking.traces={'false' if args.no_traces else 'true'}",
     ]
 
 
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--concurrency", type=int, default=32, help="max_in_flight of both providers")
     parser.add_argument("--latency-ms", type=float, default=100.0)
     parser.add_argument("--rate-limit", type=int, default=None, help="the server's requests a second (429 above)")
+    parser.add_argument("--no-traces", action="store_true", help="tracking.traces=false (what tracing costs)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the outputs, cache and store here")
     args = parser.parse_args(argv)
@@ -197,7 +199,9 @@ def print_table(results: dict) -> None:
     s = results["settings"]
     print(
         f"\nN={s['n']} conversations x T={s['turns']} turns, in-flight limit {s['concurrency']}, "
-        f"latency {s['latency_ms']:.0f} ms" + (f", rate limit {s['rate_limit']}/s" if s["rate_limit"] else "")
+        f"latency {s['latency_ms']:.0f} ms"
+        + (f", rate limit {s['rate_limit']}/s" if s["rate_limit"] else "")
+        + (", traces off" if s["no_traces"] else ", traces on")
     )
     header = ("stage", "calls", "wall s", "bound s", "ratio", "CPU ms/call", "calls/s", "retries")
     print(f"{header[0]:<14}" + "".join(f"{h:>{w}}" for h, w in zip(header[1:], (7, 9, 9, 7, 13, 9, 9), strict=True)))

@@ -10,6 +10,7 @@ store costs seconds (MLflow builds an object per param), a page of 100 does not.
 
 from __future__ import annotations
 
+import getpass
 import tempfile
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -26,6 +27,7 @@ from chareval.io import append_jsonl, file_sha256, latest_by_id, read_records_js
 from chareval.registry import Registry
 from chareval.schemas import Context, Conversation, Evaluation, FineTunedModel, JudgeCase
 from chareval.stages.judge_check import DATASET_PATH_TAG
+from chareval.tracing import log_feedback
 from chareval.tracking import INPUT_SHA_TAG, SWEEP_TAG, output_sha_tag
 
 PAGE_SIZE = 100  # runs per page of the Runs table
@@ -434,6 +436,27 @@ def labels(path: Path) -> list[JudgeCase]:
 
 def save_label(path: Path, case: JudgeCase) -> None:
     append_jsonl(path, case)  # appended and fsynced: a label once saved is not lost
+
+
+def label_trace(uri: str, trace_id: str, expected: dict[str, bool], note: str) -> str | None:
+    """Each label as HUMAN feedback on the conversation's trace (what `stage=judge_check
+    judge_check.labels=store` reads, and the MLflow UI shows beside the judges' verdicts). Returns
+    why it could not be attached, or None."""
+    mlflow.set_tracking_uri(uri)
+    try:
+        for evaluator, passed in expected.items():
+            log_feedback(trace_id, evaluator, source=("HUMAN", labeller()), value=passed, rationale=note or None)
+    except Exception as e:  # the trace is in another store (or was never written)
+        return str(e).splitlines()[0][:300]
+    return None
+
+
+def labeller() -> str:
+    """Who labels: the account the dashboard runs under."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "dashboard"
 
 
 def judge_checks(uri: str, path: Path) -> list[RunView]:

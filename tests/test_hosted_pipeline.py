@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from mlflow import MlflowClient
 
 from conftest import DATA, run_cli
 from fake_apis import FakeAPI, anthropic_stream, chat_completion
@@ -80,7 +83,12 @@ def test_a_finished_config_rerun_sends_no_request(make_job, workdir):
     def by_id(folder):  # written in completion order, which concurrency may change
         return sorted(read_records_jsonl(workdir / folder / "conversations.jsonl", Conversation), key=lambda c: c.id)
 
-    assert by_id("first") == by_id("second")
+    # The same records; each run has traced its own conversations (the cached calls marked so).
+    first, second = by_id("first"), by_id("second")
+    assert [c.model_copy(update={"trace_id": None}) for c in first] == [
+        c.model_copy(update={"trace_id": None}) for c in second
+    ]
+    assert all(c.trace_id for c in first + second) and not {c.trace_id for c in first} & {c.trace_id for c in second}
 
 
 @pytest.mark.slow  # a subprocess
@@ -120,3 +128,10 @@ def test_seed_pipeline_runs_and_the_key_is_never_written(tmp_path, placement):
     leaks = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != ".env" and KEY.encode() in p.read_bytes()]
     assert leaks == []
     assert KEY not in result.stdout + result.stderr
+    # The store searched above holds the traces: every request the providers got, as spans.
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("chareval").experiment_id
+    traced = client.search_traces(locations=[experiment])
+    spans = [s for t in traced for s in client.get_trace(t.info.trace_id).data.spans if s.span_type == "LLM"]
+    assert len(spans) == len(anth.requests) + len(router.requests)
+    assert KEY not in json.dumps([s.to_dict() for s in spans])

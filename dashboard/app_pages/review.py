@@ -1,5 +1,6 @@
 """A person labels conversations (pass/fail per evaluator, a note). Labels are appended as JudgeCase
-records, the format `stage=judge_check` reads, so a judge can be measured against them."""
+records, the format `stage=judge_check` reads, so a judge can be measured against them, and each label
+is also logged as HUMAN feedback on the conversation's MLflow trace (judge_check.labels=store reads those)."""
 
 from __future__ import annotations
 
@@ -133,6 +134,12 @@ with right:
             st.session_state["review.saved"] = f"saved {cid}: " + ", ".join(
                 f"{k} {'pass' if v else 'fail'}" for k, v in expected.items()
             )
+            if conversation.trace_id:  # also beside the judges' verdicts on its MLflow trace
+                problem = data.label_trace(uri(), conversation.trace_id, expected, note)
+                if problem:
+                    st.session_state["review.saved"] += f" (in the file only: not on its MLflow trace: {problem})"
+                else:
+                    st.session_state["review.saved"] += " (and on its MLflow trace)"
             st.rerun()  # the list and the counts above show the new label
     if "review.saved" in st.session_state:
         st.success(escape(st.session_state.pop("review.saved")), icon=":material/check:")

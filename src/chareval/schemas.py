@@ -109,6 +109,9 @@ class Conversation(Record):
     # Absent from records made before character cards: the evaluate stage then takes the config's
     # personas, which must be the ones the record names.
     characters: Characters | None = None
+    # The conversation's MLflow trace (its model calls), which the evaluate stage and the dashboard's
+    # Review page attach verdicts and labels to; None when it was not traced.
+    trace_id: str | None = None
 
 
 class Evaluation(Record):

@@ -30,6 +30,8 @@ class Tracking(Strict):
     enabled: bool
     uri: str | None
     experiment: str = Field(min_length=1)
+    # Model calls as traces and verdicts as feedback on them (the MLflow UI's GenAI pages).
+    traces: bool = True
 
 
 class Paths(Strict):

@@ -13,6 +13,7 @@ USER_PROMPT_FIELDS = ("scenario", "user_goal")  # filled from the context
 class Theme(Strict):
     """What the scenarios of stage=contexts are about (by default the user persona's own theme)."""
 
+    name: str
     description: str
     prompt: str = Field(min_length=1)
 

@@ -50,6 +50,7 @@ class EvaluateSettings(Strict):
 
 class JudgeCheckSettings(Strict):
     dataset: str
+    labels: Literal["file", "store"] = "file"
 
 
 class FinetuneLoopSettings(Strict):

@@ -18,6 +18,7 @@ from chareval.llm import LLMClient, UsageMeter
 from chareval.schemas import Usage
 from chareval.stages import STAGES, InputSpec
 from chareval.stages.base import StageContext, StageResult
+from chareval.tracing import Tracer
 from chareval.tracking import INPUT_SHA_TAG, SWEEP_TAG, StageRun, output_sha_tag, start_run
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,8 @@ class StageRunner:
         ) as run:
             self.log.top_run_id = self.log.top_run_id or run.run_id
             run.log_artifact(self.config_file)
+            # The stage's model calls are traced under its run (the client is shared by stages).
+            client.tracer = Tracer(run.run_id if settings.tracking.traces else None)
             inputs = {}
             needs = spec.needs
             if needs and not (needs.unless and getattr(settings, needs.unless)):
@@ -139,6 +142,10 @@ class StageRunner:
             try:
                 result = spec.run(StageContext(settings, run_dir, client, run), inputs)
             finally:
+                # Traces are written in the background: all of them before the run closes (and
+                # before a later stage attaches feedback to them).
+                client.tracer.flush()
+                client.tracer = Tracer()
                 # Whatever was written (all of it, or what finished before a failure) is logged.
                 log_outputs(run, step.stage, result, run_dir)
                 meter = client.meter

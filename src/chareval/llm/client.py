@@ -17,6 +17,7 @@ from chareval.llm.base import ChatMessage, LLMRequest, LLMResponse, Provider
 from chareval.llm.cache import DiskCache
 from chareval.remote.limits import InFlightLimit
 from chareval.schemas import Usage
+from chareval.tracing import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class LLMClient:
         self.registry = registry  # the fine-tuned models registry, for local_lora/<name>
         self.cache = cache
         self.meter = UsageMeter()
+        self.tracer = Tracer()  # set per stage run by the stage runner (off until then)
         self._providers: dict[str, Provider] = {}
         self.limits: dict[str, InFlightLimit] = {}
         self._lock = threading.Lock()
@@ -160,6 +162,12 @@ class LLMClient:
         return response.model_copy(update={"parsed": schema.model_validate(data)})
 
     def _call(self, request: LLMRequest, role: str) -> LLMResponse:
+        with self.tracer.call(request, role) as span:
+            response = self._answer(request, role)
+            span.answered(response)
+        return response
+
+    def _answer(self, request: LLMRequest, role: str) -> LLMResponse:
         provider = self.provider(request.model)
         cache = self.cache
         key = DiskCache.key(provider.identity(), request) if cache else None

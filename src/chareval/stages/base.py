@@ -13,6 +13,7 @@ from chareval.errors import ConfigError, InputError
 from chareval.io import latest_by_id, read_records_jsonl
 from chareval.llm import LLMClient
 from chareval.schemas import Conversation
+from chareval.tracing import Tracer
 from chareval.tracking import StageRun
 
 
@@ -22,6 +23,11 @@ class StageContext:
     run_dir: Path  # the folder the stage writes its files in
     client: LLMClient
     mlflow: StageRun  # the stage's MLflow run (a no-op when tracking is off)
+
+    @property
+    def tracer(self) -> Tracer:
+        """The stage run's traces (off unless tracking.traces), shared with its model client."""
+        return self.client.tracer
 
     def knobs(self, key: str, kind: type[K]) -> K:
         """The stage's own settings (e.g. `contexts.*`), present only when the stage is selected."""

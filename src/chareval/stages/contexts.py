@@ -14,9 +14,11 @@ from pathlib import Path
 
 from chareval.config import ContextsSettings
 from chareval.errors import CharevalError, ModelError
+from chareval.genai_assets import use_contexts_dataset, use_prompts
 from chareval.io import (
     JsonlAppender,
     append_jsonl,
+    file_sha256,
     read_input,
     read_records_json,
     read_records_jsonl,
@@ -148,6 +150,14 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     out = ctx.run_dir / "contexts.json"
     errors_file = ctx.run_dir / "contexts_errors.jsonl"
     knobs = ctx.knobs("contexts", ContextsSettings)
+    use_prompts(
+        ctx.mlflow,
+        {
+            "theme": (f"chareval.theme.{s.theme.name}", s.theme.prompt),
+            "contexts_plan": ("chareval.contexts.plan_instructions", knobs.plan_instructions),
+            "contexts": ("chareval.contexts.instructions", knobs.instructions),
+        },
+    )
     done = written(ctx.run_dir, {context_id(i) for i in range(s.num_contexts)})
     todo = [i for i in range(s.num_contexts) if context_id(i) not in done]
     if done:
@@ -181,6 +191,7 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     contexts = sorted(done.values(), key=lambda c: c.id)
     write_records_json(out, contexts)
     (ctx.run_dir / PARTIAL_FILE).unlink(missing_ok=True)  # contexts.json holds them all now
+    use_contexts_dataset(ctx.mlflow, contexts, file_sha256(out), source=str(out))
     outputs = {"contexts": out}
     if errors_file.exists():
         outputs["contexts_errors"] = errors_file

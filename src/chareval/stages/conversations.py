@@ -8,8 +8,10 @@ from pathlib import Path
 
 from chareval.config import ConversationsSettings
 from chareval.errors import CharevalError, ModelError
+from chareval.genai_assets import use_contexts_dataset, use_prompts
 from chareval.io import (
     JsonlAppender,
+    file_sha256,
     finished_ids,
     latest_by_id,
     read_records_json,
@@ -26,6 +28,7 @@ from chareval.stages.prompts import (
     user_system_prompt,
     user_view,
 )
+from chareval.tracing import RECORD_ATTRIBUTE
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,47 @@ def _reply(ctx: StageContext, role: Speaker, system: str, view, seed: int) -> LL
 
 
 def simulate(ctx: StageContext, conv_id: str, context: Context) -> Conversation:
+    """One conversation, traced as one trace: a span per model call, the whole record at the end."""
+    s = ctx.settings
+    with ctx.tracer.unit(
+        conv_id,
+        "conversation",
+        {
+            "context": context.model_dump(include={"id", "title", "scenario", "user_goal", "documents"}),
+            "assistant_persona": s.persona.name,
+            "user_persona": s.user_persona.name,
+            "turns": s.turns,
+        },
+        tags={
+            "persona": s.persona.name,
+            "user_persona": s.user_persona.name,
+            "turns": s.turns,
+            "conversation": conv_id,
+        },
+        session=session_id(ctx),
+        attributes={
+            "chareval.assistant_model": ctx.client.model_for("assistant"),
+            "chareval.user_model": ctx.client.model_for("user"),
+            "chareval.seed": s.seed,
+        },
+    ) as trace:
+        conversation = converse(ctx, conv_id, context).model_copy(update={"trace_id": trace.trace_id})
+        trace.finish(
+            {"messages": [{"role": m.role, "content": m.content} for m in conversation.messages]},
+            attributes={RECORD_ATTRIBUTE: conversation.model_dump(mode="json")},
+            error=conversation.error,
+        )
+    return conversation
+
+
+def session_id(ctx: StageContext) -> str | None:
+    """The conversations of one run are one session of the MLflow UI (persona pairing + run)."""
+    s = ctx.settings
+    run = ctx.tracer.run_id
+    return f"{s.persona.name} vs {s.user_persona.name} · {run[:8]}" if run else None
+
+
+def converse(ctx: StageContext, conv_id: str, context: Context) -> Conversation:
     s = ctx.settings
     system_assistant = assistant_system_prompt(s.persona, context)
     system_user = user_system_prompt(s.user_persona, context)
@@ -98,6 +142,14 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     contexts = read_records_json(inputs["contexts"], Context)
     if not contexts:
         raise CharevalError(f"{inputs['contexts']} holds no contexts", "generate some with stage=contexts")
+    use_prompts(
+        ctx.mlflow,
+        {
+            "persona": (f"chareval.persona.{s.persona.name}", s.persona.system_prompt),
+            "user_persona": (f"chareval.user_persona.{s.user_persona.name}", s.user_persona.system_prompt),
+        },
+    )
+    use_contexts_dataset(ctx.mlflow, contexts, file_sha256(inputs["contexts"]), source=str(inputs["contexts"]))
     out = ctx.run_dir / "conversations.jsonl"
     # Resume: finished conversations already in this run folder are kept; errored ones are retried.
     done = finished_ids(out, Conversation)

@@ -12,6 +12,7 @@ from chareval.errors import ModelError
 from chareval.evaluators.base import Evaluator
 from chareval.evaluators.registry import build
 from chareval.evaluators.summary import metrics, summarize
+from chareval.genai_assets import use_prompts
 from chareval.io import (
     JsonlAppender,
     finished_ids,
@@ -33,6 +34,52 @@ def evaluation_id(conversation_id: str, evaluator: str, judge: str, sample: int)
 
 
 def judge_one(
+    ctx: StageContext,
+    conversation: Conversation,
+    evaluator: Evaluator,
+    judge: str,
+    sample: int,
+    feedback: bool = True,
+) -> Evaluation:
+    """One judgment, traced as its own trace; with `feedback`, its verdict is also attached to the
+    judged conversation's trace (LLM_JUDGE feedback), so the MLflow UI shows the two together."""
+    with ctx.tracer.unit(
+        f"{evaluator.name} · {conversation.id}",
+        "judgment",
+        {"conversation": conversation.id, "evaluator": evaluator.name, "judge": judge, "sample": sample},
+        tags={
+            "evaluator": evaluator.name,
+            "conversation": conversation.id,
+            "persona": conversation.assistant_persona,
+            "user_persona": conversation.user_persona,
+            "judge": judge,
+        },
+    ) as trace:
+        record = ask_judge(ctx, conversation, evaluator, judge, sample)
+        trace.finish(record.model_dump(include={"score", "passed", "rationale", "evidence_turns", "details", "error"}))
+    if feedback and conversation.trace_id:
+        ctx.tracer.feedback(
+            conversation.trace_id,
+            evaluator.name,
+            source=("LLM_JUDGE", record.answered_model or judge),
+            value=record.score,
+            rationale=record.rationale,
+            metadata={
+                "passed": record.passed,
+                "evidence_turns": record.evidence_turns,
+                **record.details,  # e.g. boundary_holding's slip_turn
+                "sample": record.sample,
+                "seed": record.seed,
+                "judge_model": judge,
+                "evaluation_id": record.id,
+                "judgment_trace": trace.trace_id,
+            },
+            error=record.error,
+        )
+    return record
+
+
+def ask_judge(
     ctx: StageContext, conversation: Conversation, evaluator: Evaluator, judge: str, sample: int
 ) -> Evaluation:
     system, prompt = evaluator.prompt(conversation)
@@ -70,10 +117,15 @@ def judge_one(
 
 
 def judge_all(
-    ctx: StageContext, conversations: list[Conversation], evaluators: list[Evaluator], out: Path
+    ctx: StageContext,
+    conversations: list[Conversation],
+    evaluators: list[Evaluator],
+    out: Path,
+    feedback: bool = True,
 ) -> list[Evaluation]:
     """Judge every item not already valid in `out` (a rerun resumes), appending as each finishes;
-    returns the latest record of every item."""
+    returns the latest record of every item. `feedback`: attach each verdict to its conversation's
+    trace (not for a judge check, whose verdicts are about the judge)."""
     s = ctx.settings
     judges, samples = s.judges(), s.evaluation.judge_samples
     conversations = [with_characters(c, s.persona, s.user_persona) for c in conversations]  # fails before any call
@@ -91,7 +143,7 @@ def judge_all(
                 errors.append(record.id)
 
         run_parallel(
-            lambda *item: judge_one(ctx, *item),
+            lambda conv, ev, judge, k: judge_one(ctx, conv, ev, judge, k, feedback=feedback),
             todo,
             workers=ctx.client.parallelism(judges),
             desc="judgments",
@@ -114,6 +166,11 @@ def build_evaluators(settings: AppConfig, names: list[str]) -> list[Evaluator]:
     return [build(name, evaluation.rubrics[name], evaluation.pass_threshold) for name in names]
 
 
+def version_rubrics(ctx: StageContext, evaluators: list[Evaluator]) -> None:
+    """Each rubric template (before the personas fill it) as a versioned prompt of the run."""
+    use_prompts(ctx.mlflow, {f"rubric.{e.name}": (f"chareval.rubric.{e.name}", e.rubric) for e in evaluators})
+
+
 def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     s = ctx.settings
     conversations = read_conversations(inputs["conversations"])
@@ -124,6 +181,7 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
             "not judging %d conversation(s) that ended in an error or are empty", len(conversations) - len(usable)
         )
     evaluators = build_evaluators(s, s.evaluation.evaluators)
+    version_rubrics(ctx, evaluators)
     out = ctx.run_dir / "evaluations.jsonl"
     records = judge_all(ctx, usable, evaluators, out)
     summary = summarize(records, [e.name for e in evaluators], s.judges())

@@ -8,15 +8,17 @@ from collections import defaultdict
 from pathlib import Path
 
 from chareval.config import JudgeCheckSettings
-from chareval.errors import InputError
+from chareval.errors import ConfigError, InputError
 from chareval.io import file_sha256, latest_by_id, read_records_jsonl, write_text_atomic
 from chareval.schemas import Evaluation, JudgeCase
 from chareval.stages.base import StageContext, StageResult
-from chareval.stages.evaluate import build_evaluators, judge_all
+from chareval.stages.evaluate import build_evaluators, judge_all, version_rubrics
+from chareval.tracing import human_labelled
 
 # Tags that let the dashboard find the checks of a labels file, and tell whether it changed since.
 DATASET_SHA_TAG = "judge_check.dataset_sha256"
 DATASET_PATH_TAG = "judge_check.dataset_path"
+LABELS_TAG = "judge_check.labels"  # "store" when the labels came from human feedback on traces
 
 
 def accuracy(records: list[Evaluation], expected: dict[str, dict[str, bool]]) -> dict[str, dict]:
@@ -39,9 +41,7 @@ def accuracy(records: list[Evaluation], expected: dict[str, dict[str, bool]]) ->
     return dict(report)
 
 
-def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
-    s = ctx.settings
-    dataset = Path(ctx.knobs("judge_check", JudgeCheckSettings).dataset)
+def from_file(ctx: StageContext, dataset: Path) -> tuple[list[JudgeCase], str]:
     # A case labelled again (e.g. from the dashboard's Review page) supersedes its earlier label.
     cases = latest_by_id(read_records_jsonl(dataset, JudgeCase))
     if not cases:
@@ -49,20 +49,51 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     ctx.mlflow.log_artifact(dataset, artifact_path="inputs")
     # The dashboard shows this check's accuracy beside the labels only while the file is unchanged.
     ctx.mlflow.set_tags({DATASET_SHA_TAG: file_sha256(dataset), DATASET_PATH_TAG: str(dataset.resolve())})
+    return cases, str(dataset)
+
+
+def from_store(ctx: StageContext) -> tuple[list[JudgeCase], str]:
+    """The conversations people labelled in this experiment (HUMAN feedback on their traces)."""
+    if not ctx.mlflow.run_id:
+        raise ConfigError("judge_check.labels=store reads the MLflow store", "set tracking.enabled=true")
+    import mlflow
+
+    experiment = mlflow.get_run(ctx.mlflow.run_id).info.experiment_id
+    cases = human_labelled(experiment)
+    where = f"human labels in {mlflow.get_tracking_uri()} (experiment {experiment})"
+    if not cases:
+        raise InputError(
+            f"no conversation has {where}",
+            "label some on the dashboard's Review page (it logs each label on the conversation's trace), "
+            "or use judge_check.labels=file",
+        )
+    # Kept as a file too: what exactly this check was measured on.
+    labelled = ctx.run_dir / "human_labels.jsonl"
+    write_text_atomic(labelled, "".join(c.model_dump_json() + "\n" for c in cases))
+    ctx.mlflow.log_artifact(labelled, artifact_path="inputs")
+    ctx.mlflow.set_tags({LABELS_TAG: "store"})
+    return cases, where
+
+
+def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
+    s = ctx.settings
+    knobs = ctx.knobs("judge_check", JudgeCheckSettings)
+    cases, where = from_store(ctx) if knobs.labels == "store" else from_file(ctx, Path(knobs.dataset))
     # Only evaluators that some case has a label for: the others could not be scored (and cost calls).
     labelled = [name for name in s.evaluation.evaluators if any(name in c.expected for c in cases)]
     if not labelled:
         raise InputError(
-            f"{dataset} has no label for any of the evaluators {', '.join(s.evaluation.evaluators)}",
+            f"{where} has no label for any of the evaluators {', '.join(s.evaluation.evaluators)}",
             "label conversations for these evaluators (e.g. on the dashboard's Review page) "
             "or set evaluation.evaluators",
         )
     evaluators = build_evaluators(s, labelled)
+    version_rubrics(ctx, evaluators)
     out = ctx.run_dir / "evaluations.jsonl"
-    records = judge_all(ctx, [c.conversation for c in cases], evaluators, out)
+    records = judge_all(ctx, [c.conversation for c in cases], evaluators, out, feedback=False)
     report = accuracy(records, {c.conversation.id: c.expected for c in cases})
     report_file = ctx.run_dir / "judge_check.json"
-    write_text_atomic(report_file, json.dumps({"dataset": str(dataset), "accuracy": report}, indent=2) + "\n")
+    write_text_atomic(report_file, json.dumps({"dataset": where, "accuracy": report}, indent=2) + "\n")
     metrics, lines = {}, []
     for evaluator, by_judge in report.items():
         for judge, t in by_judge.items():

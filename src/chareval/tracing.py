@@ -1,0 +1,255 @@
+"""Model calls as MLflow traces, and verdicts as feedback on them, so that the MLflow UI's GenAI pages
+(Traces, Sessions) show each conversation with its judges' verdicts beside it.
+
+A stage opens a trace per unit of work (a conversation, a context, a judgment) and every model call
+made inside it is an LLM span of that trace; a call outside any unit is a trace of its own. Each
+trace is linked to its stage's MLflow run. Requests carry no API key (providers add it when they
+send), so no span can hold one. Off (every method a no-op, mlflow not even imported) when the
+tracer has no run: tracking.enabled=false or tracking.traces=false."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from chareval.schemas import Conversation, JudgeCase
+
+if TYPE_CHECKING:
+    from chareval.llm.base import LLMRequest, LLMResponse
+
+log = logging.getLogger(__name__)
+
+# The root span of a conversation's trace keeps the whole Conversation record here, so that a
+# later process (judge_check reading labels from the store) can rebuild it from the trace alone.
+RECORD_ATTRIBUTE = "chareval.record"
+KIND_TAG = "chareval.kind"  # conversation | context | judgment | call: what a trace holds
+
+
+class Unit:
+    """A trace being written (or nothing, when tracing is off)."""
+
+    def __init__(self, span: Any = None):
+        self._span = span
+
+    @property
+    def trace_id(self) -> str | None:
+        return self._span.trace_id if self._span is not None else None
+
+    def finish(self, outputs: Any, attributes: dict[str, Any] | None = None, error: str | None = None) -> None:
+        if self._span is None:
+            return
+        self._span.set_outputs(outputs)
+        if attributes:
+            self._span.set_attributes(attributes)
+        if error:
+            self._span.set_status("ERROR")
+
+
+class Call:
+    """The LLM span of one model call (or nothing)."""
+
+    def __init__(self, span: Any = None):
+        self._span = span
+
+    def answered(self, response: LLMResponse) -> None:
+        if self._span is None:
+            return
+        usage = response.usage
+        self._span.set_outputs(
+            {
+                "choices": [
+                    {
+                        "message": {"role": "assistant", "content": response.text},
+                        "finish_reason": "length" if response.hit_token_limit else "stop",
+                    }
+                ],
+                "model": response.model,
+            }
+        )
+        self._span.set_attributes(
+            {
+                "mlflow.llm.model": response.model,
+                "mlflow.llm.provider": response.model.split("/", 1)[0],
+                "mlflow.chat.tokenUsage": {
+                    "input_tokens": usage.input_tokens,
+                    "output_tokens": usage.output_tokens,
+                    "total_tokens": usage.input_tokens + usage.output_tokens,
+                },
+                "mlflow.llm.cost": {"total_cost": usage.cost_usd},
+                "chareval.answered_model": response.model,
+                "chareval.cached": response.cached,
+                "chareval.fallback": usage.fallbacks > 0,
+                "chareval.retries": usage.retries,
+                "chareval.latency_s": round(response.latency_s, 4),
+                "chareval.queue_s": round(response.queue_s, 4),
+                "chareval.thinking_tokens": usage.thinking_tokens,
+                "chareval.thinking": response.thinking or "",
+                "chareval.cut_at_max_tokens": response.hit_token_limit,
+            }
+        )
+
+
+class Tracer:
+    """The traces of one stage run. `Tracer()` is off."""
+
+    def __init__(self, run_id: str | None = None):
+        self.run_id = run_id
+        self._warned = threading.Event()
+
+    @property
+    def on(self) -> bool:
+        return self.run_id is not None
+
+    @contextmanager
+    def unit(
+        self,
+        name: str,
+        kind: str,
+        inputs: dict[str, Any],
+        *,
+        tags: dict[str, Any] | None = None,
+        session: str | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> Iterator[Unit]:
+        """A new trace (the root span of one unit of work), linked to the stage's run. Exceptions
+        inside mark it failed and propagate."""
+        if not self.on:
+            yield Unit()
+            return
+        import mlflow
+
+        span_type = {"conversation": "AGENT", "judgment": "EVALUATOR"}.get(kind, "CHAIN")
+        with mlflow.start_span(name=name, span_type=span_type, run_id=self.run_id) as span:
+            span.set_inputs(inputs)
+            if attributes:
+                span.set_attributes(attributes)
+            mlflow.update_current_trace(
+                tags={k: str(v) for k, v in ((tags or {}) | {KIND_TAG: kind}).items()}, session_id=session
+            )
+            yield Unit(span)
+
+    @contextmanager
+    def call(self, request: LLMRequest, role: str) -> Iterator[Call]:
+        """The LLM span of one model call, inside the current unit (or a trace of its own). The
+        inputs are the messages exactly as this side saw them."""
+        if not self.on:
+            yield Call()
+            return
+        import mlflow
+
+        messages = [{"role": "system", "content": request.system}] + [m.model_dump() for m in request.messages]
+        attributes = {
+            "chareval.role": role,
+            "chareval.requested_model": request.model,
+            "chareval.max_tokens": request.max_tokens,
+            "chareval.temperature": request.temperature,
+            "chareval.seed": -1 if request.seed is None else request.seed,
+            "chareval.response_schema": request.response_schema.__name__ if request.response_schema else "",
+        }
+        root = mlflow.get_current_active_span() is None
+        with mlflow.start_span(
+            name=f"{role} · {request.model}", span_type="LLM", run_id=self.run_id if root else None
+        ) as span:
+            span.set_inputs({"messages": messages})
+            span.set_attributes(attributes)
+            if root:
+                mlflow.update_current_trace(tags={KIND_TAG: "call", "role": role})
+            yield Call(span)
+
+    def flush(self) -> None:
+        """Write the traces still queued (trace logging is asynchronous): feedback can only be
+        attached to a trace the store has."""
+        if self.on:
+            import mlflow
+
+            mlflow.flush_trace_async_logging()
+
+    def feedback(self, trace_id: str, name: str, **assessment: Any) -> None:
+        """One assessment on a trace (see log_feedback). A trace this store does not have (the
+        conversations were traced into another store) is warned about once: the verdicts stay in
+        the run's files either way."""
+        if not self.on:
+            return
+        try:
+            log_feedback(trace_id, name, **assessment)
+        except Exception as e:
+            if not self._warned.is_set():
+                self._warned.set()
+                log.warning(
+                    "cannot attach %s feedback to trace %s (is it in another MLflow store?): %s; "
+                    "the verdicts are in the run's files",
+                    name,
+                    trace_id,
+                    str(e).splitlines()[0][:200],
+                )
+
+
+def log_feedback(
+    trace_id: str,
+    name: str,
+    *,
+    source: tuple[str, str],
+    value: Any = None,
+    rationale: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> None:
+    """mlflow.log_feedback on the current store; `source` = (LLM_JUDGE | HUMAN, who), `error` for a
+    judgment that has no verdict. Metadata values are kept as text (JSON for lists and numbers)."""
+    import mlflow
+    from mlflow.entities import AssessmentError, AssessmentSource
+
+    mlflow.log_feedback(
+        trace_id=trace_id,
+        name=name,
+        value=None if error else value,
+        rationale=rationale,
+        source=AssessmentSource(source_type=source[0], source_id=source[1]),
+        metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()},
+        error=AssessmentError(error_code="JUDGE_ERROR", error_message=error) if error else None,
+    )
+
+
+def human_labelled(experiment_id: str) -> list[JudgeCase]:
+    """The conversations of an experiment that people labelled (HUMAN feedback on their traces, e.g.
+    from the dashboard's Review page), as judge-check cases: the latest label per evaluator, the
+    conversation rebuilt from the record its trace keeps. A case's id is the trace's, so that
+    conversations of different runs (all numbered conv-001, ...) stay apart."""
+    import mlflow
+
+    found = mlflow.search_traces(
+        locations=[experiment_id],
+        filter_string=f"tags.`{KIND_TAG}` = 'conversation'",
+        include_spans=False,
+        return_type="list",
+    )
+    cases = []
+    for info in (t.info for t in found):
+        labels = sorted(
+            (a for a in info.assessments if a.source.source_type == "HUMAN" and isinstance(_value(a), bool)),
+            key=lambda a: a.create_time_ms,
+        )
+        if not labels:
+            continue
+        expected = {a.name: bool(_value(a)) for a in labels}  # a later label supersedes an earlier one
+        root = next(s for s in mlflow.get_trace(info.trace_id).data.spans if s.parent_id is None)
+        record = Conversation.model_validate(root.attributes[RECORD_ATTRIBUTE])
+        case_id = f"{info.trace_id.removeprefix('tr-')[:8]}-{record.id}"
+        cases.append(
+            JudgeCase(
+                id=case_id,
+                note="; ".join(a.rationale for a in labels if a.rationale),
+                conversation=record.model_copy(update={"id": case_id}),
+                expected=expected,
+            )
+        )
+    return sorted(cases, key=lambda c: c.id)
+
+
+def _value(assessment: Any) -> Any:
+    feedback = getattr(assessment, "feedback", None)
+    return feedback.value if feedback is not None else None
