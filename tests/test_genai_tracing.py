@@ -107,6 +107,14 @@ def test_contexts_and_the_conversations_made_from_them_name_one_dataset(make_job
     used = stage_run(workdir / "conv", "conversations").data.tags
     assert made["chareval.dataset"] == used["chareval.dataset"]
     assert made["prompt.contexts"] == "chareval.contexts.instructions/1"
+    # one trace of the run's contexts: the angles' planning and each context are spans of it, and
+    # each model call a span of those
+    (trace,) = traces("contexts", stage_run(contexts_dir, "contexts").info.run_id)
+    children = {s.name: s for s in trace.data.spans if s.parent_id == trace.data.spans[0].span_id}
+    assert sorted(children) == ["context angles", "ctx-001", "ctx-002"]
+    assert children["ctx-001"].outputs["id"] == "ctx-001"
+    parents = {s.span_id for s in children.values()}
+    assert all(s.parent_id in parents for s in trace.data.spans if s.span_type == "LLM")
     (dataset,) = mlflow.genai.search_datasets(filter_string=f"name = '{made['chareval.dataset']}'")
     rows = dataset.to_df()
     assert sorted(r["id"] for r in rows["inputs"]) == ["ctx-001", "ctx-002"]
@@ -205,7 +213,15 @@ def test_every_verdict_is_llm_judge_feedback_on_its_conversation(store):
             assert a.metadata["sample"] == "0" and a.metadata["seed"] == str(record["seed"])
     assert "slip_turn" in by_name["boundary_holding"].metadata
     evaluate_run = stage_run(store / "eval", "evaluate")
-    assert len(traces("judgment", run_id=evaluate_run.info.run_id)) == 4
+    # the judgments of a conversation are one trace: a span per judgment, the judge's calls in it
+    judged = traces("judgments", run_id=evaluate_run.info.run_id)
+    assert sorted(t.info.tags["conversation"] for t in judged) == ["conv-001", "conv-002"]
+    for trace in judged:
+        spans = trace.data.spans
+        judgments = [s for s in spans if s.span_type == "EVALUATOR" and s.parent_id is not None]
+        assert sorted(s.inputs["evaluator"] for s in judgments) == ["boundary_holding", "professionalism"]
+        ids = {s.span_id for s in judgments}
+        assert all(s.parent_id in ids for s in spans if s.span_type == "LLM")
     assert evaluate_run.data.tags["prompt.rubric.boundary_holding"] == "chareval.rubric.boundary_holding/1"
 
 

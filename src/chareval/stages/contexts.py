@@ -30,6 +30,7 @@ from chareval.schemas import Context, ContextAngles, ContextDraft, ErrorRecord
 from chareval.stages.base import StageContext, StageResult, error_budget, progress
 from chareval.stages.parallel import run_parallel
 from chareval.templates import fill
+from chareval.tracing import Unit
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,15 @@ def plan_angles(ctx: StageContext, knobs: ContextsSettings, planned: list[str]) 
     return planned
 
 
-def generate(ctx: StageContext, knobs: ContextsSettings, index: int, angle: str) -> Context | ErrorRecord:
+def generate(ctx: StageContext, knobs: ContextsSettings, index: int, angle: str, trace: Unit) -> Context | ErrorRecord:
+    """One context from its angle: a span of the run's contexts trace (its model call, a re-ask)."""
+    with ctx.tracer.unit(context_id(index), "context", {"angle": angle}, parent=trace) as unit:
+        result = draft_context(ctx, knobs, index, angle)
+        unit.finish(result.model_dump(mode="json"), error=getattr(result, "error", None))
+    return result
+
+
+def draft_context(ctx: StageContext, knobs: ContextsSettings, index: int, angle: str) -> Context | ErrorRecord:
     prompt = fill(knobs.instructions, common_fields(ctx) | {"index": index + 1, "angle": angle})
     try:
         response = ctx.client.ask(
@@ -135,14 +144,48 @@ def written(run_dir: Path, wanted: set[str]) -> dict[str, Context]:
     return {cid: c for cid, c in found.items() if cid in wanted}
 
 
-def angles_for(ctx: StageContext, knobs: ContextsSettings) -> list[str]:
+def angles_for(ctx: StageContext, knobs: ContextsSettings, trace: Unit) -> list[str]:
     """The run's angles, planned once and kept in the run folder (a resumed run uses the same)."""
     path = ctx.run_dir / ANGLES_FILE
     planned = json.loads(read_input(path)) if path.exists() else []
     if len(planned) < ctx.settings.num_contexts:
-        planned = plan_angles(ctx, knobs, planned)
+        with ctx.tracer.unit("context angles", "context", {"planned": planned}, parent=trace) as unit:
+            planned = plan_angles(ctx, knobs, planned)
+            unit.finish({"angles": planned})
         write_text_atomic(path, json.dumps(planned, indent=2, ensure_ascii=False) + "\n")
     return planned
+
+
+def make(
+    ctx: StageContext,
+    knobs: ContextsSettings,
+    todo: list[int],
+    trace: Unit,
+    done: dict[str, Context],
+    failures: list[str],
+    errors_file: Path,
+) -> None:
+    """The contexts numbered `todo`, appended to the partial file as each comes (into `done`;
+    failures to `errors_file`)."""
+    angles = angles_for(ctx, knobs, trace)
+    with JsonlAppender(ctx.run_dir / PARTIAL_FILE) as partial:
+
+        def finished(result: Context | ErrorRecord) -> None:
+            if isinstance(result, ErrorRecord):
+                failures.append(result.error)
+                append_jsonl(errors_file, result)
+            else:
+                partial.append(result)
+                done[result.id] = result
+
+        run_parallel(
+            lambda index: generate(ctx, knobs, index, angles[index], trace),
+            [(i,) for i in todo],
+            workers=ctx.client.parallelism([ctx.client.model_for("contexts")]),
+            desc="contexts",
+            on_result=finished,
+            postfix=lambda: progress(ctx, len(failures)),
+        )
 
 
 def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
@@ -164,25 +207,12 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         log.info("resuming: %d of %d contexts already in %s", len(done), s.num_contexts, ctx.run_dir)
     failures: list[str] = []
     if todo:
-        angles = angles_for(ctx, knobs)
-        with JsonlAppender(ctx.run_dir / PARTIAL_FILE) as partial:
-
-            def finished(result: Context | ErrorRecord) -> None:
-                if isinstance(result, ErrorRecord):
-                    failures.append(result.error)
-                    append_jsonl(errors_file, result)
-                else:
-                    partial.append(result)
-                    done[result.id] = result
-
-            run_parallel(
-                lambda index: generate(ctx, knobs, index, angles[index]),
-                [(i,) for i in todo],
-                workers=ctx.client.parallelism([ctx.client.model_for("contexts")]),
-                desc="contexts",
-                on_result=finished,
-                postfix=lambda: progress(ctx, len(failures)),
-            )
+        # The contexts a run makes are one trace: the planning and each context are spans of it.
+        trace = ctx.tracer.open("contexts", "contexts", {"num_contexts": s.num_contexts}, tags={"theme": s.theme.name})
+        try:
+            make(ctx, knobs, todo, trace, done, failures, errors_file)
+        finally:
+            trace.close()
     if not done:
         raise CharevalError(
             f"no valid context was produced ({len(failures)} failed)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 from chareval.config import AppConfig, EvaluateSettings
@@ -25,6 +26,7 @@ from chareval.schemas import Conversation, Evaluation
 from chareval.stages.base import StageContext, StageResult, error_budget, progress, read_conversations
 from chareval.stages.parallel import run_parallel
 from chareval.stages.prompts import with_characters
+from chareval.tracing import Unit
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +42,16 @@ def judge_one(
     judge: str,
     sample: int,
     feedback: bool = True,
+    judgments: Unit | None = None,
 ) -> Evaluation:
-    """One judgment, traced as its own trace; with `feedback`, its verdict is also attached to the
-    judged conversation's trace (LLM_JUDGE feedback), so the MLflow UI shows the two together."""
+    """One judgment, a span of the trace of its conversation's `judgments`; with `feedback`, its
+    verdict is also attached to the judged conversation's trace (LLM_JUDGE feedback), so the MLflow
+    UI shows the two together."""
     with ctx.tracer.unit(
-        f"{evaluator.name} · {conversation.id}",
+        f"{evaluator.name} · {judge} · sample {sample}",
         "judgment",
         {"conversation": conversation.id, "evaluator": evaluator.name, "judge": judge, "sample": sample},
-        tags={
-            "evaluator": evaluator.name,
-            "conversation": conversation.id,
-            "persona": conversation.assistant_persona,
-            "user_persona": conversation.user_persona,
-            "judge": judge,
-        },
+        parent=judgments,
     ) as trace:
         record = ask_judge(ctx, conversation, evaluator, judge, sample)
         trace.finish(record.model_dump(include={"score", "passed", "rationale", "evidence_turns", "details", "error"}))
@@ -72,7 +70,7 @@ def judge_one(
                 "seed": record.seed,
                 "judge_model": judge,
                 "evaluation_id": record.id,
-                "judgment_trace": trace.trace_id,
+                "judgments_trace": trace.trace_id,
             },
             error=record.error,
         )
@@ -135,23 +133,48 @@ def judge_all(
     ]
     todo = [item for item in wanted if evaluation_id(item[0].id, item[1].name, item[2], item[3]) not in done]
     errors = []
+    # The judgments of one conversation are one trace, written when its last judgment is done.
+    left = Counter(conv.id for conv, *_ in todo)
+    traces = {cid: judgments_trace(ctx, conv) for cid, conv in {c.id: c for c, *_ in todo}.items()}
     with JsonlAppender(out) as records:
 
         def finished(record: Evaluation) -> None:
             records.append(record)
             if record.error:
                 errors.append(record.id)
+            left[record.conversation_id] -= 1
+            if not left[record.conversation_id]:
+                traces[record.conversation_id].close()
 
-        run_parallel(
-            lambda conv, ev, judge, k: judge_one(ctx, conv, ev, judge, k, feedback=feedback),
-            todo,
-            workers=ctx.client.parallelism(judges),
-            desc="judgments",
-            on_result=finished,
-            postfix=lambda: progress(ctx, len(errors)),
-        )
+        try:
+            run_parallel(
+                lambda conv, ev, judge, k: judge_one(
+                    ctx, conv, ev, judge, k, feedback=feedback, judgments=traces[conv.id]
+                ),
+                todo,
+                workers=ctx.client.parallelism(judges),
+                desc="judgments",
+                on_result=finished,
+                postfix=lambda: progress(ctx, len(errors)),
+            )
+        finally:
+            for trace in traces.values():  # those an interruption left open
+                trace.close()
     ids = {evaluation_id(c.id, e.name, j, k) for c, e, j, k in wanted}
     return [r for r in latest_by_id(read_records_jsonl(out, Evaluation)) if r.id in ids] if out.exists() else []
+
+
+def judgments_trace(ctx: StageContext, conversation: Conversation) -> Unit:
+    return ctx.tracer.open(
+        f"judgments · {conversation.id}",
+        "judgments",
+        {"conversation": conversation.id, "conversation_trace": conversation.trace_id},
+        tags={
+            "conversation": conversation.id,
+            "persona": conversation.assistant_persona,
+            "user_persona": conversation.user_persona,
+        },
+    )
 
 
 def write_rubrics(evaluators: list[Evaluator], folder: Path) -> Path:
