@@ -2,7 +2,7 @@
 conversation's trace in headless Chromium (Debian's chromium + chromium-driver, as the dashboard's
 browser test) and saves a screenshot.
 
-    .venv/bin/python docs/mlflow_ui_screenshot.py --store mlruns/mlflow.db [--trace tr-...] [--out docs/mlflow-trace.png]
+    .venv/bin/python docs/mlflow_ui_screenshot.py [--store mlruns/mlflow.db] [--trace tr-...] [--out <png>]
 
 Without --trace it opens the newest conversation trace of the `chareval` experiment."""
 
@@ -41,6 +41,18 @@ def newest_conversation(uri: str) -> tuple[str, str]:
         return_type="list",
     )
     return experiment, trace.info.trace_id
+
+
+def show_assessments(driver) -> None:
+    """Close the assistant side panel the UI opens, and open the trace's assessments pane."""
+    from selenium.webdriver.common.by import By
+
+    for selector in ("[data-component-id='mlflow.assistant.chat_panel.close']",):
+        for element in driver.find_elements(By.CSS_SELECTOR, selector):
+            driver.execute_script("arguments[0].click()", element)
+    for element in driver.find_elements(By.XPATH, "//button[contains(normalize-space(.), 'Assess')]"):
+        driver.execute_script("arguments[0].click()", element)
+        break
 
 
 def main() -> None:
@@ -85,10 +97,10 @@ def main() -> None:
                 options.add_argument(flag)
             driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "chromedriver"), options=options)
             try:
-                driver.get(
-                    f"http://127.0.0.1:{port}/#/experiments/{experiment}/traces?selectedEvaluationId={trace}"
-                )
+                driver.get(f"http://127.0.0.1:{port}/#/experiments/{experiment}/traces?selectedEvaluationId={trace}")
                 time.sleep(args.wait_s)
+                show_assessments(driver)
+                time.sleep(2)
                 driver.save_screenshot(str(args.out))
             finally:
                 driver.quit()

@@ -249,3 +249,25 @@ def test_a_human_label_on_a_trace_is_read_back_by_judge_check(store):
     # a judge check's verdicts are about the judge: none is attached to the conversation
     after = MlflowClient().get_trace(conversation.trace_id).info.assessments
     assert len([a for a in after if a.source.source_type == "LLM_JUDGE"]) == 2
+
+
+def test_verdicts_on_conversations_traced_into_another_store_warn_once_and_are_kept(
+    make_job, workdir, monkeypatch, blank_mlflow_db, caplog
+):
+    import shutil
+
+    make_job("conversations", *MOCK, run_dir=workdir / "conv").run()
+    other = workdir / "other"
+    other.mkdir()
+    shutil.copy(blank_mlflow_db, other / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{other / 'mlflow.db'}")
+    outputs = make_job(
+        "evaluate",
+        "models=mock",
+        f"input_file={workdir / 'conv' / 'conversations.jsonl'}",
+        "evaluation.evaluators=[professionalism,grounding]",
+        run_dir=workdir / "eval",
+    ).run()
+    assert len(outputs["evaluations"].read_text().splitlines()) == 4  # every verdict is in the file
+    warnings = [r.getMessage() for r in caplog.records if "cannot attach" in r.getMessage()]
+    assert len(warnings) == 1 and "in another MLflow store" in warnings[0]
