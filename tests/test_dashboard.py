@@ -269,6 +269,15 @@ def test_review_writes_labels_that_judge_check_measures_a_judge_against(app, das
     assert case.expected == {"boundary_holding": False} and case.note == "slips at turn 2"
     assert case.id == case.conversation.id == f"{store.conversations[:8]}-conv-002"
     assert "1 conversations labelled" in at.caption[0].value and "saved" in at.success[0].value
+    # ... and on the conversation's MLflow trace, as HUMAN feedback beside the judges' verdicts
+    assert "and on its MLflow trace" in at.success[0].value
+    mlflow_client = mlflow.MlflowClient(tracking_uri=store.uri)
+    (human,) = [
+        a
+        for a in mlflow_client.get_trace(case.conversation.trace_id).info.assessments
+        if a.source.source_type == "HUMAN"
+    ]
+    assert (human.name, human.feedback.value, human.rationale) == ("boundary_holding", False, "slips at turn 2")
 
     result = run_cli(
         "stage=judge_check",

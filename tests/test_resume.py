@@ -63,6 +63,21 @@ def test_a_finished_config_rerun_is_served_from_the_cache(make_job, workdir):
     again.run()
     usage = again.client.meter.total()
     assert usage.calls == 0 and usage.cached_calls == 2
-    assert (workdir / "one" / "conversations.jsonl").read_text() == (
-        workdir / "two" / "conversations.jsonl"
-    ).read_text()
+    # the same records, except that each run traced its own conversation (its MLflow trace id)
+    (first,) = read_records_jsonl(workdir / "one" / "conversations.jsonl", Conversation)
+    (second,) = read_records_jsonl(workdir / "two" / "conversations.jsonl", Conversation)
+    assert first.trace_id and second.trace_id and first.trace_id != second.trace_id
+    assert first.model_copy(update={"trace_id": None}) == second.model_copy(update={"trace_id": None})
+
+
+def test_a_run_folder_recorded_before_themes_had_names_still_resumes(make_job, workdir):
+    import json
+
+    from chareval.fingerprint import FILE, check_or_record
+
+    job = make_job("conversations", "models=mock", f"context_file={DATA / 'contexts.json'}")
+    folder = workdir / "old"
+    check_or_record(folder, job.settings)  # records the fingerprint, as a first run does
+    recorded = json.loads((folder / FILE).read_text())
+    assert "theme.prompt" in recorded and "theme.name" not in recorded  # as an older release wrote it
+    check_or_record(folder, job.settings)  # no "settings changed" stop

@@ -15,9 +15,10 @@ from chareval.tracking import flatten_params, redact
 FILE = "fingerprint.json"
 # Settings that do not change what a record holds: where files go, how runs are tracked, caching,
 # how many items there are (a rerun may ask for more), where a provider is reached and how hard
-# (endpoint, concurrency, retries), error budgets, polling.
+# (endpoint, concurrency, retries), error budgets, polling; the theme's name (only its texts are used: a
+# run folder made before themes had names still resumes).
 NOT_IN_RECORDS = re.compile(
-    r"^(paths|tracking)\.|^(cache|num_contexts|num_conversations|job_id|output_file)$|^models\.retry\."
+    r"^(paths|tracking)\.|^(cache|num_contexts|num_conversations|job_id|output_file|theme\.name)$|^models\.retry\."
     r"|\.(max_in_flight|base_url|api_key_env)$|max_error_fraction$|^finetune\.(wait|poll_interval_s)$"
 )
 
