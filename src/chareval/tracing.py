@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from chareval.schemas import Conversation, JudgeCase
@@ -89,7 +89,6 @@ class Call:
                     "total_tokens": usage.input_tokens + usage.output_tokens,
                 },
                 "mlflow.llm.cost": {"total_cost": usage.cost_usd},
-                "chareval.answered_model": response.model,
                 "chareval.cached": response.cached,
                 "chareval.fallback": usage.fallbacks > 0,
                 "chareval.retries": usage.retries,
@@ -135,18 +134,20 @@ class Tracer:
         from mlflow.tracing.provider import safe_set_span_in_context
 
         span_type = SPAN_TYPES.get(kind, "CHAIN")
-        if parent is not None and parent._span is not None:
-            with safe_set_span_in_context(parent._span), mlflow.start_span(name=name, span_type=span_type) as span:
-                span.set_inputs(inputs)
-                span.set_attributes(attributes or {})
-                yield Unit(span)
-            return
-        with mlflow.start_span(name=name, span_type=span_type, run_id=self.run_id) as span:
+        parent_span = parent._span if parent is not None else None
+        nested = parent_span is not None
+        with ExitStack() as stack:
+            if parent_span is not None:  # the parent's trace, which another thread may have opened
+                stack.enter_context(safe_set_span_in_context(parent_span))
+            span = stack.enter_context(
+                mlflow.start_span(name=name, span_type=span_type, run_id=None if nested else self.run_id)
+            )
             span.set_inputs(inputs)
             span.set_attributes(attributes or {})
-            mlflow.update_current_trace(
-                tags={k: str(v) for k, v in ((tags or {}) | {KIND_TAG: kind}).items()}, session_id=session
-            )
+            if not nested:
+                mlflow.update_current_trace(
+                    tags={k: str(v) for k, v in ((tags or {}) | {KIND_TAG: kind}).items()}, session_id=session
+                )
             yield Unit(span)
 
     def open(self, name: str, kind: str, inputs: dict[str, Any], *, tags: dict[str, Any] | None = None) -> Unit:
