@@ -107,14 +107,22 @@ def test_a_long_example_keeps_its_system_message_and_latest_turns(tokenizer):
     assert "Answer 5" in tokenizer.decode(short.ids) and "Question 0" not in tokenizer.decode(short.ids)
     assert not encode(tokenizer, messages, len(whole.ids)).truncated
 
-    # The last exchange alone is too long: the tokens after the system message are cut.
+    # The system message and the last exchange do not fit max_tokens: kept whole in a longer window,
+    # up to the model's context; only past that are the tokens after the system message cut.
     long = [SYSTEM, {"role": "user", "content": "tell me everything " * 80}, _exchange(9)[1]]
-    cut = encode(tokenizer, long, len(system_ids) + 40)
+    full = encode(tokenizer, long, 100_000)
+    kept = encode(tokenizer, long, len(system_ids) + 40, model_limit=8192)
+    assert kept.lengthened and not kept.truncated and kept.ids == full.ids and kept.labels == full.labels
+    cut = encode(tokenizer, long, len(system_ids) + 20, model_limit=len(system_ids) + 40)
     assert len(cut.ids) == len(system_ids) + 40 and cut.cut_tokens > 0 and cut.dropped_messages == 0
     assert cut.ids[: len(system_ids)] == system_ids and "Answer 9" in tokenizer.decode(cut.ids)
 
-    with pytest.raises(ConfigError, match="finetune.max_seq_tokens=64"):
-        encode(tokenizer, [{"role": "system", "content": "rules " * 60}, *_exchange(1)], 64)
+    # A system message longer than half of max_seq_tokens is no reason to stop (it was one before).
+    rules = [{"role": "system", "content": "rules " * 60}, *_exchange(1)]
+    assert encode(tokenizer, rules, 64, model_limit=8192).lengthened
+    # One that fills the model's context could not be served either: that stops, saying so.
+    with pytest.raises(ConfigError, match="as long as the model's context"):
+        encode(tokenizer, rules, 64, model_limit=64)
 
 
 @pytest.fixture(scope="module")

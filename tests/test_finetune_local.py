@@ -174,3 +174,34 @@ def test_closed_loop_logs_before_after_and_deltas(make_job, workdir, shared_hf_m
     )
     assert parent.data.tags["finetune.model"] == result["fine_tuned_assistant"]
     assert validate_config(compose_cfg("experiment=finetune_loop")).finetune_loop.holdout_fraction == 0.5
+
+
+def test_examples_whose_system_message_exceeds_half_the_window_train_with_the_default_settings(tmp_path):
+    """The pipeline makes the system message (the persona and the documents the model wrote), so its
+    length is no reason to refuse: three examples with ~1,200-token system messages, max_seq_tokens=1024."""
+    documents = "\n\n".join(
+        f"Document {i}: Brightside Home Goods returns policy, section {i}. Customers may return unopened items"
+        f" within {i + 20} days with a receipt; opened items are exchanged for store credit after inspection"
+        " by a team lead, who records the reason, the order number and the condition of the box."
+        for i in range(24)
+    )
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": f"{documents}\n\nYou are Jasmine, a hiring interviewer."},
+                {"role": "user", "content": f"Question {i}: what do you make of customers?"},
+                {"role": "assistant", "content": f"Answer {i}: I respect them and I want to help them."},
+            ]
+        }
+        for i in range(3)
+    ]
+    train = tmp_path / "long.jsonl"
+    write_jsonl_atomic(train, rows)
+    _, outputs = run_job_in(tmp_path, "finetune", f"train_file={train}")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("chareval").experiment_id])
+    assert run.info.status == "FINISHED"
+    metrics = run.data.metrics
+    assert metrics["train.examples"] == 3 and metrics["train.lengthened_examples"] == 3
+    assert metrics["train.truncated_examples"] == 0 and metrics["train.final_loss"] < metrics["train.first_loss"]
+    assert run.data.tags["finetune.model"].startswith("local_lora/")

@@ -62,6 +62,15 @@ def converted(gguf: Path, cache_dir: Path) -> Path:
     return folder
 
 
+def context_length(folder: Path) -> int | None:
+    """The longest sequence the model was made for (max_position_embeddings), None when unknown."""
+    try:
+        value = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
+
+
 def load_tokenizer(folder: Path):
     from transformers import AutoTokenizer
 

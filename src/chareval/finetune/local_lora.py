@@ -20,7 +20,7 @@ from pathlib import Path
 from chareval.config import LocalLoraSettings
 from chareval.errors import ConfigError
 from chareval.gguf_lora import UnsupportedAdapter, write_gguf_adapter
-from chareval.hf_models import converted, load_base, load_tokenizer
+from chareval.hf_models import context_length, converted, load_base, load_tokenizer
 
 log = logging.getLogger(__name__)
 IGNORE = -100  # label value the loss skips
@@ -73,7 +73,8 @@ class Encoded:
     ids: list[int]
     labels: list[int]
     dropped_messages: int = 0  # earlier turns left out to fit max_seq_tokens
-    cut_tokens: int = 0  # tokens cut from the start of the oldest turn kept, when even one exchange is too long
+    cut_tokens: int = 0  # tokens cut from the start of the oldest turn kept, when even the model's context is too short
+    lengthened: bool = False  # system message + last exchange kept whole beyond max_seq_tokens
 
     @property
     def learned_tokens(self) -> int:
@@ -85,10 +86,15 @@ class Encoded:
         return bool(self.dropped_messages or self.cut_tokens)
 
 
-def encode(tokenizer, messages: list[dict], max_tokens: int) -> Encoded:
-    """The example in at most max_tokens tokens. A longer one keeps its system message and its latest
-    turns: whole earlier exchanges (a user message and the assistant's reply) are left out first; if
-    the last exchange alone is still too long, the tokens right after the system message are cut."""
+def encode(tokenizer, messages: list[dict], max_tokens: int, model_limit: int | None = None) -> Encoded:
+    """The example in at most max_tokens tokens, or more when it must. A longer one keeps its system
+    message and its latest turns: whole earlier exchanges (a user message and the assistant's reply)
+    are left out first. The system message and the last exchange are never given up for
+    max_seq_tokens (the persona and the documents chareval generated make the system message, so its
+    length is not the user's choice): such an example is kept whole in a longer window, up to the
+    model's context length (model_limit). Only beyond that are the tokens right after the system
+    message cut; a system message that alone fills the model's context is an error (the model could
+    not serve it either)."""
     system = messages[:1] if messages and messages[0]["role"] == "system" else []
     turns = messages[len(system) :]
     dropped = 0
@@ -99,15 +105,19 @@ def encode(tokenizer, messages: list[dict], max_tokens: int) -> Encoded:
         ids, labels = _labelled(tokenizer, system + turns)
     if len(ids) <= max_tokens:
         return Encoded(ids, labels, dropped)
+    limit = max(max_tokens, model_limit or max_tokens)
+    if len(ids) <= limit:
+        return Encoded(ids, labels, dropped, lengthened=True)
     kept = len(_ids(tokenizer, system)) if system else 0
-    if kept > max_tokens // 2:
+    if kept >= limit - 16:  # no room left for the reply it should learn
         raise ConfigError(
-            f"a training example's system message alone is {kept} tokens, more than half of"
-            f" finetune.max_seq_tokens={max_tokens}",
-            f"raise finetune.max_seq_tokens (to {2 * kept} or more) or shorten the persona's system prompt",
+            f"a training example's system message alone is {kept} tokens, as long as the model's context"
+            f" ({limit} tokens): the model could not be given it, in training or in use",
+            "shorten the persona's system prompt or its supporting documents, or fine-tune a model with a longer"
+            " context (finetune.base_model)",
         )
-    cut = len(ids) - max_tokens
-    return Encoded(ids[:kept] + ids[kept + cut :], labels[:kept] + labels[kept + cut :], dropped, cut)
+    cut = len(ids) - limit
+    return Encoded(ids[:kept] + ids[kept + cut :], labels[:kept] + labels[kept + cut :], dropped, cut, True)
 
 
 def labelled_loss(model, ids, labels):
@@ -132,13 +142,14 @@ class TrainResult:
     losses: list[float]
     examples: int
     truncated: int
+    lengthened: int  # examples trained in a window longer than max_seq_tokens
     device: str
     base_folder: Path
 
 
-def _read_examples(tokenizer, train_file: Path, max_tokens: int) -> list[Encoded]:
+def _read_examples(tokenizer, train_file: Path, max_tokens: int, model_limit: int | None) -> list[Encoded]:
     rows = [json.loads(line) for line in train_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    encoded = [encode(tokenizer, row["messages"], max_tokens) for row in rows]
+    encoded = [encode(tokenizer, row["messages"], max_tokens, model_limit) for row in rows]
     examples = [e for e in encoded if e.learned_tokens]
     if len(examples) < len(encoded):
         log.warning(
@@ -159,6 +170,18 @@ def _read_examples(tokenizer, train_file: Path, max_tokens: int) -> list[Encoded
             max_tokens,
             sum(e.dropped_messages for e in truncated),
             sum(e.cut_tokens for e in truncated),
+        )
+    lengthened = [e for e in examples if e.lengthened]
+    if lengthened:
+        log.warning(
+            "%d of %d examples need more than finetune.max_seq_tokens=%d for their system message and last"
+            " exchange: trained whole, up to %d tokens (the model's context is %s); longer steps take more"
+            " memory and time",
+            len(lengthened),
+            len(examples),
+            max_tokens,
+            max(len(e.ids) for e in lengthened),
+            model_limit or "unknown",
         )
     return examples
 
@@ -181,7 +204,7 @@ def train(
     torch.manual_seed(seed)
     on = device(settings.device)
     folder = converted(gguf, cache_dir)
-    examples = _read_examples(load_tokenizer(folder), train_file, settings.max_seq_tokens)
+    examples = _read_examples(load_tokenizer(folder), train_file, settings.max_seq_tokens, context_length(folder))
     base = load_base(folder, on)
     base.config.use_cache = False  # a key/value cache is for generation; in training it only takes memory
     if settings.gradient_checkpointing:
@@ -229,4 +252,13 @@ def train(
     except UnsupportedAdapter as e:
         log.warning("%s; the fine-tuned model will be served by transformers (slower)", e)
         gguf_adapter = None
-    return TrainResult(adapter_dir, gguf_adapter, losses, len(examples), sum(e.truncated for e in examples), on, folder)
+    return TrainResult(
+        adapter_dir,
+        gguf_adapter,
+        losses,
+        len(examples),
+        sum(e.truncated for e in examples),
+        sum(e.lengthened for e in examples),
+        on,
+        folder,
+    )

@@ -11,6 +11,7 @@ from chareval.errors import InputError
 from chareval.finetune.data_format import validate_file
 from chareval.io import file_sha256, write_text_atomic
 from chareval.registry import Registry, job_key, now
+from chareval.remote.retry import RefusedError
 from chareval.schemas import JOB_FAILED, JOB_FINISHED, FineTunedModel
 from chareval.stages.base import StageContext, StageResult
 
@@ -113,10 +114,43 @@ def run_local_lora(ctx: StageContext, train_file: Path) -> tuple[FineTunedModel,
     return record, {
         "train.examples": result.examples,
         "train.truncated_examples": result.truncated,
+        "train.lengthened_examples": result.lengthened,
         "train.steps": len(result.losses),
         "train.first_loss": result.losses[0],
         "train.final_loss": result.losses[-1],
     }
+
+
+def _unowned(record: FineTunedModel | None) -> FineTunedModel | None:
+    return record if record is not None and record.account is None else None
+
+
+def _start_job(ctx: StageContext, tuner, registry: Registry, train_file: Path, key: str, sha: str) -> FineTunedModel:
+    """Upload the file(s), create the job and register it under this account."""
+    from chareval.finetune.together_backend import status_of
+
+    f = ctx.knobs("finetune", TogetherSettings)
+    file_id = tuner.upload(train_file)
+    validation_id = tuner.upload(Path(f.validation_file)) if f.validation_file else None
+    job = tuner.create(file_id, validation_id)
+    return registry.save(
+        FineTunedModel(
+            key=key,
+            backend="together",
+            base_model=f.base_model,
+            name=job.id,
+            status=status_of(job),
+            job_id=job.id,
+            file_id=file_id,
+            train_file=str(train_file),
+            train_file_sha256=sha,
+            settings=_key_settings(ctx),
+            mlflow_run_id=ctx.mlflow.run_id,
+            account=tuner.account,
+            created_at=now(),
+            updated_at=now(),
+        )
+    )
 
 
 def run_together(ctx: StageContext, train_file: Path | None) -> tuple[FineTunedModel, dict[str, float]]:
@@ -153,31 +187,14 @@ def run_together(ctx: StageContext, train_file: Path | None) -> tuple[FineTunedM
         if f.validation_file:
             check_before_upload(Path(f.validation_file), f.context_length)
         sha = file_sha256(train_file)
-        key = job_key(sha, _key_settings(ctx))
-        record = registry.find(key)
+        settings = _key_settings(ctx)
+        key = job_key(sha, settings | {"account": tuner.account})
+        # A registry entry made before accounts were recorded is found by file and settings alone.
+        record = registry.find(key) or _unowned(registry.find(job_key(sha, settings)))
         if record and record.job_id and record.status not in JOB_FAILED:
             log.info("found the job for this file and these settings: %s (%s)", record.job_id, record.status)
         else:
-            file_id = tuner.upload(train_file)
-            validation_id = tuner.upload(Path(f.validation_file)) if f.validation_file else None
-            job = tuner.create(file_id, validation_id)
-            record = registry.save(
-                FineTunedModel(
-                    key=key,
-                    backend="together",
-                    base_model=f.base_model,
-                    name=job.id,
-                    status=status_of(job),
-                    job_id=job.id,
-                    file_id=file_id,
-                    train_file=str(train_file),
-                    train_file_sha256=sha,
-                    settings=_key_settings(ctx),
-                    mlflow_run_id=ctx.mlflow.run_id,
-                    created_at=now(),
-                    updated_at=now(),
-                )
-            )
+            record = _start_job(ctx, tuner, registry, train_file, key, sha)
 
     def show(job, new_events: list[str]) -> None:
         for line in new_events:
@@ -187,7 +204,21 @@ def run_together(ctx: StageContext, train_file: Path | None) -> tuple[FineTunedM
         log.info("job %s: %s%s", job.id, status_of(job), eta)
 
     assert record is not None and record.job_id is not None  # found, or saved just above
-    job, events = tuner.follow(record.job_id, wait=f.wait, on_update=show)
+    try:
+        job, events = tuner.follow(record.job_id, wait=f.wait, on_update=show)
+    except RefusedError as e:
+        if e.status != 404 or s.job_id or train_file is None:
+            raise
+        log.warning(
+            "Together knows no job %s for this key and endpoint (404: the registry entry was made with another"
+            " account or TOGETHER_BASE_URL); starting a new job",
+            record.job_id,
+        )
+        sha = record.train_file_sha256
+        key = job_key(sha, _key_settings(ctx) | {"account": tuner.account})
+        record = _start_job(ctx, tuner, registry, train_file, key, sha)
+        assert record.job_id is not None
+        job, events = tuner.follow(record.job_id, wait=f.wait, on_update=show)
     status = status_of(job)
     output = getattr(job, "x_model_output_name", None)
     record = registry.save(
