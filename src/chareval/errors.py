@@ -1,10 +1,14 @@
 """Errors a user can act on. run.py prints them as 'error: ... / fix: ...' instead of a traceback."""
 
+from chareval.secrets import redact_text
+
 
 class CharevalError(Exception):
     """A problem with a clear cause and fix; shown without a traceback."""
 
     def __init__(self, message: str, fix: str | None = None):
+        # A server's error text can quote the key it was sent: no key survives into an error.
+        message, fix = redact_text(message), redact_text(fix) if fix else fix
         super().__init__(message)
         self.message = message
         self.fix = fix
@@ -34,4 +38,4 @@ class StructuredOutputError(ModelError):
 
     def __init__(self, message: str, raw_text: str):
         super().__init__(message)
-        self.raw_text = raw_text
+        self.raw_text = redact_text(raw_text)

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from chareval.config import is_secret_key
 from chareval.errors import CharevalError
+from chareval.secrets import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ def _param(key: str, value: Any) -> dict[str, str]:
 
 def error_text(error: BaseException) -> str:
     """An error as one tag value (MLflow caps tags at 5000 characters)."""
-    text = str(error) if isinstance(error, CharevalError) else f"{type(error).__name__}: {error}"
+    text = str(error) if isinstance(error, CharevalError) else redact_text(f"{type(error).__name__}: {error}")
     return text[:4000]
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 from chareval.errors import ConfigError
+from chareval.secrets import note_secret_env
 
 
 def load_env_file(root: str | Path) -> None:
@@ -20,7 +21,10 @@ def load_env_file(root: str | Path) -> None:
 
 
 def api_key(env_name: str | None) -> str | None:
-    return os.environ.get(env_name) if env_name else None
+    if not env_name:
+        return None
+    note_secret_env(env_name)  # its value is redacted from every error text and log line from now on
+    return os.environ.get(env_name)
 
 
 @dataclass(frozen=True)
