@@ -224,3 +224,43 @@ def test_only_qwen3_32b_can_be_fine_tuned_on_together():
         validate_config(compose_cfg("finetune=together_qwen3_32b", "finetune.base_model=meta-llama/Llama-3-8b"))
     with pytest.raises(ConfigError, match="suffix"):
         validate_config(compose_cfg("finetune=together_qwen3_32b", "finetune.suffix=" + "x" * 41))
+
+
+def test_another_account_or_endpoint_never_reuses_a_job_and_a_404_starts_a_new_one(
+    make_job, workdir, train_file, monkeypatch, caplog
+):
+    from chareval.registry import job_key, now
+    from chareval.schemas import FineTunedModel
+
+    registry = Registry(workdir / "outputs" / "registry" / "finetuned_models.jsonl")
+    fake = Together(statuses=("completed",))
+    with FakeAPI(fake) as api:
+        fake.url = api.url
+        together_job(make_job, api, monkeypatch, f"train_file={train_file}").run()
+        monkeypatch.setenv("TOGETHER_API_KEY", "tok-OTHER-ACCOUNT-456")  # another account: its own job
+        job = make_job(
+            "finetune",
+            "finetune=together_qwen3_32b",
+            "finetune.poll_interval_s=0.01",
+            f"train_file={train_file}",
+            run_dir=workdir / "other",
+        )
+        job.run()
+        assert fake.created == 2
+        records = registry.all()
+        assert len(records) == 2 and len({r.account for r in records}) == 2
+        assert not any("tok-" in json.dumps(r.model_dump()) for r in records)  # a fingerprint, never the key
+
+        # An entry from before accounts were recorded, whose job this account does not have (404):
+        # a warning, and a new job instead of a failure.
+        settings = records[0].settings
+        legacy = job_key(records[0].train_file_sha256, settings)
+        registry.path.unlink()
+        registry.save(
+            records[0].model_copy(update={"key": legacy, "job_id": "ft-gone", "account": None, "updated_at": now()})
+        )
+        assert isinstance(registry.all()[0], FineTunedModel)
+        with caplog.at_level("WARNING"):
+            together_job(make_job, api, monkeypatch, f"train_file={train_file}").run()
+    assert fake.created == 3 and "knows no job ft-gone" in caplog.text
+    assert any(r.job_id == "ft-123" and r.account and r.status == "completed" for r in registry.all())

@@ -206,6 +206,9 @@ class FineTunedModel(Record):
     gguf_adapter_path: str | None = None  # local_lora: the same adapter for llama.cpp (None: served by transformers)
     events: list[str] = []
     mlflow_run_id: str | None = None
+    # Together: a fingerprint of the key and endpoint the job was made with (never the key): another
+    # account's job is not this account's to reuse (it answers 404 there).
+    account: str | None = None
     created_at: str
     updated_at: str
 
@@ -222,3 +225,5 @@ class JobOutcome(Record):
     run_id: str | None = None  # the job's top MLflow run
     choices: dict[str, str] = {}  # persona, user persona, turns, models per role, finetune, ...
     metrics: dict[str, float] = {}  # judge.<evaluator>.*, counts, cost_usd of the job's stages
+    sweep: str | None = None  # which launch of the sweep wrote it (a rerun of a killed sweep is another)
+    busy_pid: str | None = None  # refused: this process still held the job's run folder

@@ -3,6 +3,7 @@ job on Qwen/Qwen3-32B, and follow it to a terminal state. Retries as for every h
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -41,7 +42,10 @@ class TogetherFinetuner:
         self.retry = retry
         # The SDK's paths start with /v1; TOGETHER_BASE_URL is the OpenAI-style URL ending in /v1.
         url = (TOGETHER.base_url(None) or "").rstrip("/").removesuffix("/v1")
-        self.client = Together(api_key=api_key(TOGETHER.key_env), base_url=url, max_retries=0)
+        key = api_key(TOGETHER.key_env) or ""
+        self.client = Together(api_key=key, base_url=url, max_retries=0)
+        # Which account and endpoint jobs belong to: a one-way hash, safe to keep in the registry.
+        self.account = hashlib.sha256(f"{url}\n{key}".encode()).hexdigest()[:16]
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         return call_with_retries(

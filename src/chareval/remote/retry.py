@@ -36,6 +36,15 @@ class Failure:
     retry_after: float | None = None
     fix: str | None = None
     rate_limited: bool = False  # a 429: the provider's in-flight limit shrinks
+    status: int | None = None  # the HTTP status, when the server answered
+
+
+class RefusedError(ModelError):
+    """The server answered with a status that is no use retrying (401, 404, …)."""
+
+    def __init__(self, message: str, fix: str | None, status: int | None):
+        super().__init__(message, fix)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,10 @@ def http_failure(
         404: f"check the model id '{model}' and the {provider} base URL",
     }
     return Failure(
-        "fatal", detail, fix=fixes.get(status, "check the request settings (model, max_tokens) in conf/models/")
+        "fatal",
+        detail,
+        fix=fixes.get(status, "check the request settings (model, max_tokens) in conf/models/"),
+        status=status,
     )
 
 
@@ -161,7 +173,9 @@ def call_with_retries(
                     limit.succeeded()
                 return Answered(result, attempt - 1, time.monotonic() - slot.started, queue_s)
         if failure.kind == "fatal":
-            raise ModelError(f"{provider} refused the request for {model}: {failure.detail}", failure.fix) from None
+            raise RefusedError(
+                f"{provider} refused the request for {model}: {failure.detail}", failure.fix, failure.status
+            ) from None
         remaining = deadline - time.monotonic()
         if attempt == settings.max_attempts or remaining <= 0:
             kind = OverloadedError if failure.kind == "overloaded" else ModelError
