@@ -51,7 +51,7 @@ def main(cfg: DictConfig) -> None:
     run_dir = HydraConfig.get().runtime.output_dir
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     resume = f"rerun the same command with hydra.run.dir={run_dir} to resume where it stopped"
-    job, error, code = None, None, 0
+    job, error, code, busy = None, None, 0, None
     signal.signal(signal.SIGINT, signal.default_int_handler)  # from here, Ctrl-C keeps finished work
     if HydraConfig.get().runtime.choices.get("stage") == "doctor":
         from chareval import doctor
@@ -62,7 +62,7 @@ def main(cfg: DictConfig) -> None:
         job.run()
     except CharevalError as e:
         print(f"error: {e}", file=sys.stderr)
-        error, code = str(e), 2
+        error, code, busy = str(e), 2, getattr(e, "holder", None)
     except KeyboardInterrupt:
         if in_sweep:
             record_outcome(cfg, job, "interrupted", "interrupted")
@@ -84,7 +84,7 @@ def main(cfg: DictConfig) -> None:
         error, code = error_text(e), 1
     if in_sweep:
         # The sweep goes on with its other jobs; its end reports every job and exits non-zero if one failed.
-        record_outcome(cfg, job, "failed" if code else "completed", error)
+        record_outcome(cfg, job, "failed" if code else "completed", error, busy_pid=busy)
     elif code:
         sys.exit(code)
     if not code:
@@ -94,10 +94,11 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     from pathlib import Path
 
-    from chareval.cli import check_output_folders, check_override_keys
+    from chareval.cli import check_group_options, check_output_folders, check_override_keys
 
     try:
         check_override_keys(sys.argv[1:], Path(__file__).resolve().parent.parent / "conf")
+        check_group_options(sys.argv[1:], Path(__file__).resolve().parent.parent / "conf")
         check_output_folders(sys.argv[1:])
     except CharevalError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -128,8 +128,8 @@ def test_cli_config_error_is_clear_and_has_no_traceback():
 @pytest.mark.slow  # a subprocess
 def test_cli_unknown_persona_lists_the_available_ones():
     result = run_cli("persona=bob")
-    assert result.returncode != 0
-    assert "persona/bob" in result.stderr and "jasmine" in result.stderr
+    assert result.returncode == 2
+    assert "unknown persona 'bob'" in result.stderr and "jasmine" in result.stderr
     assert "Traceback" not in result.stderr
 
 

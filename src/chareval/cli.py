@@ -1,8 +1,11 @@
-"""Command-line checks Hydra does not make readably: `foo=1` (a key that exists nowhere) makes Hydra
-print "Key 'foo' is not in struct" and exit 1; chareval names the keys that exist instead."""
+"""Command-line checks Hydra does not make readably: `foo=1` (a key that exists nowhere), `persona=bob`
+(an option that does not exist) or `user_persona.prompt=x` (a key the group's files do not have)
+make Hydra print its own multi-line error and exit 1; chareval says what is wrong and what exists,
+in its error/fix form with exit 2, like every other config error."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -38,6 +41,65 @@ def check_override_keys(args: list[str], conf: Path) -> None:
             raise ConfigError(
                 f"unknown key '{key}' in the override {arg}",
                 f"top-level keys: {', '.join(sorted(known))} (python src/run.py --cfg job shows the composed config)",
+            )
+
+
+# Groups whose options are picked on the command line (provider@…, retry@… and hydra/… are structure).
+PICKED_GROUPS = (
+    "stage",
+    "persona",
+    "user_persona",
+    "theme",
+    "models",
+    "tracking",
+    "evaluation",
+    "finetune",
+    "experiment",
+)
+_SWEEP_SYNTAX = re.compile(r"[()*${}\[\]]")  # choice(...), range(...), glob(*), interpolations: Hydra's to read
+
+
+def _options(conf: Path, group: str) -> list[str]:
+    return sorted(p.stem for p in (conf / group).glob("*.yaml"))
+
+
+def _group_keys(conf: Path, group: str) -> set[str]:
+    """The keys a group's options have at their top level, and those other groups put under it
+    (`provider@models.providers.local` gives models a `providers` key)."""
+    keys = {str(k) for path in (conf / group).glob("*.yaml") for k in (OmegaConf.load(path) or {}) if k != "defaults"}
+    defaults = OmegaConf.to_container(OmegaConf.load(conf / "config.yaml"))["defaults"]  # type: ignore[index,call-overload]
+    for entry in defaults:
+        target = entry if isinstance(entry, str) else next(iter(entry), "")
+        package = str(target).partition("@")[2]
+        if package.startswith(f"{group}."):
+            keys.add(package.split(".")[1])
+    return keys
+
+
+def check_group_options(args: list[str], conf: Path) -> None:
+    """`persona=bob` names an option that exists; `user_persona.prompt=x` a key the group has."""
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        added, key = key.startswith("+"), key.lstrip("+")
+        if not sep or arg.startswith("-") or key.startswith("~"):
+            continue
+        group, _, rest = key.partition(".")
+        if group not in PICKED_GROUPS:
+            continue
+        if not rest:
+            if _SWEEP_SYNTAX.search(value):
+                continue
+            options = _options(conf, group)
+            for option in value.split(","):  # a multirun sweeps a list of options
+                if option.strip() not in options and not (group == "experiment" and option.strip() == "null"):
+                    raise ConfigError(
+                        f"unknown {group} '{option.strip()}' in {arg}",
+                        f"available {group} options: {', '.join(options)} (conf/{group}/<name>.yaml)",
+                    )
+        elif not added and group != "experiment" and (sub := rest.split(".", 1)[0]) not in (known := _group_keys(conf, group)):
+            raise ConfigError(
+                f"unknown key '{key}' in the override {arg}: {group} has no '{sub}'",
+                f"{group}'s keys: {', '.join(sorted(known))} (prefix with + to add a new key on purpose)",
             )
 
 

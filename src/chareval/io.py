@@ -171,9 +171,17 @@ def read_records_jsonl(path: Path, model: type[R], *, tolerate_torn_tail: bool =
                     with path.open("r+b") as f:
                         f.truncate(offset)
                     break
+                if number == len(lines):  # the last line, with no newline after it: what a crash leaves
+                    raise InputError(
+                        f"{path}:{number}, the last line, is cut off (no newline after it: the process writing"
+                        f" the file stopped mid-line) and is not a valid {model.__name__} record: {_describe(e)}",
+                        "rerun the stage that wrote the file with the same hydra.run.dir (it drops the cut line"
+                        " and resumes), or remove that line",
+                    ) from None
                 raise InputError(
                     f"{path}:{number} is not a valid {model.__name__} record: {_describe(e)}",
-                    "fix or remove that line (it is complete, so it was not cut off by a crash)",
+                    "fix or remove that line (it ends with a newline, so it was written whole: a hand edit or"
+                    " another program's record)",
                 ) from None
         offset += len(line) + 1
     return records
@@ -196,6 +204,18 @@ def latest_by_id(records: list[ID]) -> list[ID]:
     return list(by_id.values())
 
 
+class RunFolderBusy(InputError):
+    """Another process holds the run folder's lock (a job of a killed sweep may still be running)."""
+
+    def __init__(self, run_dir: Path, holder: str):
+        super().__init__(
+            f"another chareval process (pid {holder}) is writing to {run_dir}",
+            "wait for it to finish (a rerun then resumes from what it wrote), or give this run "
+            "another folder with hydra.run.dir=<folder>",
+        )
+        self.holder = holder
+
+
 @contextmanager
 def hold_run_dir(run_dir: Path) -> Iterator[None]:
     """An exclusive lock on a run folder while a job writes in it: a second process on the same folder
@@ -207,12 +227,7 @@ def hold_run_dir(run_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise InputError(
-                f"another chareval process (pid {holder}) is writing to {run_dir}",
-                "wait for it to finish (a rerun then resumes from what it wrote), or give this run "
-                "another folder with hydra.run.dir=<folder>",
-            ) from None
+            raise RunFolderBusy(run_dir, handle.read().strip() or "unknown") from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))

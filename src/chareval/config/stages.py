@@ -75,7 +75,12 @@ class EvaluationSettings(Strict):
     @model_validator(mode="after")
     def _rubrics(self) -> EvaluationSettings:
         for name in self.evaluators:
-            if not self.rubrics.get(name, "").strip():
+            if name not in self.rubrics:  # every evaluator chareval has comes with its rubric
+                raise ValueError(
+                    f"unknown evaluator '{name}' in evaluation.evaluators; known: {', '.join(sorted(self.rubrics))}"
+                    f" (a new evaluator needs its module and evaluation.rubrics.{name}: see CONTRIBUTING.md)"
+                )
+            if not self.rubrics[name].strip():
                 raise ValueError(f"evaluator '{name}' has no rubric: add evaluation.rubrics.{name}")
         for name, rubric in self.rubrics.items():
             try:

@@ -12,9 +12,10 @@ from chareval.config import AppConfig
 from chareval.errors import CharevalError, ConfigError
 from chareval.evaluators.summary import before_after
 from chareval.flows.runner import StageRunner, Step
-from chareval.io import read_records_json, write_records_json, write_text_atomic
+from chareval.io import write_records_json, write_text_atomic
 from chareval.llm import LLMClient
 from chareval.schemas import Context
+from chareval.stages.base import read_contexts
 from chareval.tracking import StageRun
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def run(runner: StageRunner, parent: StageRun) -> dict[str, Path]:
     s, root = runner.settings, runner.run_dir
     assert s.finetune_loop is not None  # the finetune_loop option brings finetune_loop.*
     contexts_file = runner.run(Step(CONTEXTS), {})["contexts"]
-    train, held = split(read_records_json(contexts_file, Context), s.finetune_loop.holdout_fraction)
+    train, held = split(read_contexts(contexts_file), s.finetune_loop.holdout_fraction)
     train_file, held_file = root / "train" / "contexts.json", root / "heldout" / "contexts.json"
     write_records_json(train_file, train)
     write_records_json(held_file, held)

@@ -10,9 +10,9 @@ from pydantic import BaseModel
 
 from chareval.config import AppConfig
 from chareval.errors import ConfigError, InputError
-from chareval.io import latest_by_id, read_records_jsonl
+from chareval.io import latest_by_id, read_records_json, read_records_jsonl
 from chareval.llm import LLMClient
-from chareval.schemas import Conversation
+from chareval.schemas import Context, Conversation
 from chareval.tracing import Tracer
 from chareval.tracking import StageRun
 
@@ -74,6 +74,22 @@ def read_conversations(path: Path) -> list[Conversation]:
                 )
             finished[record.id] = number
     return sorted(latest_by_id(records), key=lambda c: c.id)
+
+
+def read_contexts(path: Path) -> list[Context]:
+    """A contexts.json. Two contexts with one id would give two conversations that cite the same
+    context id for different scenarios: refused like duplicate conversation ids, naming both."""
+    contexts = read_records_json(path, Context)
+    seen: dict[str, int] = {}
+    for number, context in enumerate(contexts, start=1):
+        if context.id in seen:
+            raise InputError(
+                f"{path}: contexts {seen[context.id]} and {number} both have the id {context.id}; ids must be unique"
+                " (were two contexts files put together?)",
+                "give each context its own id (ctx-001, ctx-002, …) or use one run's contexts.json as it was written",
+            )
+        seen[context.id] = number
+    return contexts
 
 
 def error_budget(what: str, errors: list[str], total: int, key: str, limit: float, run_dir: Path) -> str | None:

@@ -14,12 +14,11 @@ from chareval.io import (
     file_sha256,
     finished_ids,
     latest_by_id,
-    read_records_json,
     read_records_jsonl,
 )
 from chareval.llm import LLMResponse, derive_seed
 from chareval.schemas import Context, Conversation, Message, Speaker, Usage
-from chareval.stages.base import StageContext, StageResult, error_budget, progress
+from chareval.stages.base import StageContext, StageResult, error_budget, progress, read_contexts
 from chareval.stages.parallel import run_parallel
 from chareval.stages.prompts import (
     assistant_system_prompt,
@@ -139,7 +138,7 @@ def converse(ctx: StageContext, conv_id: str, context: Context) -> Conversation:
 
 def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     s = ctx.settings
-    contexts = read_records_json(inputs["contexts"], Context)
+    contexts = read_contexts(inputs["contexts"])
     if not contexts:
         raise CharevalError(f"{inputs['contexts']} holds no contexts", "generate some with stage=contexts")
     use_prompts(
