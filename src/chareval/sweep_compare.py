@@ -23,17 +23,22 @@ def evaluators(outcomes: list[JobOutcome]) -> list[str]:
     return sorted(names)
 
 
+def choice_keys(outcomes: list[JobOutcome]) -> list[str]:
+    """The usual choices first, then any other key a job's overrides set (judge_model, a knob, …)."""
+    others = sorted({k for o in outcomes for k in o.choices} - set(CHOICES))
+    return [c for c in CHOICES if any(c in o.choices for o in outcomes)] + others
+
+
 def varying(outcomes: list[JobOutcome]) -> list[str]:
     """The choices that differ between jobs: what the sweep compares."""
-    return [c for c in CHOICES if len({o.choices.get(c) for o in outcomes}) > 1]
+    return [c for c in choice_keys(outcomes) if len({o.choices.get(c) for o in outcomes}) > 1]
 
 
 def table(outcomes: list[JobOutcome]) -> list[dict[str, Any]]:
+    keys = choice_keys(outcomes)
     rows = []
     for o in outcomes:
-        row: dict[str, Any] = {"job": o.num, "status": o.status} | {
-            c: o.choices.get(c) for c in CHOICES if c in o.choices
-        }
+        row: dict[str, Any] = {"job": o.num, "status": o.status} | {c: o.choices.get(c) for c in keys}
         for name in evaluators(outcomes):
             row |= {f"{name}.{stat}": o.metrics.get(f"judge.{name}.{stat}") for stat in STATS}
         row["conversations"] = o.metrics.get("conversations.count")
