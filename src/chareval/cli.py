@@ -96,7 +96,11 @@ def check_group_options(args: list[str], conf: Path) -> None:
                         f"unknown {group} '{option.strip()}' in {arg}",
                         f"available {group} options: {', '.join(options)} (conf/{group}/<name>.yaml)",
                     )
-        elif not added and group != "experiment" and (sub := rest.split(".", 1)[0]) not in (known := _group_keys(conf, group)):
+        elif (
+            not added
+            and group != "experiment"
+            and (sub := rest.split(".", 1)[0]) not in (known := _group_keys(conf, group))
+        ):
             raise ConfigError(
                 f"unknown key '{key}' in the override {arg}: {group} has no '{sub}'",
                 f"{group}'s keys: {', '.join(sorted(known))} (prefix with + to add a new key on purpose)",

@@ -29,6 +29,9 @@ RECORD_ATTRIBUTE = "chareval.record"
 KIND_TAG = "chareval.kind"  # conversation | context | judgment | call: what a trace holds
 
 
+# The stage run on every span: an interrupted trace (its root never ended) has no run link or tags in
+# the store, only the spans that ended; this is how a resume finds it (see trace_repair).
+RUN_ATTRIBUTE = "chareval.run"
 SPAN_TYPES = {"conversation": "AGENT", "judgment": "EVALUATOR", "judgments": "EVALUATOR"}
 
 
@@ -143,7 +146,7 @@ class Tracer:
                 mlflow.start_span(name=name, span_type=span_type, run_id=None if nested else self.run_id)
             )
             span.set_inputs(inputs)
-            span.set_attributes(attributes or {})
+            span.set_attributes((attributes or {}) | {RUN_ATTRIBUTE: self.run_id})
             if not nested:
                 mlflow.update_current_trace(
                     tags={k: str(v) for k, v in ((tags or {}) | {KIND_TAG: kind}).items()}, session_id=session
@@ -164,6 +167,7 @@ class Tracer:
             inputs=inputs,
             tags={k: str(v) for k, v in ((tags or {}) | {KIND_TAG: kind}).items()},
             metadata={"mlflow.sourceRun": self.run_id},
+            attributes={RUN_ATTRIBUTE: self.run_id},
         )
         return Unit(span)
 
@@ -184,6 +188,7 @@ class Tracer:
             "chareval.temperature": request.temperature,
             "chareval.seed": -1 if request.seed is None else request.seed,
             "chareval.response_schema": request.response_schema.__name__ if request.response_schema else "",
+            RUN_ATTRIBUTE: self.run_id,
         }
         root = mlflow.get_current_active_span() is None
         with mlflow.start_span(
@@ -194,6 +199,20 @@ class Tracer:
             if root:
                 mlflow.update_current_trace(tags={KIND_TAG: "call", "role": role})
             yield Call(span)
+
+    def replayed(self, role: str, system: str, view: list[Any], content: str, model: str) -> None:
+        """The LLM span of a call made before a fault lost its trace, rebuilt from the record (what
+        that side saw, what it answered, who answered); marked chareval.rebuilt."""
+        if not self.on:
+            return
+        import mlflow
+
+        with mlflow.start_span(name=f"{role} · {model}", span_type="LLM") as span:
+            span.set_inputs({"messages": [{"role": "system", "content": system}] + [m.model_dump() for m in view]})
+            span.set_outputs({"choices": [{"message": {"role": "assistant", "content": content}}], "model": model})
+            span.set_attributes(
+                {"chareval.role": role, "mlflow.llm.model": model, "chareval.rebuilt": True, RUN_ATTRIBUTE: self.run_id}
+            )
 
     def flush(self) -> None:
         """Write the traces still queued (trace logging is asynchronous): feedback can only be

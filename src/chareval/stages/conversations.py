@@ -4,8 +4,10 @@ turns=1 is the assistant alone, 2 adds the user, 3 the assistant again, and so o
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
+from chareval import trace_repair
 from chareval.config import ConversationsSettings
 from chareval.errors import CharevalError, ModelError
 from chareval.genai_assets import use_contexts_dataset, use_prompts
@@ -15,6 +17,7 @@ from chareval.io import (
     finished_ids,
     latest_by_id,
     read_records_jsonl,
+    write_jsonl_atomic,
 )
 from chareval.llm import LLMResponse, derive_seed
 from chareval.schemas import Context, Conversation, Message, Speaker, Usage
@@ -55,6 +58,27 @@ def _reply(ctx: StageContext, role: Speaker, system: str, view, seed: int) -> LL
 
 def simulate(ctx: StageContext, conv_id: str, context: Context) -> Conversation:
     """One conversation, traced as one trace: a span per model call, the whole record at the end."""
+    return traced(ctx, conv_id, context, lambda: converse(ctx, conv_id, context))
+
+
+def retrace(ctx: StageContext, record: Conversation, context: Context) -> Conversation:
+    """A finished conversation whose trace a fault lost, traced again from its record (no model call):
+    the same root, and a span per message with what that side saw."""
+
+    def replay() -> Conversation:
+        for i, message in enumerate(record.messages):
+            earlier = record.messages[:i]
+            if message.role == "assistant":
+                system, view = record.assistant_system_prompt, assistant_view(record.opening_prompt, earlier)
+            else:
+                system, view = record.user_system_prompt, user_view(earlier)
+            ctx.tracer.replayed(message.role, system, view, message.content, message.model)
+        return record
+
+    return traced(ctx, record.id, context, replay)
+
+
+def traced(ctx: StageContext, conv_id: str, context: Context, produce: Callable[[], Conversation]) -> Conversation:
     s = ctx.settings
     with ctx.tracer.unit(
         conv_id,
@@ -78,13 +102,47 @@ def simulate(ctx: StageContext, conv_id: str, context: Context) -> Conversation:
             "chareval.seed": s.seed,
         },
     ) as trace:
-        conversation = converse(ctx, conv_id, context).model_copy(update={"trace_id": trace.trace_id})
+        conversation = produce().model_copy(update={"trace_id": trace.trace_id})
         trace.finish(
             {"messages": [{"role": m.role, "content": m.content} for m in conversation.messages]},
             attributes={RECORD_ATTRIBUTE: conversation.model_dump(mode="json")},
             error=conversation.error,
         )
     return conversation
+
+
+def repair_traces(ctx: StageContext, out: Path, contexts: dict[str, Context]) -> None:
+    """Before a resumed run's new work (see trace_repair): interrupted traces closed, finished records
+    with a missing or unfinished trace traced again (and the file updated), orphan traces deleted."""
+    run_id = ctx.tracer.run_id
+    if run_id is None or not out.exists():
+        return
+    experiment = trace_repair.experiment_of(run_id)
+    earlier = trace_repair.earlier_runs(ctx.run_dir, experiment, run_id)
+    records = read_records_jsonl(out, Conversation)
+    finished = {r.id: r for r in latest_by_id(records) if r.error is None}
+    broken = trace_repair.missing_or_unfinished([r.trace_id for r in finished.values() if r.trace_id])
+    repair = trace_repair.Repair(closed=trace_repair.close_interrupted(experiment, earlier))
+    redo = [r for r in finished.values() if (r.trace_id is None or r.trace_id in broken) and r.context_id in contexts]
+    if redo:
+        new_ids = {r.id: retrace(ctx, r, contexts[r.context_id]).trace_id for r in redo}
+        repair.rebuilt = len(redo)
+        write_jsonl_atomic(
+            out,
+            [
+                (
+                    r.model_copy(update={"trace_id": new_ids[r.id]}) if r.error is None and r.id in new_ids else r
+                ).model_dump(mode="json")
+                for r in records
+            ],
+        )
+        finished |= {r.id: r.model_copy(update={"trace_id": new_ids[r.id]}) for r in redo}
+    ctx.tracer.flush()
+    referenced = {r.trace_id for r in finished.values() if r.trace_id}
+    orphans = trace_repair.unreferenced(experiment, earlier, "conversation", referenced)
+    repair.deleted = trace_repair.delete(experiment, [*(broken - referenced), *orphans])
+    if repair:
+        log.info("%s", repair.describe())
 
 
 def session_id(ctx: StageContext) -> str | None:
@@ -152,6 +210,8 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     out = ctx.run_dir / "conversations.jsonl"
     # Resume: finished conversations already in this run folder are kept; errored ones are retried.
     done = finished_ids(out, Conversation)
+    if done:
+        repair_traces(ctx, out, {c.id: c for c in contexts})
     planned = plan(contexts, s.num_conversations)
     work = [(cid, c) for cid, c in planned if cid not in done]
     if done:

@@ -8,6 +8,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+from chareval import trace_repair
 from chareval.config import AppConfig, EvaluateSettings
 from chareval.errors import ModelError
 from chareval.evaluators.base import Evaluator
@@ -132,6 +133,8 @@ def judge_all(
         (conv, ev, judge, k) for conv in conversations for ev in evaluators for judge in judges for k in range(samples)
     ]
     todo = [item for item in wanted if evaluation_id(item[0].id, item[1].name, item[2], item[3]) not in done]
+    if done and todo:
+        repair_traces(ctx, todo, feedback)
     errors = []
     # The judgments of one conversation are one trace, written when its last judgment is done.
     left = Counter(conv.id for conv, *_ in todo)
@@ -162,6 +165,25 @@ def judge_all(
                 trace.close()
     ids = {evaluation_id(c.id, e.name, j, k) for c, e, j, k in wanted}
     return [r for r in latest_by_id(read_records_jsonl(out, Evaluation)) if r.id in ids] if out.exists() else []
+
+
+def repair_traces(ctx: StageContext, todo: list[tuple], feedback: bool) -> None:
+    """A resumed run (see trace_repair): the judgments traces a killed run left open are closed as
+    errors, and the verdicts it attached without writing their records are taken off the
+    conversations' traces (they are judged again now)."""
+    run_id = ctx.tracer.run_id
+    if run_id is None:
+        return
+    experiment = trace_repair.experiment_of(run_id)
+    closed = trace_repair.close_interrupted(experiment, trace_repair.earlier_runs(ctx.run_dir, experiment, run_id))
+    dropped = 0
+    if feedback:
+        redo = {evaluation_id(c.id, e.name, j, k) for c, e, j, k in todo}
+        dropped = trace_repair.drop_feedback({c.trace_id for c, *_ in todo if c.trace_id}, redo)
+    if closed or dropped:
+        log.info(
+            "tracing repaired: %d interrupted judgments trace(s) closed, %d verdict(s) to judge again", closed, dropped
+        )
 
 
 def judgments_trace(ctx: StageContext, conversation: Conversation) -> Unit:
