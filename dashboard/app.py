@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `dashboard` as a
 from mlflow.exceptions import MlflowException
 
 from chareval.errors import CharevalError
+from chareval.tracking import STORE_MODULES, check_readable
 from dashboard import data, settings
 from dashboard.components import PAGES, escape
 
@@ -64,9 +65,15 @@ if current.store_missing():
     st.stop()
 
 try:
+    check_readable(current.tracking_uri)
     pages.run()
 except CharevalError as e:
     st.error(escape(str(e)), icon=":material/error:")
 except MlflowException as e:
     st.error(escape(f"Cannot read the MLflow store {current.tracking_uri}: {e.message}"), icon=":material/error:")
     st.caption("check tracking.uri / MLFLOW_TRACKING_URI (is the tracking server up?)")
+except Exception as e:  # the store's database or HTTP client failing under MLflow: a banner, not a traceback
+    if type(e).__module__.split(".")[0] not in STORE_MODULES:
+        raise
+    st.error(escape(f"Cannot read the MLflow store {current.tracking_uri}: {type(e).__name__}: {e}"[:1000]))
+    st.caption("check tracking.uri / MLFLOW_TRACKING_URI, or move a damaged store file aside")

@@ -16,6 +16,11 @@ signal.signal(signal.SIGINT, _interrupted_early)
 
 import errno  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
+
+# MLflow's own console handler would bypass chareval's log config (conf/hydra/job_logging): its lines
+# go through chareval's handlers instead, redacted, at the levels set there, repeats shown once.
+os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
@@ -46,7 +51,7 @@ def main(cfg: DictConfig) -> None:
     from chareval.app import Job
     from chareval.report import print_report
     from chareval.sweep import record_outcome
-    from chareval.tracking import error_text
+    from chareval.tracking import error_text, store_failure
 
     run_dir = HydraConfig.get().runtime.output_dir
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -80,8 +85,13 @@ def main(cfg: DictConfig) -> None:
             )
             error, code = f"{e.strerror}: {e.filename}", 2
     except Exception as e:
-        log.exception("unexpected failure; finished work is saved in %s; %s", run_dir, resume)
-        error, code = error_text(e), 1
+        failure = store_failure(e, run_dir, resume)
+        if failure is not None:
+            print(f"error: {failure}", file=sys.stderr)
+            error, code = str(failure), 2
+        else:
+            log.exception("unexpected failure; finished work is saved in %s; %s", run_dir, resume)
+            error, code = error_text(e), 1
     if in_sweep:
         # The sweep goes on with its other jobs; its end reports every job and exits non-zero if one failed.
         record_outcome(cfg, job, "failed" if code else "completed", error, busy_pid=busy)

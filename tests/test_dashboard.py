@@ -347,3 +347,23 @@ def test_no_store_yet_says_make_run(tmp_path, monkeypatch):
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert "No MLflow store yet" in at.info[0].value and any("make run" in c.value for c in at.code)
     assert not (tmp_path / "none").exists()  # reading never creates a store
+
+
+@pytest.mark.parametrize("damage", ["not a database", "half-created"])
+def test_a_damaged_store_file_is_a_banner_with_the_fix_not_a_traceback(tmp_path, monkeypatch, damage):
+    import sqlite3
+
+    db = tmp_path / "mlflow.db"
+    if damage == "not a database":
+        db.write_bytes(b"not a database" * 100)
+    else:  # its tables were being made when the disk filled
+        connection = sqlite3.connect(db)
+        connection.execute("CREATE TABLE experiments (experiment_id INTEGER)")
+        connection.commit()
+        connection.close()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    monkeypatch.setenv("CHAREVAL_DASHBOARD_ARGS", "")
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    (banner,) = at.error
+    assert escape(f"mv {db} {db}.broken") in banner.value and escape(f"{db} is ") in banner.value

@@ -10,7 +10,8 @@ import pytest
 from mlflow import MlflowClient
 
 from chareval.errors import CharevalError, ModelError
-from chareval.secrets import REDACTED, RedactingFilter, redact_text
+from chareval.log_filters import RedactingFilter
+from chareval.secrets import REDACTED, redact_text
 from conftest import DATA, run_cli
 from fake_apis import FakeAPI, Reply, anthropic_error, anthropic_stream, openai_error
 

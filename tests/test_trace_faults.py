@@ -101,7 +101,10 @@ def test_kill_9_mid_stage_leaves_no_trace_in_progress_and_no_verdict_twice(tmp_p
             args += [f"context_file={DATA / 'contexts.json'}", "num_conversations=3", "turns=3"]
             out = run_dir / "conversations.jsonl"
         else:
-            args += [f"input_file={conversations}", "evaluation.evaluators=[professionalism,boundary_holding,grounding]"]
+            args += [
+                f"input_file={conversations}",
+                "evaluation.evaluators=[professionalism,boundary_holding,grounding]",
+            ]
             out = run_dir / "evaluations.jsonl"
         first = start_cli(*args, env=env)
         deadline = time.monotonic() + 120

@@ -8,7 +8,6 @@ that looks like one, and anything shaped like a provider's key."""
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 
@@ -39,18 +38,3 @@ def redact_text(text: str) -> str:
         if value in text:
             text = text.replace(value, REDACTED)
     return _KEY_SHAPES.sub(REDACTED, text)
-
-
-class RedactingFilter(logging.Filter):
-    """On every handler (conf/hydra/job_logging): a log line, and the traceback with it, redacted."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = redact_text(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact_text(record.exc_text)
-        return True

@@ -51,6 +51,8 @@ def use_store(uri: str, experiment: str) -> str:
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    new_store = db is not None and not db.exists()
     check_store(uri)
     mlflow.set_tracking_uri(uri)
     try:
@@ -70,10 +72,55 @@ def use_store(uri: str, experiment: str) -> str:
         mlflow.set_experiment(experiment_id=experiment_id)
         return experiment_id
     except Exception as e:  # any store problem: unreachable server, locked or corrupt database
-        raise CharevalError(
-            f"cannot use the MLflow store {uri}: {type(e).__name__}: {e}",
-            "check tracking.uri / MLFLOW_TRACKING_URI, or run with tracking.enabled=false",
-        ) from None
+        reason = f"{type(e).__name__}: {_first_line(e)}"  # not the SQL statement that failed
+        if db is not None and new_store:  # its tables were being made (on a full disk?): nothing to keep
+            for leftover in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+                leftover.unlink(missing_ok=True)
+            raise CharevalError(
+                f"could not create the MLflow store {db}: {reason}; the half-made file was removed",
+                "free space (or fix the folder's permissions) and rerun: the store is made anew",
+            ) from None
+        if db is not None and half_created(db):
+            raise CharevalError(
+                f"{db} is a half-created MLflow store (its tables are incomplete and it holds no run; was it made on"
+                f" a full disk?): {reason}",
+                f"move it aside (mv {db} {db}.broken) and rerun: chareval makes a new store there",
+            ) from None
+        raise CharevalError(f"cannot use the MLflow store {uri}: {reason}", STORE_FIX) from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:500] if text else ""
+
+
+# Tables every complete store has, whatever its schema version.
+CORE_TABLES = {"alembic_version", "experiments", "runs", "metrics", "params", "tags"}
+
+
+def half_created(db: Path) -> bool:
+    """A store whose tables were never all made (core tables missing, no schema version, or a version
+    short of this MLflow's: its migrations stopped part-way) and that holds no run. A store that holds
+    runs is only old, and `mlflow db upgrade` is the right fix for it."""
+    import sqlite3
+
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    try:
+        connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            runs = connection.execute("SELECT COUNT(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+            versions = (
+                [row[0] for row in connection.execute("SELECT version_num FROM alembic_version")]
+                if "alembic_version" in tables
+                else []
+            )
+        finally:
+            connection.close()
+    except sqlite3.Error:
+        return False
+    return runs == 0 and (not CORE_TABLES <= tables or versions != [_get_latest_schema_revision()])
 
 
 STORE_FIX = "check tracking.uri / MLFLOW_TRACKING_URI, or run with tracking.enabled=false"
@@ -111,6 +158,35 @@ def check_store(uri: str) -> None:
                 f"the MLflow store {db} is not a usable SQLite database ({e})",
                 "move the file aside (a new store is made on the next run) or set tracking.uri to another store",
             ) from None
+
+
+def check_readable(uri: str) -> None:
+    """For readers (the dashboard): an SQLite store file that is not a database, or a half-created
+    one, is one clear error; nothing is written."""
+    if not uri.startswith("sqlite:///"):
+        return
+    import sqlite3
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    if not db.is_file():
+        return
+    try:
+        connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            connection.execute("SELECT name FROM sqlite_master").fetchall()
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as e:
+        raise CharevalError(
+            f"the MLflow store {db} is not a usable SQLite database ({e})",
+            f"move the file aside (mv {db} {db}.broken; the next run makes a new store) or open another store"
+            " (tracking.uri=… after --)",
+        ) from None
+    if half_created(db):
+        raise CharevalError(
+            f"{db} is a half-created MLflow store (its tables are incomplete and it holds no run)",
+            f"move it aside (mv {db} {db}.broken): the next run makes a new store there",
+        )
 
 
 @contextmanager
@@ -221,6 +297,32 @@ def _param(key: str, value: Any) -> dict[str, str]:
     if len(text) > MAX_PARAM_CHARS:
         text = f"sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]} ({len(text)} chars)"
     return {key: text}
+
+
+# Where the exceptions of a store that stopped working come from (MLflow, its HTTP client, its database).
+STORE_MODULES = ("mlflow", "requests", "urllib3", "sqlalchemy", "sqlite3")
+
+
+def store_failure(error: BaseException, run_dir: str, resume: str) -> CharevalError | None:
+    """A store that stopped working mid-run (a server that died or answers 5xx, a database on a full
+    disk) as one message: what stopped, what is safe where, how to resume. None: not the store."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = error
+    while seen is not None and len(chain) < 20:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    culprit = next((e for e in chain if type(e).__module__.split(".")[0] in STORE_MODULES), None)
+    if culprit is None:
+        return None
+    import mlflow
+
+    reason = redact_text(str(culprit).strip().splitlines()[0] if str(culprit).strip() else type(culprit).__name__)
+    return CharevalError(
+        f"the MLflow store {mlflow.get_tracking_uri()} stopped working during the run ({reason[:300]}). Everything"
+        f" that finished is written in {run_dir} (its records and run.log); the store may lack this run's last"
+        " metrics and traces",
+        f"bring the store back (the server up, space on its disk), then {resume}: it picks up what is missing",
+    )
 
 
 def error_text(error: BaseException) -> str:

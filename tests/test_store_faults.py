@@ -1,0 +1,153 @@
+"""An MLflow store that stops working mid-run (a server killed or answering 5xx, a database on a disk
+that fills up, a half-created database): exit 2 and one paragraph that says what stopped, where the
+work is and how to resume; the records are all there; MLflow's own logging stays quiet below it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import DATA, run_cli, start_cli
+from fake_apis import FakeAPI, Reply, chat_completion
+
+pytestmark = pytest.mark.slow  # subprocesses, as users run them
+
+ARGS = [f"context_file={DATA / 'contexts.json'}", "num_conversations=2", "turns=3", "stage=conversations"]
+
+
+def assert_one_paragraph(stderr: str, run_dir=None) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip() and "conversations:" not in line]
+    assert "Traceback" not in stderr and len(lines) <= 6, stderr[-3000:]
+    assert "MLflow store" in stderr and "\n  fix: " in stderr
+    if run_dir is not None:  # it stopped mid-run: how to resume
+        assert "error: the MLflow store" in stderr and f"hydra.run.dir={run_dir}" in stderr
+
+
+def test_a_store_answering_5xx_is_one_paragraph(tmp_path):
+    def store(seen, n):  # healthy when asked, then every request refused
+        return (
+            Reply(200, {}) if seen.path.startswith("/health") else Reply(503, {"error_code": "TEMPORARILY_UNAVAILABLE"})
+        )
+
+    run_dir = tmp_path / "run"
+    with FakeAPI(store) as server:
+        result = run_cli(*ARGS, "models=mock", f"hydra.run.dir={run_dir}", env={"MLFLOW_TRACKING_URI": server.url})
+    assert result.returncode == 2 and "503" in result.stderr
+    assert_one_paragraph(result.stderr)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_tracking_server_killed_mid_stage_is_one_paragraph_and_the_resume_finishes(tmp_path):
+    port = _free_port()
+    db = f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}"
+    (tmp_path / "server").mkdir()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
+        + ["--backend-store-uri", db, "--default-artifact-root", str(tmp_path / "server" / "artifacts")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its workers die with it
+    )
+    uri = f"http://127.0.0.1:{port}"
+    run_dir = tmp_path / "run"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        with FakeAPI(lambda seen, n: chat_completion(f"reply {n}", seen.body["model"]), delay_s=0.3) as api:
+            job = [
+                *ARGS,
+                "models=openai_compatible",
+                f"models.providers.openai_compatible.base_url={api.url}/v1",
+                "models.providers.openai_compatible.max_in_flight=1",
+                f"hydra.run.dir={run_dir}",
+            ]
+            first = start_cli(*job, env={"MLFLOW_TRACKING_URI": uri}, stderr=subprocess.PIPE, text=True)
+            out = run_dir / "conversations.jsonl"
+            while not (out.exists() and out.read_text().count("\n") >= 1) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.killpg(server.pid, 9)  # the server dies mid-stage
+            server.wait()
+            _, stderr = first.communicate(timeout=300)
+            assert first.returncode == 2
+            assert_one_paragraph(stderr, run_dir)
+            assert out.read_text().count("\n") >= 1  # what finished is on disk
+            # The store comes back (here: a local one): the resume finishes the stage.
+            again = run_cli(*job, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'local.db'}"})
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert out.read_text().count("\n") >= 2
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, 9)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a small tmpfs needs root")
+def test_a_store_on_a_disk_that_fills_up_is_one_paragraph(tmp_path, blank_mlflow_db):
+    full = tmp_path / "full"
+    full.mkdir()
+    size = blank_mlflow_db.stat().st_size + 256 * 1024
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(full)], check=True)
+    run_dir = tmp_path / "run"
+    try:
+        shutil.copy(blank_mlflow_db, full / "mlflow.db")  # 256 KB left: the run's traces fill them
+        result = run_cli(
+            *ARGS, "models=mock", f"hydra.run.dir={run_dir}", env={"MLFLOW_TRACKING_URI": f"sqlite:///{full}/mlflow.db"}
+        )
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
+    assert result.returncode == 2
+    stderr = result.stderr
+    assert "Traceback" not in stderr and len(stderr.splitlines()) < 40, stderr[-3000:]
+    assert "disk is full" in stderr or "No space left on device" in stderr
+    assert f"hydra.run.dir={run_dir}" in stderr
+
+
+def test_a_half_created_store_is_named_as_such_with_the_fix_not_mlflow_db_upgrade(tmp_path, blank_mlflow_db):
+    """Its migrations stopped part-way (a full disk): MLflow itself calls it out of date."""
+    import sqlite3
+
+    from chareval.errors import CharevalError
+    from chareval.tracking import use_store
+
+    db = tmp_path / "mlflow.db"
+    shutil.copy(blank_mlflow_db, db)
+    connection = sqlite3.connect(db)
+    connection.execute("UPDATE alembic_version SET version_num = '451aebb31d03'")  # an early revision
+    connection.commit()
+    connection.close()
+    with pytest.raises(CharevalError, match="half-created MLflow store") as err:
+        use_store(f"sqlite:///{db}", "chareval")
+    assert f"mv {db} {db}.broken" in err.value.fix and "upgrade" not in err.value.fix
+    assert "CREATE TABLE" not in str(err.value)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a small tmpfs needs root")
+def test_a_store_created_on_a_full_disk_is_removed_and_named(tmp_path):
+    from chareval.errors import CharevalError
+    from chareval.tracking import use_store
+
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(full)], check=True)
+    try:
+        with pytest.raises(CharevalError, match="could not create the MLflow store") as err:
+            use_store(f"sqlite:///{full / 'mlflow.db'}", "chareval")
+        assert not (full / "mlflow.db").exists() and "CREATE TABLE" not in str(err.value)
+        assert len(str(err.value).splitlines()) <= 2 and "free space" in err.value.fix
+    finally:
+        subprocess.run(["umount", "-l", str(full)], check=True)  # lazy: MLflow's engine may hold the file open
