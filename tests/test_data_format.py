@@ -109,3 +109,40 @@ def test_unusable_conversations_are_skipped_with_a_reason():
     empty.messages[0].content = ""
     example, reason = conversation_to_example(empty)
     assert example is None and "content must be a non-empty string" in reason
+
+
+@pytest.mark.parametrize(
+    "finetune,expected",
+    [
+        (["finetune.max_seq_tokens=64"], "above finetune.max_seq_tokens=64: local LoRA trains their system message"),
+        (
+            ["finetune=together_qwen3_32b", "finetune.context_length=512"],
+            "above the context length of Qwen/Qwen3-32B on Together (finetune.context_length=512): stage=finetune"
+            " will refuse them",
+        ),
+    ],
+)
+def test_prepare_warns_when_the_backend_will_not_take_examples_whole(make_job, workdir, caplog, finetune, expected):
+    from mlflow import MlflowClient
+
+    from conftest import DATA
+
+    lines = (DATA / "conversations.jsonl").read_text().splitlines()
+    longer = json.loads(lines[0])
+    longer["messages"][0]["content"] *= 20  # one long conversation (~2,000 tokens), one short
+    path = workdir / "conversations.jsonl"
+    path.write_text(json.dumps(longer) + "\n" + lines[1] + "\n")
+    with caplog.at_level("WARNING"):
+        make_job("prepare", f"input_file={path}", *finetune).run()
+    assert expected in caplog.text
+    client = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("chareval").experiment_id])
+    assert run.data.metrics["prepare.longer_than_backend"] == (2 if "max_seq_tokens=64" in finetune[0] else 1)
+
+
+def test_prepare_is_quiet_when_every_example_fits(make_job, caplog):
+    from conftest import DATA
+
+    with caplog.at_level("WARNING"):
+        make_job("prepare", f"input_file={DATA / 'conversations.jsonl'}").run()
+    assert "max_seq_tokens" not in caplog.text

@@ -6,13 +6,46 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from chareval.config import PrepareSettings
+from chareval.config import PrepareSettings, TogetherSettings
 from chareval.errors import CharevalError, InputError
-from chareval.finetune.data_format import conversation_to_example, validate_file
+from chareval.finetune.data_format import conversation_to_example, estimate_tokens, validate_file
 from chareval.io import write_jsonl_atomic
 from chareval.stages.base import StageContext, StageResult, read_conversations
 
 log = logging.getLogger(__name__)
+
+
+def warn_of_cuts(ctx: StageContext, examples: list[dict]) -> int:
+    """How many examples the chosen backend will not take whole (estimated), with a warning that says
+    what it will do with them: Together refuses a line above the model's context length before upload;
+    local LoRA leaves out their earlier exchanges (the system message and last exchange always stay)."""
+    f = ctx.settings.finetune
+    limit = f.context_length if isinstance(f, TogetherSettings) else f.max_seq_tokens
+    sizes = [estimate_tokens(e) for e in examples]
+    longer = [n for n in sizes if n > limit]
+    if not longer:
+        return 0
+    if isinstance(f, TogetherSettings):
+        log.warning(
+            "%d of %d examples are about %d tokens or more, above the context length of %s on Together"
+            " (finetune.context_length=%d): stage=finetune will refuse them before upload; use fewer turns or"
+            " shorter documents",
+            len(longer),
+            len(sizes),
+            min(longer),
+            f.base_model,
+            limit,
+        )
+    else:
+        log.warning(
+            "%d of %d examples are about %d tokens or more, above finetune.max_seq_tokens=%d: local LoRA trains"
+            " their system message and latest exchanges (earlier ones left out); raise it to train them whole",
+            len(longer),
+            len(sizes),
+            min(longer),
+            limit,
+        )
+    return len(longer)
 
 
 def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
@@ -45,8 +78,13 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     report = validate_file(out)
     if report.problems:  # conversation_to_example validates, so this is a bug if it ever fires
         raise CharevalError(f"the written file does not validate:\n{report.describe()}")
+    too_long = warn_of_cuts(ctx, examples)
     return StageResult(
         outputs={"finetune": out},
-        metrics={"prepare.examples": len(examples), "prepare.skipped": sum(skipped.values())},
+        metrics={
+            "prepare.examples": len(examples),
+            "prepare.skipped": sum(skipped.values()),
+            "prepare.longer_than_backend": too_long,
+        },
         summary=f"{len(examples)} fine-tuning examples ({sum(skipped.values())} skipped) -> {out}",
     )
