@@ -54,6 +54,18 @@ def test_a_failed_jobs_summary_shows_the_key_and_the_reason(capsys):
     assert "fix: see conf/config.yaml" in out
 
 
+def two_job_sweep(tmp_path, sweep_dir, uri: str):
+    return run_cli(
+        "-m",
+        "stage=prepare",
+        f"input_file={CONVERSATIONS}",
+        "seed=1,2",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"paths.outputs={tmp_path / 'outputs'}",
+        env={"MLFLOW_TRACKING_URI": uri},
+    )
+
+
 @pytest.mark.slow  # sweeps in subprocesses
 def test_a_job_refused_by_a_still_running_worker_fails_the_sweep_naming_its_pid(tmp_path):
     """What a killed joblib driver leaves: a worker still holding job 0's folder, and that folder's
@@ -77,15 +89,7 @@ def test_a_job_refused_by_a_still_running_worker_fails_the_sweep_naming_its_pid(
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        result = run_cli(
-            "-m",
-            "stage=prepare",
-            f"input_file={CONVERSATIONS}",
-            "seed=1,2",
-            f"hydra.sweep.dir={sweep_dir}",
-            f"paths.outputs={tmp_path / 'outputs'}",
-            env={"MLFLOW_TRACKING_URI": uri},
-        )
+        result = two_job_sweep(tmp_path, sweep_dir, uri)
     finally:
         holder.kill()
         holder.wait()
@@ -113,15 +117,7 @@ def test_rerunning_a_killed_sweep_closes_its_run_as_killed(tmp_path):
     experiment = use_store(uri, "chareval")
     killed = client.create_run(experiment, tags={"chareval.kind": "sweep", "chareval.sweep_dir": str(sweep_dir)})
     time.sleep(0.01)
-    result = run_cli(
-        "-m",
-        "stage=prepare",
-        f"input_file={CONVERSATIONS}",
-        "seed=1,2",
-        f"hydra.sweep.dir={sweep_dir}",
-        f"paths.outputs={tmp_path / 'outputs'}",
-        env={"MLFLOW_TRACKING_URI": uri},
-    )
+    result = two_job_sweep(tmp_path, sweep_dir, uri)
     assert result.returncode == 0, result.stderr[-2000:]
     old = client.get_run(killed.info.run_id)
     assert old.info.status == "KILLED" and "killed" in old.data.tags["chareval.error"]

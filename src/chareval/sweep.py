@@ -63,7 +63,7 @@ def job_choices(cfg: DictConfig, group_choices: dict[str, str], overrides: list[
     for override in overrides or []:
         key, sep, value = override.lstrip("+").partition("=")
         covered = key in choices or any(key in keys for keys in SETTINGS.values())
-        if sep and not key.startswith(("hydra", "~")) and not covered:
+        if sep and not key.startswith(("hydra", "~", "paths.")) and not covered:  # not where files go
             choices[key] = value
     return choices
 

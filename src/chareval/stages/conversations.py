@@ -119,7 +119,7 @@ def repair_traces(ctx: StageContext, out: Path, contexts: dict[str, Context]) ->
         return
     experiment = trace_repair.experiment_of(run_id)
     earlier = trace_repair.earlier_runs(ctx.run_dir, experiment, run_id)
-    records = read_records_jsonl(out, Conversation)
+    records = read_records_jsonl(out, Conversation, tolerate_torn_tail=True)
     finished = {r.id: r for r in latest_by_id(records) if r.error is None}
     broken = trace_repair.missing_or_unfinished([r.trace_id for r in finished.values() if r.trace_id])
     repair = trace_repair.Repair(closed=trace_repair.close_interrupted(experiment, earlier))
@@ -210,7 +210,7 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     out = ctx.run_dir / "conversations.jsonl"
     # Resume: finished conversations already in this run folder are kept; errored ones are retried.
     done = finished_ids(out, Conversation)
-    if done:
+    if out.exists():  # this folder was run before: mend what a fault left of its traces
         repair_traces(ctx, out, {c.id: c for c in contexts})
     planned = plan(contexts, s.num_conversations)
     work = [(cid, c) for cid, c in planned if cid not in done]

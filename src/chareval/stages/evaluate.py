@@ -133,7 +133,7 @@ def judge_all(
         (conv, ev, judge, k) for conv in conversations for ev in evaluators for judge in judges for k in range(samples)
     ]
     todo = [item for item in wanted if evaluation_id(item[0].id, item[1].name, item[2], item[3]) not in done]
-    if done and todo:
+    if out.exists():  # this folder was judged before: mend what a fault left of its traces
         repair_traces(ctx, todo, feedback)
     errors = []
     # The judgments of one conversation are one trace, written when its last judgment is done.
