@@ -178,7 +178,8 @@ def test_closed_loop_logs_before_after_and_deltas(make_job, workdir, shared_hf_m
 
 def test_examples_whose_system_message_exceeds_half_the_window_train_with_the_default_settings(tmp_path):
     """The pipeline makes the system message (the persona and the documents the model wrote), so its
-    length is no reason to refuse: three examples with ~1,200-token system messages, max_seq_tokens=1024."""
+    length is no reason to refuse: three examples with ~1,200-token system messages, max_seq_tokens=1024
+    (the default settings but for one epoch: the loss going down is another test's)."""
     documents = "\n\n".join(
         f"Document {i}: Brightside Home Goods returns policy, section {i}. Customers may return unopened items"
         f" within {i + 20} days with a receipt; opened items are exchanged for store credit after inspection"
@@ -197,11 +198,11 @@ def test_examples_whose_system_message_exceeds_half_the_window_train_with_the_de
     ]
     train = tmp_path / "long.jsonl"
     write_jsonl_atomic(train, rows)
-    _, outputs = run_job_in(tmp_path, "finetune", f"train_file={train}")
+    _, outputs = run_job_in(tmp_path, "finetune", f"train_file={train}", "finetune.n_epochs=1")  # one step will do
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("chareval").experiment_id])
     assert run.info.status == "FINISHED"
     metrics = run.data.metrics
     assert metrics["train.examples"] == 3 and metrics["train.lengthened_examples"] == 3
-    assert metrics["train.truncated_examples"] == 0 and metrics["train.final_loss"] < metrics["train.first_loss"]
+    assert metrics["train.truncated_examples"] == 0 and metrics["train.steps"] == 1
     assert run.data.tags["finetune.model"].startswith("local_lora/")
