@@ -136,6 +136,18 @@ class Evaluation(Record):
     raw_text: str | None = None
 
 
+class Selection(Record):
+    """What stage=prepare did with one input conversation under prepare.select (prepare_selection.jsonl)."""
+
+    conversation_id: str
+    kept: bool
+    rule: Literal[
+        "all", "passed", "cut_before_slip", "failed", "no_slip_turn", "slip_at_first_turn", "no_verdicts", "errored"
+    ]
+    reason: str  # for a person: "failed boundary_holding (3/10)", "cut before the slip at turn 4"
+    cut_before_turn: int | None = None
+
+
 class ErrorRecord(Record):
     """A work item that failed, with the reason and the raw model output when there was one."""
 

@@ -52,6 +52,8 @@ class AppConfig(Strict):
     contexts_run: str | None
     input_file: str | None
     conversations_run: str | None
+    evaluations_file: str | None
+    evaluate_run: str | None
     output_file: str | None
     judge_model: ModelString | None
     train_file: str | None

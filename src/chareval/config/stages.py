@@ -42,6 +42,8 @@ class ConversationsSettings(Strict):
 
 class PrepareSettings(Strict):
     skip_errored: bool
+    select: Literal["all", "passed", "until_slip"]
+    require: list[str] | None = Field(min_length=1)
 
 
 class EvaluateSettings(Strict):

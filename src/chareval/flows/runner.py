@@ -138,6 +138,10 @@ class StageRunner:
                 run.log_artifact(inputs[needs.name], artifact_path="inputs")
                 if run.run_id:
                     run.set_tags({INPUT_SHA_TAG: file_sha256(inputs[needs.name])})
+            for extra in spec.optional:
+                if extra.name in previous or getattr(settings, extra.file_key) or getattr(settings, extra.run_key):
+                    inputs[extra.name] = previous.get(extra.name) or self.resolve_input(step.stage, extra, settings)
+                    run.log_artifact(inputs[extra.name], artifact_path="inputs")
             result: StageResult | None = None
             try:
                 result = spec.run(StageContext(settings, run_dir, client, run), inputs)

@@ -44,6 +44,8 @@ class Stage:
     judges: bool = False  # it calls the judge models (judge_model= / evaluation.judges)
     # Its knobs: the AppConfig key (conf/stage/<stage>.yaml puts them there) and their class.
     knobs: tuple[str, type] | None = None
+    # Inputs it reads when given (a file, a run, or an earlier stage of the flow), e.g. prepare's verdicts.
+    optional: tuple[InputSpec, ...] = ()
 
 
 STAGES: dict[str, Stage] = {
@@ -63,8 +65,9 @@ STAGES: dict[str, Stage] = {
     "prepare": Stage(
         prepare.run,
         InputSpec("conversations", "input_file", "conversations_run", "conversations.jsonl"),
-        writes=("finetune.jsonl",),
+        writes=("finetune.jsonl", "prepare_selection.jsonl"),
         knobs=("prepare", PrepareSettings),
+        optional=(InputSpec("evaluations", "evaluations_file", "evaluate_run", "evaluations.jsonl"),),
     ),
     "finetune": Stage(  # its knobs are the finetune group (finetune=local_lora / together_qwen3_32b)
         finetune.run,

@@ -7,10 +7,12 @@ from collections import Counter
 from pathlib import Path
 
 from chareval.config import PrepareSettings, TogetherSettings
-from chareval.errors import CharevalError, InputError
+from chareval.errors import CharevalError, ConfigError, InputError
 from chareval.finetune.data_format import conversation_to_example, estimate_tokens, validate_file
-from chareval.io import write_jsonl_atomic
+from chareval.io import latest_by_id, read_records_jsonl, write_jsonl_atomic
+from chareval.schemas import Conversation, Evaluation, Selection
 from chareval.stages.base import StageContext, StageResult, read_conversations
+from chareval.stages.selection import select, verdicts
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,48 @@ def warn_of_cuts(ctx: StageContext, examples: list[dict]) -> int:
     return len(longer)
 
 
+SELECTION_FILE = "prepare_selection.jsonl"
+
+
+def choose(
+    ctx: StageContext, knobs: PrepareSettings, conversations: list[Conversation], verdicts_file: Path | None
+) -> list[Conversation]:
+    """The conversations to train on under prepare.select (cut ones cut), every decision written to
+    prepare_selection.jsonl. Verdicts about conversations the input lacks, and conversations without
+    verdicts, are reported: nothing is dropped silently."""
+    if knobs.select != "all" and verdicts_file is None:
+        raise ConfigError(
+            f"prepare.select={knobs.select} needs the judges' verdicts",
+            "pass evaluations_file=<evaluations.jsonl> or evaluate_run=<MLflow run id> (stage=pipeline judges first)",
+        )
+    found = {}
+    if verdicts_file is not None:
+        evaluations = latest_by_id(read_records_jsonl(verdicts_file, Evaluation))
+        found = verdicts(evaluations, ctx.settings.evaluation.pass_threshold)
+        strangers = sorted(set(found) - {c.id for c in conversations})
+        if strangers:
+            log.warning(
+                "%d conversation(s) judged in %s are not in the input: %s%s (verdicts of another run?)",
+                len(strangers),
+                verdicts_file,
+                ", ".join(strangers[:5]),
+                " …" if len(strangers) > 5 else "",
+            )
+    decisions = [select(c, found.get(c.id), knobs.select, knobs.require) for c in conversations]
+    write_jsonl_atomic(ctx.run_dir / SELECTION_FILE, [d.model_dump(mode="json") for d, _ in decisions])
+    unjudged = [d.conversation_id for d, _ in decisions if d.rule == "no_verdicts"]
+    if unjudged:
+        log.warning(
+            "%d conversation(s) have no verdicts (or miss a required evaluator's) and are left out: %s%s",
+            len(unjudged),
+            ", ".join(unjudged[:5]),
+            " …" if len(unjudged) > 5 else "",
+        )
+    counts = Counter(d.rule for d, _ in decisions)
+    log.info("prepare.select=%s: %s", knobs.select, ", ".join(f"{n} {rule}" for rule, n in sorted(counts.items())))
+    return [c for _, c in decisions if c is not None]
+
+
 def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     s = ctx.settings
     out = Path(s.output_file).resolve() if s.output_file else ctx.run_dir / "finetune.jsonl"
@@ -58,10 +102,12 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     if out.exists() and out.samefile(inputs["conversations"]):
         raise InputError(f"output_file={s.output_file} is the input file: it would be overwritten", "write elsewhere")
     conversations = read_conversations(inputs["conversations"])
+    knobs = ctx.knobs("prepare", PrepareSettings)
+    chosen = choose(ctx, knobs, conversations, inputs.get("evaluations"))
     examples: list[dict] = []
     skipped: Counter[str] = Counter()
-    for conversation in conversations:
-        if conversation.error and not ctx.knobs("prepare", PrepareSettings).skip_errored:
+    for conversation in chosen:
+        if conversation.error and not knobs.skip_errored:
             raise CharevalError(
                 f"{conversation.id} has an error ({conversation.error})",
                 "rerun stage=conversations to retry it, or set prepare.skip_errored=true",
@@ -79,12 +125,14 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     if report.problems:  # conversation_to_example validates, so this is a bug if it ever fires
         raise CharevalError(f"the written file does not validate:\n{report.describe()}")
     too_long = warn_of_cuts(ctx, examples)
+    selection = read_records_jsonl(ctx.run_dir / SELECTION_FILE, Selection)
     return StageResult(
-        outputs={"finetune": out},
+        outputs={"finetune": out, "prepare_selection": ctx.run_dir / SELECTION_FILE},
         metrics={
             "prepare.examples": len(examples),
             "prepare.skipped": sum(skipped.values()),
             "prepare.longer_than_backend": too_long,
-        },
+        }
+        | {f"prepare.selected.{rule}": float(n) for rule, n in Counter(s.rule for s in selection).items()},
         summary=f"{len(examples)} fine-tuning examples ({sum(skipped.values())} skipped) -> {out}",
     )
