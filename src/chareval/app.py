@@ -97,6 +97,8 @@ class Job:
         needs = {f"models.{role}": getattr(s.models, role) for name in stages for role in STAGES[name].roles}
         if any(STAGES[name].judges for name in stages):
             needs |= {f"judge {judge}": judge for judge in s.judges()}
+        if any(STAGES[name].teacher for name in stages):
+            needs["models.teacher"] = s.models.teacher_model()
         require_keys(s.models, needs)
         if "finetune" in stages and s.finetune.backend == "together":
             TOGETHER.require_key(f"finetune={s.finetune.backend}")

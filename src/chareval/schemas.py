@@ -148,6 +148,24 @@ class Selection(Record):
     cut_before_turn: int | None = None
 
 
+class Repair(Record):
+    """stage=repair: a slipped assistant turn written again by the teacher and judged again
+    (repairs.jsonl). `before`/`after`: evaluator -> mean score of its judgments (None: no verdict)."""
+
+    id: str  # the conversation's id
+    conversation_id: str
+    turn: int
+    original: str
+    repaired: str | None = None
+    teacher_model: str
+    before: dict[str, float | None] = {}
+    after: dict[str, float | None] = {}
+    passed_after: bool = False
+    kept: bool = False
+    error: str | None = None
+    usage: Usage = Usage()
+
+
 class ErrorRecord(Record):
     """A work item that failed, with the reason and the raw model output when there was one."""
 

@@ -24,6 +24,7 @@ from chareval.config.stages import (
     JudgeCheckSettings,
     PipelineSettings,
     PrepareSettings,
+    RepairSettings,
 )
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "PipelineSettings",
     "Policy",
     "PrepareSettings",
+    "RepairSettings",
     "Price",
     "RetrySettings",
     "Strict",

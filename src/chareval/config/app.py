@@ -22,6 +22,7 @@ from chareval.config.stages import (
     JudgeCheckSettings,
     PipelineSettings,
     PrepareSettings,
+    RepairSettings,
 )
 from chareval.errors import ConfigError
 
@@ -71,6 +72,7 @@ class AppConfig(Strict):
     contexts: ContextsSettings | None = None
     conversations: ConversationsSettings | None = None
     prepare: PrepareSettings | None = None
+    repair: RepairSettings | None = None
     evaluate: EvaluateSettings | None = None
     judge_check: JudgeCheckSettings | None = None
     pipeline: PipelineSettings | None = None

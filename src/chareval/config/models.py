@@ -43,6 +43,8 @@ class Models(Strict):
     assistant: ModelString
     user: ModelString
     judge: ModelString
+    # stage=repair rewrites slipped turns with it (with the assistant's sampling); unset: the assistant.
+    teacher: ModelString | None
     generation: dict[Role, Generation]
     providers: dict[str, dict[str, Any]]  # name -> settings, each checked by its provider
     # primary model -> the model that answers when the primary stays overloaded
@@ -66,10 +68,15 @@ class Models(Strict):
                     raise ValueError(f"the {self.name} preset requires models.fallback.{primary}={required}")
         return self
 
+    def teacher_model(self) -> str:
+        return self.teacher or self.assistant
+
     def roles(self) -> dict[Role, str]:
         return {role: getattr(self, role) for role in ROLES}
 
     def named_models(self) -> dict[str, str]:
         """Every model string of this config, by the key that names it."""
         named = {f"models.{role}": model for role, model in self.roles().items()}
+        if self.teacher:
+            named["models.teacher"] = self.teacher
         return named | {f"models.fallback.{primary}": target for primary, target in self.fallback.items()}

@@ -46,6 +46,17 @@ class PrepareSettings(Strict):
     require: list[str] | None = Field(min_length=1)
 
 
+class RepairSettings(Strict):
+    keep: Literal["passed", "all"]  # passed: only repairs whose new verdict passes every evaluator
+    instructions: str  # what the teacher is told, with {boundaries}, {rationale}, {original}
+    max_error_fraction: float = Field(ge=0.0, le=1.0)
+
+    @field_validator("instructions")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        return templates.check(value, allowed={"boundaries", "rationale", "original"})
+
+
 class EvaluateSettings(Strict):
     skip_errored: bool
 

@@ -132,3 +132,50 @@ def conversation_to_example(conversation: Conversation) -> tuple[dict, None] | t
     if problems:
         return None, problems[0]
     return example, None
+
+
+# --- Together's preference format (DPO): {"input": {"messages": [...]}, "preferred_output": [...],
+# "non_preferred_output": [...]}, the input ending on the user's turn both outputs answer.
+PREFERENCE_KEYS = {"input", "preferred_output", "non_preferred_output"}
+
+
+def preference_example(conversation: Conversation, prefix: list, chosen: str, rejected: str) -> dict:
+    """A preference pair from a conversation cut before a turn: the assistant's system prompt, the
+    opening prompt as the user's turn, the prefix; then the chosen and the rejected reply."""
+    messages = [
+        {"role": "system", "content": conversation.assistant_system_prompt},
+        {"role": "user", "content": conversation.opening_prompt},
+        *({"role": m.role, "content": m.content} for m in prefix),
+    ]
+    return {
+        "input": {"messages": messages},
+        "preferred_output": [{"role": "assistant", "content": chosen}],
+        "non_preferred_output": [{"role": "assistant", "content": rejected}],
+    }
+
+
+def validate_preference(example: Any) -> list[str]:
+    """Every reason this preference line would be rejected (empty list = valid)."""
+    if not isinstance(example, dict):
+        return [f"a line must be a JSON object, found {type(example).__name__}"]
+    problems = []
+    if set(example) != PREFERENCE_KEYS:
+        problems.append(f"the keys must be {sorted(PREFERENCE_KEYS)}, found {sorted(example)}")
+    messages = (example.get("input") or {}).get("messages") if isinstance(example.get("input"), dict) else None
+    if not isinstance(messages, list) or not messages:
+        return problems + ["'input' must be an object with a non-empty 'messages' list"]
+    problems += validate_example({"messages": [*messages, {"role": "assistant", "content": "x"}]})
+    if messages[-1].get("role") != "user":
+        problems.append("the input's last message must be the user's (both outputs answer it)")
+    for key in ("preferred_output", "non_preferred_output"):
+        output = example.get(key)
+        if (
+            not isinstance(output, list)
+            or len(output) != 1
+            or not isinstance(output[0], dict)
+            or output[0].get("role") != "assistant"
+            or not isinstance(output[0].get("content"), str)
+            or not output[0]["content"].strip()
+        ):
+            problems.append(f"'{key}' must be one assistant message with non-empty content")
+    return problems

@@ -12,6 +12,7 @@ from chareval.config import (
     EvaluateSettings,
     JudgeCheckSettings,
     PrepareSettings,
+    RepairSettings,
 )
 from chareval.stages import (
     contexts,
@@ -20,6 +21,7 @@ from chareval.stages import (
     finetune,
     judge_check,
     prepare,
+    repair,
 )
 from chareval.stages.base import StageContext, StageResult
 
@@ -42,6 +44,7 @@ class Stage:
     # Model roles it calls: their API keys are checked before any work starts.
     roles: tuple[str, ...] = ()
     judges: bool = False  # it calls the judge models (judge_model= / evaluation.judges)
+    teacher: bool = False  # it calls models.teacher (default: the assistant)
     # Its knobs: the AppConfig key (conf/stage/<stage>.yaml puts them there) and their class.
     knobs: tuple[str, type] | None = None
     # Inputs it reads when given (a file, a run, or an earlier stage of the flow), e.g. prepare's verdicts.
@@ -73,6 +76,15 @@ STAGES: dict[str, Stage] = {
         finetune.run,
         InputSpec("finetune", "train_file", "prepare_run", "finetune.jsonl", unless="job_id"),
         writes=("finetune_job.json", "adapter"),
+    ),
+    "repair": Stage(
+        repair.run,
+        InputSpec("conversations", "input_file", "conversations_run", "conversations.jsonl"),
+        writes=(repair.REPAIRS, repair.PREFERENCES, repair.SFT),
+        judges=True,
+        teacher=True,
+        knobs=("repair", RepairSettings),
+        optional=(InputSpec("evaluations", "evaluations_file", "evaluate_run", "evaluations.jsonl"),),
     ),
     "evaluate": Stage(
         evaluate.run,
