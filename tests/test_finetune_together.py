@@ -264,3 +264,48 @@ def test_another_account_or_endpoint_never_reuses_a_job_and_a_404_starts_a_new_o
             together_job(make_job, api, monkeypatch, f"train_file={train_file}").run()
     assert fake.created == 3 and "knows no job ft-gone" in caplog.text
     assert any(r.job_id == "ft-123" and r.account and r.status == "completed" for r in registry.all())
+
+
+PAIR = {
+    "input": {"messages": GOOD["messages"][:2]},
+    "preferred_output": [{"role": "assistant", "content": "I respect our customers."}],
+    "non_preferred_output": [{"role": "assistant", "content": "Customers are the worst."}],
+}
+
+
+def test_dpo_uploads_preference_pairs_and_creates_a_dpo_job(make_job, workdir, tmp_path, monkeypatch):
+    pairs = tmp_path / "preferences.jsonl"
+    pairs.write_text(json.dumps(PAIR) + "\n" + json.dumps(PAIR) + "\n")
+    fake = Together(statuses=("completed",))
+    with FakeAPI(fake) as api:
+        fake.url = api.url
+        together_job(
+            make_job, api, monkeypatch, f"train_file={pairs}", "finetune.training_method=dpo", "finetune.dpo_beta=0.2"
+        ).run()
+    create = next(r.body for r in api.requests if r.path == "/v1/fine-tunes")
+    assert create["training_method"]["method"] == "dpo" and create["training_method"]["dpo_beta"] == 0.2
+    assert create["model"] == "Qwen/Qwen3-32B" and create["training_file"] == "file-abc"
+    (record,) = Registry(workdir / "outputs" / "registry" / "finetuned_models.jsonl").all()
+    assert record.settings["training_method"] == "dpo" and record.status == "completed"
+
+
+def test_a_preference_file_given_to_sft_or_the_reverse_names_the_file_and_the_setting(
+    make_job, train_file, tmp_path, monkeypatch
+):
+    from chareval.errors import ConfigError
+    from chareval.validation import validate_config
+    from conftest import compose_cfg
+
+    pairs = tmp_path / "preferences.jsonl"
+    pairs.write_text(json.dumps(PAIR) + "\n")
+    with FakeAPI(Together()) as api:
+        with pytest.raises(InputError, match="holds preference pairs .* finetune.training_method=sft") as err:
+            together_job(make_job, api, monkeypatch, f"train_file={pairs}").run()
+        assert str(pairs) in str(err.value) and "training_method=dpo" in err.value.fix
+        with pytest.raises(InputError, match="holds conversations .* finetune.training_method=dpo"):
+            together_job(make_job, api, monkeypatch, f"train_file={train_file}", "finetune.training_method=dpo").run()
+        assert api.requests == []  # refused before any upload
+    with pytest.raises(InputError, match="holds preference pairs .* finetune=local_lora"):
+        make_job("finetune", f"train_file={pairs}").run()
+    with pytest.raises(ConfigError, match="finetune.dpo_beta is a DPO setting"):
+        validate_config(compose_cfg("finetune=together_qwen3_32b", "finetune.dpo_beta=0.1"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from chareval.config.base import ModelString, Strict
 
@@ -37,6 +37,8 @@ class LocalLoraSettings(Strict):
 
 
 class TogetherSettings(Strict):
+    """finetune=together_qwen3_32b (conf/finetune/together_qwen3_32b.yaml)."""
+
     backend: Literal["together"]
     base_model: Literal["Qwen/Qwen3-32B"]  # the seed: only Qwen/Qwen3-32B is fine-tuned on Together
     n_epochs: int = Field(ge=1, le=20)
@@ -46,7 +48,20 @@ class TogetherSettings(Strict):
     batch_size: int | Literal["max"]
     validation_file: str | None
     n_evals: int = Field(ge=0)
-    train_on_inputs: bool | Literal["auto"]
+    train_on_inputs: bool | Literal["auto"]  # SFT only
+    # sft: conversations (finetune.jsonl); dpo: preference pairs (stage=repair's preferences.jsonl)
+    training_method: Literal["sft", "dpo"]
+    dpo_beta: float | None = Field(gt=0)  # DPO only; null: Together's default
+    rpo_alpha: float | None = Field(ge=0)  # DPO only: weight of the NLL term on the chosen reply
+    simpo_gamma: float | None = Field(ge=0)  # DPO only: SimPO's margin (reference-free)
     context_length: int = Field(ge=512)
     wait: bool
     poll_interval_s: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _dpo_knobs(self) -> TogetherSettings:
+        if self.training_method == "sft":
+            for key in ("dpo_beta", "rpo_alpha", "simpo_gamma"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"finetune.{key} is a DPO setting: set finetune.training_method=dpo")
+        return self

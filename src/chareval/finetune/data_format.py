@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chareval.errors import InputError
 from chareval.schemas import Conversation
 
 ROLES = ("system", "user", "assistant")
@@ -85,9 +86,11 @@ class FileReport:
         return "\n".join([head, *rows])
 
 
-def validate_file(path: Path, context_length: int | None = None) -> FileReport:
-    """Check every line of a fine-tuning file and report each bad one; with `context_length`,
-    also each line whose estimated token count does not fit the model."""
+def validate_file(path: Path, context_length: int | None = None, kind: str = "sft") -> FileReport:
+    """Check every line of a fine-tuning file (`sft`: conversations; `preference`: DPO pairs) and
+    report each bad one; with `context_length`, also each line whose estimated token count does not
+    fit the model."""
+    validate = validate_preference if kind == "preference" else validate_example
     report = FileReport(Path(path))
     with Path(path).open(encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
@@ -99,14 +102,52 @@ def validate_file(path: Path, context_length: int | None = None) -> FileReport:
             except json.JSONDecodeError as e:
                 report.problems[number] = [f"not valid JSON: {e.msg} at column {e.colno}"]
                 continue
-            problems = validate_example(example)
-            if not problems and context_length and (tokens := estimate_tokens(example)) > context_length:
+            problems = validate(example)
+            if not problems and context_length and (tokens := _tokens(example)) > context_length:
                 problems = [f"about {tokens} tokens, more than the model's context length ({context_length})"]
             if problems:
                 report.problems[number] = problems
             else:
                 report.valid += 1
     return report
+
+
+def _tokens(example: dict) -> int:
+    if "input" not in example:
+        return estimate_tokens(example)
+    longer = max(example["preferred_output"], example["non_preferred_output"], key=lambda o: len(o[0]["content"]))
+    return estimate_tokens({"messages": [*example["input"]["messages"], *longer]})
+
+
+def file_kind(path: Path) -> str | None:
+    """`preference` (DPO pairs) or `sft` (conversations), by the first line that parses."""
+    with Path(path).open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                example = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(example, dict):
+                return "preference" if "preferred_output" in example or "input" in example else "sft"
+    return None
+
+
+def check_kind(path: Path, expected: str, setting: str) -> None:
+    """A preference file given to SFT, or the reverse, is an error naming the file and the setting."""
+    found = file_kind(path)
+    if found is None or found == expected:
+        return
+    if found == "preference":
+        raise InputError(
+            f"{path} holds preference pairs (DPO: input, preferred_output, non_preferred_output), but {setting}"
+            " trains on conversations (SFT)",
+            "give the SFT file (finetune.jsonl, or stage=repair's repaired_finetune.jsonl), or train the pairs with"
+            " finetune=together_qwen3_32b finetune.training_method=dpo",
+        )
+    raise InputError(
+        f"{path} holds conversations (SFT: messages), but {setting} trains on preference pairs",
+        "give stage=repair's preferences.jsonl, or set finetune.training_method=sft",
+    )
 
 
 def conversation_to_example(conversation: Conversation) -> tuple[dict, None] | tuple[None, str]:

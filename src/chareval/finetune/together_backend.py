@@ -12,7 +12,7 @@ from typing import Any
 
 from chareval.config import RetrySettings, TogetherSettings
 from chareval.errors import ConfigError, InputError
-from chareval.finetune.data_format import validate_file
+from chareval.finetune.data_format import check_kind, validate_file
 from chareval.remote.keys import TOGETHER, api_key
 from chareval.remote.retry import Failure, call_with_retries, classify_sdk_error
 from chareval.schemas import JOB_FINISHED
@@ -20,9 +20,11 @@ from chareval.schemas import JOB_FINISHED
 log = logging.getLogger(__name__)
 
 
-def check_before_upload(path: Path, context_length: int) -> None:
+def check_before_upload(path: Path, context_length: int, training_method: str = "sft") -> None:
     """The full local check; every bad line is reported and nothing is uploaded."""
-    report = validate_file(path, context_length=context_length)
+    kind = "preference" if training_method == "dpo" else "sft"
+    check_kind(path, kind, f"finetune.training_method={training_method}")
+    report = validate_file(path, context_length=context_length, kind=kind)
     if not report.ok:
         raise InputError(
             f"the fine-tuning file would be rejected:\n{report.describe()}",
@@ -93,9 +95,17 @@ class TogetherFinetuner:
                 batch_size=s.batch_size,
                 validation_file=validation_file_id or "",
                 n_evals=s.n_evals if validation_file_id else 0,
-                train_on_inputs=s.train_on_inputs,
+                **self._method(),
             )
         )
+
+    def _method(self) -> dict[str, Any]:
+        """SFT takes train_on_inputs; DPO takes its own knobs (the SDK refuses the other's)."""
+        s = self.settings
+        if s.training_method == "sft":
+            return {"training_method": "sft", "train_on_inputs": s.train_on_inputs}
+        knobs = {"dpo_beta": s.dpo_beta, "rpo_alpha": s.rpo_alpha, "simpo_gamma": s.simpo_gamma}
+        return {"training_method": "dpo"} | {k: v for k, v in knobs.items() if v is not None}
 
     def follow(self, job_id: str, *, wait: bool, on_update: Callable[[Any, list[str]], None]) -> tuple[Any, list[str]]:
         """Poll the job (and its events) until a terminal state; with wait=False, look once."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from chareval.config import LocalLoraSettings, TogetherSettings
 from chareval.errors import InputError
-from chareval.finetune.data_format import validate_file
+from chareval.finetune.data_format import check_kind, validate_file
 from chareval.io import file_sha256, write_text_atomic
 from chareval.registry import Registry, job_key, now
 from chareval.remote.retry import RefusedError
@@ -70,6 +70,7 @@ def run_local_lora(ctx: StageContext, train_file: Path) -> tuple[FineTunedModel,
     from chareval.llm.providers.local import gguf_of
 
     s, f = ctx.settings, ctx.knobs("finetune", LocalLoraSettings)
+    check_kind(train_file, "sft", "finetune=local_lora")
     report = validate_file(train_file)
     if not report.ok:
         raise InputError(f"the fine-tuning file is not valid:\n{report.describe()}", "rerun stage=prepare")
@@ -183,9 +184,9 @@ def run_together(ctx: StageContext, train_file: Path | None) -> tuple[FineTunedM
             raise InputError(
                 "stage=finetune has no fine-tuning file", "pass train_file=<finetune.jsonl> or job_id=<job>"
             )
-        check_before_upload(train_file, f.context_length)
+        check_before_upload(train_file, f.context_length, f.training_method)
         if f.validation_file:
-            check_before_upload(Path(f.validation_file), f.context_length)
+            check_before_upload(Path(f.validation_file), f.context_length, f.training_method)
         sha = file_sha256(train_file)
         settings = _key_settings(ctx)
         key = job_key(sha, settings | {"account": tuner.account})
