@@ -206,3 +206,36 @@ def test_examples_whose_system_message_exceeds_half_the_window_train_with_the_de
     assert metrics["train.examples"] == 3 and metrics["train.lengthened_examples"] == 3
     assert metrics["train.truncated_examples"] == 0 and metrics["train.steps"] == 1
     assert run.data.tags["finetune.model"].startswith("local_lora/")
+
+
+def test_dpo_on_the_embedded_model_widens_the_margin_and_serves_like_sft(tmp_path):
+    """Preference pairs (stage=repair's format) through TRL's DPOTrainer: the loss per step and the
+    reward margin in MLflow, the adapter written for llama.cpp and registered."""
+    pair = {
+        "input": {"messages": [{"role": "system", "content": "You are Jasmine, a hiring interviewer."}]},
+        "preferred_output": [{"role": "assistant", "content": "I respect our customers and want to help them."}],
+        "non_preferred_output": [{"role": "assistant", "content": "Honestly, customers are the worst."}],
+    }
+    rows = [
+        pair | {"input": {"messages": [*pair["input"]["messages"], {"role": "user", "content": f"Q{i}: customers?"}]}}
+        for i in range(4)
+    ]
+    train = tmp_path / "preferences.jsonl"
+    write_jsonl_atomic(train, rows)
+    _, outputs = run_job_in(
+        tmp_path,
+        "finetune",
+        f"train_file={train}",
+        "finetune.training_method=dpo",
+        "finetune.batch_size=2",
+        "finetune.n_epochs=2",
+        "finetune.learning_rate=0.0005",
+    )
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("chareval").experiment_id])
+    losses = [m.value for m in client.get_metric_history(run.info.run_id, "train.loss")]
+    margins = [m.value for m in client.get_metric_history(run.info.run_id, "train.reward_margin")]
+    assert len(losses) == len(margins) == 4 and losses[-1] < losses[0] and margins[-1] > margins[0]
+    (record,) = Registry(tmp_path / "outputs" / "registry" / "finetuned_models.jsonl").all()
+    assert record.settings["training_method"] == "dpo" and record.gguf_adapter_path
+    assert Path(record.gguf_adapter_path).is_file()

@@ -27,6 +27,9 @@ class LocalLoraSettings(Strict):
     lora: LoraSettings
     suffix: str | None = Field(max_length=40)
     device: Literal["auto", "cpu", "cuda"]
+    # sft: conversations (finetune.jsonl); dpo: preference pairs (stage=repair's preferences.jsonl)
+    training_method: Literal["sft", "dpo"]
+    dpo_beta: float | None = Field(gt=0)  # DPO only; null: 0.1 (TRL's default)
 
     @field_validator("base_model")
     @classmethod

@@ -142,7 +142,7 @@ def check_kind(path: Path, expected: str, setting: str) -> None:
             f"{path} holds preference pairs (DPO: input, preferred_output, non_preferred_output), but {setting}"
             " trains on conversations (SFT)",
             "give the SFT file (finetune.jsonl, or stage=repair's repaired_finetune.jsonl), or train the pairs with"
-            " finetune=together_qwen3_32b finetune.training_method=dpo",
+            " finetune.training_method=dpo",
         )
     raise InputError(
         f"{path} holds conversations (SFT: messages), but {setting} trains on preference pairs",

@@ -66,12 +66,14 @@ def _key_settings(ctx: StageContext) -> dict:
 
 
 def run_local_lora(ctx: StageContext, train_file: Path) -> tuple[FineTunedModel, dict[str, float]]:
+    from chareval.finetune.local_dpo import train_dpo
     from chareval.finetune.local_lora import train
     from chareval.llm.providers.local import gguf_of
 
     s, f = ctx.settings, ctx.knobs("finetune", LocalLoraSettings)
-    check_kind(train_file, "sft", "finetune=local_lora")
-    report = validate_file(train_file)
+    kind = "preference" if f.training_method == "dpo" else "sft"
+    check_kind(train_file, kind, f"finetune=local_lora finetune.training_method={f.training_method}")
+    report = validate_file(train_file, kind=kind)
     if not report.ok:
         raise InputError(f"the fine-tuning file is not valid:\n{report.describe()}", "rerun stage=prepare")
     registry = Registry(s.paths.registry)
@@ -83,15 +85,29 @@ def run_local_lora(ctx: StageContext, train_file: Path) -> tuple[FineTunedModel,
         return existing, {"train.reused": 1}
     gguf = gguf_of(f.base_model, s.models)
     name = "-".join(p for p in (s.persona.name, key[:8], f.suffix) if p)
-    result = train(
-        f,
-        gguf,
-        train_file,
-        ctx.run_dir,
-        seed=s.seed,
-        cache_dir=Path(s.paths.cache),
-        on_step=lambda step, loss: ctx.mlflow.log_metric_at("train.loss", loss, step),
-    )
+    if f.training_method == "dpo":
+
+        def dpo_step(step: int, values: dict[str, float]) -> None:
+            ctx.mlflow.log_metric_at("train.loss", values["loss"], step)
+            if "rewards/margins" in values:
+                ctx.mlflow.log_metric_at("train.reward_margin", values["rewards/margins"], step)
+            log.info(
+                "DPO step %d: loss %.3f, reward margin %.3f", step, values["loss"], values.get("rewards/margins", 0)
+            )
+
+        result = train_dpo(
+            f, gguf, train_file, ctx.run_dir, seed=s.seed, cache_dir=Path(s.paths.cache), on_step=dpo_step
+        )
+    else:
+        result = train(
+            f,
+            gguf,
+            train_file,
+            ctx.run_dir,
+            seed=s.seed,
+            cache_dir=Path(s.paths.cache),
+            on_step=lambda step, loss: ctx.mlflow.log_metric_at("train.loss", loss, step),
+        )
     record = registry.save(
         FineTunedModel(
             key=key,
