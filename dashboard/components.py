@@ -13,7 +13,7 @@ from typing import Any
 
 import streamlit as st
 
-from chareval.schemas import Context, Conversation, Evaluation
+from chareval.schemas import Context, Conversation, Evaluation, Repair
 from dashboard import data, derive
 
 PAGES = {
@@ -239,3 +239,28 @@ def judgments_panel(evaluations: list[Evaluation]) -> None:
                     st.code(e.raw_text, language=None, wrap_lines=True)
             else:
                 st.text(e.rationale or "")
+
+
+def repair_panel(repair: Repair) -> None:
+    """A repaired conversation: the slipped turn and the teacher's repair side by side, each with the
+    verdicts it got (each evaluator's mean score). Model text is shown as text only."""
+    st.subheader(escape(f"Slip and repair · turn {repair.turn}"))
+    if repair.error:
+        st.caption("the repair failed")
+        st.code(repair.error, language=None, wrap_lines=True)
+        return
+    outcome = "passes when judged again" if repair.passed_after else "still fails when judged again"
+    st.caption(escape(f"repaired by {repair.teacher_model}: {outcome}; {'kept' if repair.kept else 'not kept'}"))
+    slip, fix = st.columns(2, gap="medium")
+    for column, title, text, scores in (
+        (slip, "The slip", repair.original, repair.before),
+        (fix, "The repair", repair.repaired or "", repair.after),
+    ):
+        with column:
+            st.markdown(f"**{title}**")
+            st.text(text)
+            st.dataframe(
+                [{"evaluator": name, "mean score": score} for name, score in sorted(scores.items())],
+                hide_index=True,
+                width="stretch",
+            )

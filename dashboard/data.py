@@ -25,7 +25,7 @@ from mlflow.exceptions import MlflowException
 from chareval.errors import InputError
 from chareval.io import append_jsonl, file_sha256, latest_by_id, read_records_json, read_records_jsonl
 from chareval.registry import Registry
-from chareval.schemas import Context, Conversation, Evaluation, FineTunedModel, JudgeCase
+from chareval.schemas import Context, Conversation, Evaluation, FineTunedModel, JudgeCase, Repair
 from chareval.stages.judge_check import DATASET_PATH_TAG
 from chareval.tracing import log_feedback
 from chareval.tracking import INPUT_SHA_TAG, SWEEP_TAG, output_sha_tag
@@ -333,6 +333,7 @@ class ConversationSet:
     contexts_run: str | None  # the conversations run (the contexts file it read, under inputs/)
     job: RunView  # the run that describes them (persona, turns, models)
     cases: bool = False  # a judge_check dataset: JudgeCase records, not Conversation records
+    sha: str | None = None  # the conversations file's SHA-256: later runs that read it tag it
 
 
 def conversation_sets(uri: str, run_id: str) -> list[ConversationSet]:
@@ -363,7 +364,7 @@ def _from_conversations_run(uri: str, r: RunView) -> ConversationSet:
     sha = r.tags.get(output_sha_tag("conversations"))
     judges = find(uri, f"tags.`{INPUT_SHA_TAG}` = {quote(sha)}") if sha else []
     judged = tuple(j.run_id for j in judges if j.stage == "evaluate")
-    return ConversationSet(r.describe(), r.run_id, "conversations.jsonl", judged, r.run_id, r)
+    return ConversationSet(r.describe(), r.run_id, "conversations.jsonl", judged, r.run_id, r, sha=sha)
 
 
 def _from_evaluate_run(uri: str, r: RunView) -> ConversationSet:
@@ -382,7 +383,18 @@ def _from_evaluate_run(uri: str, r: RunView) -> ConversationSet:
         judged,
         source.run_id if source else None,
         source or r,
+        sha=sha,
     )
+
+
+@st.cache_data(show_spinner=False)
+def repairs(uri: str, sha: str) -> dict[str, Repair]:
+    """The slips of these conversations repaired by the newest repair run that read them (by id)."""
+    runs = [r for r in find(uri, f"tags.`{INPUT_SHA_TAG}` = {quote(sha)}") if r.stage == "repair"]
+    if not runs:
+        return {}
+    newest = max(runs, key=lambda r: r.start_ms)
+    return {r.conversation_id: r for r in _records(uri, newest.run_id, "repairs.jsonl", Repair)}
 
 
 def set_conversations(uri: str, cs: ConversationSet) -> list[Conversation]:

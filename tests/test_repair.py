@@ -134,3 +134,37 @@ def test_repair_on_the_embedded_model(tmp_path):
     pairs = [json.loads(line) for line in outputs["preferences"].read_text().splitlines()]
     assert len(pairs) == 2 and all(validate_preference(p) == [] for p in pairs)
     print(f"embedded model: {sum(r.passed_after for r in repairs)} of {len(repairs)} repairs pass when judged again")
+
+
+def test_the_conversations_page_shows_the_slip_and_its_repair_side_by_side(make_job, workdir, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from chareval import PROJECT_ROOT
+    from dashboard.components import escape
+
+    made = make_job("conversations", "models=mock", f"context_file={DATA / 'contexts.json'}", "num_conversations=2")
+    conversations = made.run()["conversations"]
+    records = read_records_jsonl(conversations, Conversation)
+    slipped = records[1].model_copy(update={"id": SLIPPED})  # the helper's slipped id
+    write_jsonl_atomic(conversations.with_name("c.jsonl"), [r.model_dump(mode="json") for r in (records[0], slipped)])
+    evaluations = verdicts_file(workdir / "evaluations.jsonl", [records[0], slipped])
+    outputs = make_job(
+        "repair", "models=mock", f"input_file={conversations.with_name('c.jsonl')}", f"evaluations_file={evaluations}"
+    ).run()
+    (repair,) = read_records_jsonl(outputs["repairs"], Repair)
+    client = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("chareval").experiment_id
+    monkeypatch.setenv("CHAREVAL_DASHBOARD_ARGS", f"paths.outputs={workdir / 'outputs'}")
+    # The page finds the repair run by the file both runs read (its hash): open the evaluate run of it.
+    make_job(
+        "evaluate", "models=mock", f"input_file={conversations.with_name('c.jsonl')}", run_dir=workdir / "judged"
+    ).run()
+    (judged,) = client.search_runs([experiment], "tags.`chareval.stage` = 'evaluate'")
+    at = AppTest.from_file(str(PROJECT_ROOT / "dashboard" / "app.py"), default_timeout=60)
+    at.query_params.update({"run": judged.info.run_id, "conv": SLIPPED})
+    at.run()
+    at.switch_page("app_pages/conversations.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert escape("Slip and repair · turn 2") in [h.value for h in at.subheader]
+    texts = [t.value for t in at.text]
+    assert repair.original in texts and repair.repaired in texts

@@ -13,6 +13,7 @@ from dashboard.components import (
     judgments_panel,
     pick_row,
     remember,
+    repair_panel,
     run_picker,
     selection,
     set_picker,
@@ -84,3 +85,8 @@ with left:
 with right:
     context_panel(contexts.get(conversation.context_id), conversation)
     judgments_panel(mine)
+
+repaired = data.repairs(uri(), cs.sha).get(conversation.id) if cs.sha else None
+if repaired is not None:
+    st.divider()
+    repair_panel(repaired)
