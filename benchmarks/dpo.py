@@ -74,9 +74,8 @@ def main() -> None:
         for key in ("train.loss", "train.reward_margin")
     }
     print(f"DPO on the embedded model: {args.pairs} pairs x {args.epochs} epochs -> {work}")
-    print(
-        f"  wall {figures['wall_s']} s (the stage {figures['stages']['finetune']['wall_s']} s), peak RSS {figures['peak_rss_mb']} MB (target <= 3072)"
-    )
+    stage = figures["stages"]["finetune"]["wall_s"]
+    print(f"  wall {figures['wall_s']} s (the stage {stage} s), peak RSS {figures['peak_rss_mb']} MB (target <= 3072)")
     for key, values in curves.items():
         print(f"  {key}: {values[0]:.3f} -> {values[-1]:.3f} over {len(values)} steps")
 
