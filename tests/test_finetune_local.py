@@ -208,7 +208,7 @@ def test_examples_whose_system_message_exceeds_half_the_window_train_with_the_de
     assert run.data.tags["finetune.model"].startswith("local_lora/")
 
 
-def test_dpo_on_the_embedded_model_widens_the_margin_and_serves_like_sft(tmp_path):
+def test_dpo_on_the_embedded_model_widens_the_margin_and_serves_like_sft(tmp_path, monkeypatch):
     """Preference pairs (stage=repair's format) through TRL's DPOTrainer: the loss per step and the
     reward margin in MLflow, the adapter written for llama.cpp and registered."""
     pair = {
@@ -239,3 +239,17 @@ def test_dpo_on_the_embedded_model_widens_the_margin_and_serves_like_sft(tmp_pat
     (record,) = Registry(tmp_path / "outputs" / "registry" / "finetuned_models.jsonl").all()
     assert record.settings["training_method"] == "dpo" and record.gguf_adapter_path
     assert Path(record.gguf_adapter_path).is_file()
+    # Served by llama.cpp with its GGUF adapter, like an SFT model.
+    served_by_llama_cpp_only(monkeypatch)
+    _, made = run_job_in(
+        tmp_path,
+        "conversations",
+        f"models.assistant={record.model}",
+        f"context_file={DATA / 'contexts.json'}",
+        "num_conversations=1",
+        "turns=1",
+        "models.generation.assistant.max_tokens=12",
+        run_dir="served",
+    )
+    (conversation,) = read_records_jsonl(made["conversations"], Conversation)
+    assert conversation.messages[0].model == record.model and conversation.messages[0].content
