@@ -145,6 +145,8 @@ def trained(tmp_path_factory, cache, folder):
         lora={"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"},
         suffix=None,
         device="cpu",
+        training_method="sft",
+        dpo_beta=None,
     )
     losses: list[float] = []
     result = train(
