@@ -7,18 +7,14 @@ rejected. The adapter is saved like an SFT one, so llama.cpp serves it the same 
 from __future__ import annotations
 
 import json
-import logging
 import random
 from collections.abc import Callable
 from pathlib import Path
 
 from chareval.config import LocalLoraSettings
 from chareval.errors import ConfigError
-from chareval.finetune.local_lora import TrainResult, _require_libraries, device
-from chareval.gguf_lora import UnsupportedAdapter, write_gguf_adapter
+from chareval.finetune.local_lora import TrainResult, _require_libraries, device, save_adapter
 from chareval.hf_models import context_length, converted, load_base, load_tokenizer
-
-log = logging.getLogger(__name__)
 
 
 def pairs(train_file: Path) -> list[dict]:
@@ -104,12 +100,5 @@ def train_dpo(
     )
     trainer.remove_callback(PrinterCallback)  # it prints every step's raw log dict; chareval logs its own line
     trainer.train()
-    adapter_dir = out_dir / "adapter"
-    assert trainer.model is not None  # the PEFT policy DPOTrainer made from the base
-    trainer.model.save_pretrained(str(adapter_dir))
-    try:
-        gguf_adapter: Path | None = write_gguf_adapter(adapter_dir, gguf)
-    except UnsupportedAdapter as e:
-        log.warning("%s; the fine-tuned model will be served by transformers (slower)", e)
-        gguf_adapter = None
+    adapter_dir, gguf_adapter = save_adapter(trainer.model, out_dir, gguf)  # the PEFT policy DPOTrainer made
     return TrainResult(adapter_dir, gguf_adapter, losses, len(rows), 0, 0, on, folder)

@@ -186,6 +186,18 @@ def _read_examples(tokenizer, train_file: Path, max_tokens: int, model_limit: in
     return examples
 
 
+def save_adapter(model, out_dir: Path, gguf: Path) -> tuple[Path, Path | None]:
+    """The PEFT adapter under out_dir/adapter, and the same adapter for llama.cpp (None: it cannot
+    take this one, and transformers serves it)."""
+    adapter_dir = out_dir / "adapter"
+    model.save_pretrained(str(adapter_dir))
+    try:
+        return adapter_dir, write_gguf_adapter(adapter_dir, gguf)
+    except UnsupportedAdapter as e:
+        log.warning("%s; the fine-tuned model will be served by transformers (slower)", e)
+        return adapter_dir, None
+
+
 def train(
     settings: LocalLoraSettings,
     gguf: Path,
@@ -245,13 +257,7 @@ def train(
             optimizer.zero_grad()
             losses.append(total / labelled)
             on_step(len(losses) - 1, losses[-1])
-    adapter_dir = out_dir / "adapter"
-    model.save_pretrained(str(adapter_dir))
-    try:
-        gguf_adapter: Path | None = write_gguf_adapter(adapter_dir, gguf)
-    except UnsupportedAdapter as e:
-        log.warning("%s; the fine-tuned model will be served by transformers (slower)", e)
-        gguf_adapter = None
+    adapter_dir, gguf_adapter = save_adapter(model, out_dir, gguf)
     return TrainResult(
         adapter_dir,
         gguf_adapter,
