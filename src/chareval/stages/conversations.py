@@ -115,7 +115,7 @@ def repair_traces(ctx: StageContext, out: Path, contexts: dict[str, Context]) ->
     """Before a resumed run's new work (see trace_repair): interrupted traces closed, finished records
     with a missing or unfinished trace traced again (and the file updated), orphan traces deleted."""
     run_id = ctx.tracer.run_id
-    if run_id is None or not out.exists():
+    if run_id is None:  # tracing off
         return
     experiment = trace_repair.experiment_of(run_id)
     earlier = trace_repair.earlier_runs(ctx.run_dir, experiment, run_id)

@@ -10,7 +10,7 @@ from chareval.config import PrepareSettings, TogetherSettings
 from chareval.errors import CharevalError, ConfigError, InputError
 from chareval.finetune.data_format import conversation_to_example, estimate_tokens, validate_file
 from chareval.io import latest_by_id, read_records_jsonl, write_jsonl_atomic
-from chareval.schemas import Conversation, Evaluation, Selection
+from chareval.schemas import Conversation, Evaluation
 from chareval.stages.base import StageContext, StageResult, read_conversations
 from chareval.stages.selection import select, verdicts
 
@@ -55,10 +55,10 @@ SELECTION_FILE = "prepare_selection.jsonl"
 
 def choose(
     ctx: StageContext, knobs: PrepareSettings, conversations: list[Conversation], verdicts_file: Path | None
-) -> list[Conversation]:
-    """The conversations to train on under prepare.select (cut ones cut), every decision written to
-    prepare_selection.jsonl. Verdicts about conversations the input lacks, and conversations without
-    verdicts, are reported: nothing is dropped silently."""
+) -> tuple[list[Conversation], Counter[str]]:
+    """The conversations to train on under prepare.select (cut ones cut) and the count of each rule,
+    every decision written to prepare_selection.jsonl. Verdicts about conversations the input lacks,
+    and conversations without verdicts, are reported: nothing is dropped silently."""
     if knobs.select != "all" and verdicts_file is None:
         raise ConfigError(
             f"prepare.select={knobs.select} needs the judges' verdicts",
@@ -87,9 +87,9 @@ def choose(
             ", ".join(unjudged[:5]),
             " …" if len(unjudged) > 5 else "",
         )
-    counts = Counter(d.rule for d, _ in decisions)
+    counts: Counter[str] = Counter(d.rule for d, _ in decisions)
     log.info("prepare.select=%s: %s", knobs.select, ", ".join(f"{n} {rule}" for rule, n in sorted(counts.items())))
-    return [c for _, c in decisions if c is not None]
+    return [c for _, c in decisions if c is not None], counts
 
 
 def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
@@ -103,7 +103,7 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         raise InputError(f"output_file={s.output_file} is the input file: it would be overwritten", "write elsewhere")
     conversations = read_conversations(inputs["conversations"])
     knobs = ctx.knobs("prepare", PrepareSettings)
-    chosen = choose(ctx, knobs, conversations, inputs.get("evaluations"))
+    chosen, rules = choose(ctx, knobs, conversations, inputs.get("evaluations"))
     examples: list[dict] = []
     skipped: Counter[str] = Counter()
     for conversation in chosen:
@@ -125,7 +125,6 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     if report.problems:  # conversation_to_example validates, so this is a bug if it ever fires
         raise CharevalError(f"the written file does not validate:\n{report.describe()}")
     too_long = warn_of_cuts(ctx, examples)
-    selection = read_records_jsonl(ctx.run_dir / SELECTION_FILE, Selection)
     return StageResult(
         outputs={"finetune": out, "prepare_selection": ctx.run_dir / SELECTION_FILE},
         metrics={
@@ -133,6 +132,6 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
             "prepare.skipped": sum(skipped.values()),
             "prepare.longer_than_backend": too_long,
         }
-        | {f"prepare.selected.{rule}": float(n) for rule, n in Counter(s.rule for s in selection).items()},
+        | {f"prepare.selected.{rule}": float(n) for rule, n in rules.items()},
         summary=f"{len(examples)} fine-tuning examples ({sum(skipped.values())} skipped) -> {out}",
     )
