@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,6 +50,11 @@ class Context(Record):
     user_goal: str
     documents: list[Document]
     model: str
+
+    def content_sha256(self) -> str:
+        """What the context says, hashed: ids like ctx-001 are given again by every contexts run, so
+        comparisons (stage=gate) match contexts by this."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
 
 
 # Who speaks in a conversation (the opening message is the assistant's).
@@ -112,6 +118,7 @@ class Conversation(Record):
     # The conversation's MLflow trace (its model calls), which the evaluate stage and the dashboard's
     # Review page attach verdicts and labels to; None when it was not traced.
     trace_id: str | None = None
+    context_sha256: str | None = None  # Context.content_sha256 of its context (absent in older records)
 
 
 class Evaluation(Record):
@@ -121,6 +128,7 @@ class Evaluation(Record):
     id: str
     conversation_id: str
     context_id: str
+    context_sha256: str | None = None  # the conversation's, copied: verdicts pair up by context content
     evaluator: str
     judge_model: str  # the judge asked for
     answered_model: str | None = None  # the model that answered (differs after a fallback)

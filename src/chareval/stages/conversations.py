@@ -191,6 +191,7 @@ def converse(ctx: StageContext, conv_id: str, context: Context) -> Conversation:
         usage=usage,
         error=error,
         characters=characters(s.persona, s.user_persona, context.user_goal),
+        context_sha256=context.content_sha256(),
     )
 
 

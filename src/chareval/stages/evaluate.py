@@ -87,6 +87,7 @@ def ask_judge(
         "id": evaluation_id(conversation.id, evaluator.name, judge, sample),
         "conversation_id": conversation.id,
         "context_id": conversation.context_id,
+        "context_sha256": conversation.context_sha256,
         "evaluator": evaluator.name,
         "judge_model": judge,
         "sample": sample,
