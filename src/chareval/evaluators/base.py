@@ -85,5 +85,11 @@ class Evaluator:
         return score >= self.pass_threshold
 
 
+def given_to_assistant(conversation: Conversation) -> str:
+    """The reference material of judges that weigh what the assistant said against what it had."""
+    given = conversation.assistant_system_prompt
+    return f"Everything the assistant was given (documents first, then its persona):\n{given}"
+
+
 def assistant_turns(conversation: Conversation) -> tuple[int, ...]:
     return tuple(m.turn for m in conversation.messages if m.role == "assistant")
