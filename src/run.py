@@ -56,7 +56,7 @@ def main(cfg: DictConfig) -> None:
     run_dir = HydraConfig.get().runtime.output_dir
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     resume = f"rerun the same command with hydra.run.dir={run_dir} to resume where it stopped"
-    job, error, code, busy = None, None, 0, None
+    job, error, code, busy, finished = None, None, 0, None, False
     signal.signal(signal.SIGINT, signal.default_int_handler)  # from here, Ctrl-C keeps finished work
     if HydraConfig.get().runtime.choices.get("stage") == "doctor":
         from chareval import doctor
@@ -65,6 +65,8 @@ def main(cfg: DictConfig) -> None:
     try:
         job = Job.from_hydra(cfg)
         job.run()
+        # A stage that finished with a "no" (stage=gate: a regression) exits non-zero after its report.
+        finished, code, error = True, job.log.exit_code, job.log.verdict
     except CharevalError as e:
         print(f"error: {e}", file=sys.stderr)
         error, code, busy = str(e), 2, getattr(e, "holder", None)
@@ -95,10 +97,10 @@ def main(cfg: DictConfig) -> None:
     if in_sweep:
         # The sweep goes on with its other jobs; its end reports every job and exits non-zero if one failed.
         record_outcome(cfg, job, "failed" if code else "completed", error, busy_pid=busy)
-    elif code:
-        sys.exit(code)
-    if not code:
+    if finished:
         print_report(job)
+    if code and not in_sweep:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

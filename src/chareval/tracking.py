@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from chareval.config import is_secret_key
-from chareval.errors import CharevalError
+from chareval.errors import CharevalError, ConfigError, InputError
 from chareval.secrets import redact_text
 
 log = logging.getLogger(__name__)
@@ -439,3 +439,31 @@ def redact(container: Any, prefix: str = "") -> Any:
     if isinstance(container, list):
         return [redact(v, prefix) for v in container]
     return container
+
+
+def fetch_run_artifact(run_id: str, artifact: str, destination: Path, tracking_enabled: bool) -> Path:
+    """Download `artifact` from an MLflow run of the configured store (a stage's *_run input)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if not tracking_enabled:
+        raise ConfigError("a *_run input needs MLflow", "set tracking.enabled=true or pass the file path instead")
+    try:
+        status = mlflow.get_run(run_id).info.status
+    except MlflowException:
+        raise InputError(
+            f"no MLflow run '{run_id}' in {mlflow.get_tracking_uri()}",
+            "copy the run id from the MLflow UI (or pass the file path instead)",
+        ) from None
+    if status != "FINISHED":
+        log.warning("MLflow run %s is %s: its %s may be incomplete", run_id, status, artifact)
+    try:
+        return Path(
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(destination))
+        )
+    except (MlflowException, OSError):
+        names = [a.path for a in mlflow.MlflowClient().list_artifacts(run_id)]
+        raise InputError(
+            f"MLflow run {run_id} has no artifact '{artifact}' (it has: {', '.join(names) or 'none'})",
+            "pick the run of the stage that writes it",
+        ) from None

@@ -19,6 +19,7 @@ from chareval.config.stages import (
     EvaluateSettings,
     EvaluationSettings,
     FinetuneLoopSettings,
+    GateSettings,
     JudgeCheckSettings,
     PipelineSettings,
     PrepareSettings,
@@ -60,6 +61,8 @@ class AppConfig(Strict):
     train_file: str | None
     prepare_run: str | None
     job_id: str | None
+    baseline: str | None  # stage=gate: an evaluations.jsonl or the MLflow run id of an evaluate run ...
+    candidate: str | None  # ... and the one to compare with it
     paths: Paths
     theme: Theme
     persona: Persona
@@ -77,6 +80,7 @@ class AppConfig(Strict):
     judge_check: JudgeCheckSettings | None = None
     pipeline: PipelineSettings | None = None
     finetune_loop: FinetuneLoopSettings | None = None
+    gate: GateSettings | None = None
 
     def judges(self) -> list[str]:
         """The judge models of stage=evaluate: judge_model=, else evaluation.judges, else models.judge."""

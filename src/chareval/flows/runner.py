@@ -19,7 +19,7 @@ from chareval.schemas import Usage
 from chareval.stages import STAGES, InputSpec
 from chareval.stages.base import StageContext, StageResult
 from chareval.tracing import Tracer
-from chareval.tracking import INPUT_SHA_TAG, SWEEP_TAG, StageRun, output_sha_tag, start_run
+from chareval.tracking import INPUT_SHA_TAG, SWEEP_TAG, StageRun, fetch_run_artifact, output_sha_tag, start_run
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ class RunLog:
     queue_s: float = 0.0  # the time calls waited for an in-flight slot
     truncated: int = 0  # replies cut off at max_tokens
     top_run_id: str | None = None  # the first MLflow run made: the job's parent run or its stage run
+    exit_code: int = 0  # non-zero when a stage answered "no" (stage=gate: a regression), with the verdict
+    verdict: str | None = None
 
 
 class StageRunner:
@@ -164,6 +166,8 @@ class StageRunner:
             assert result is not None
             self.log.summaries.append(result.summary)
             self.log.metrics.update(result.metrics)
+            if result.exit_code:
+                self.log.exit_code, self.log.verdict = result.exit_code, result.verdict
             if result.failure:  # inside the run, so that MLflow marks it FAILED
                 raise CharevalError(result.failure)
         return result.outputs
@@ -214,31 +218,3 @@ def usage_metrics(usage: Usage, latency_s: float, queue_s: float, truncated: int
         "model.latency_s": latency_s,  # the models' answer time, summed over calls
         "model.queue_s": queue_s,  # the time calls waited for an in-flight slot (not the models' time)
     }
-
-
-def fetch_run_artifact(run_id: str, artifact: str, destination: Path, tracking_enabled: bool) -> Path:
-    """Download `artifact` from an MLflow run of the configured store."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    if not tracking_enabled:
-        raise ConfigError("a *_run input needs MLflow", "set tracking.enabled=true or pass the file path instead")
-    try:
-        status = mlflow.get_run(run_id).info.status
-    except MlflowException:
-        raise InputError(
-            f"no MLflow run '{run_id}' in {mlflow.get_tracking_uri()}",
-            "copy the run id from the MLflow UI (or pass the file path instead)",
-        ) from None
-    if status != "FINISHED":
-        log.warning("MLflow run %s is %s: its %s may be incomplete", run_id, status, artifact)
-    try:
-        return Path(
-            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(destination))
-        )
-    except (MlflowException, OSError):
-        names = [a.path for a in mlflow.MlflowClient().list_artifacts(run_id)]
-        raise InputError(
-            f"MLflow run {run_id} has no artifact '{artifact}' (it has: {', '.join(names) or 'none'})",
-            "pick the run of the stage that writes it",
-        ) from None

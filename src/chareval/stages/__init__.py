@@ -10,6 +10,7 @@ from chareval.config import (
     ContextsSettings,
     ConversationsSettings,
     EvaluateSettings,
+    GateSettings,
     JudgeCheckSettings,
     PrepareSettings,
     RepairSettings,
@@ -19,6 +20,7 @@ from chareval.stages import (
     conversations,
     evaluate,
     finetune,
+    gate,
     judge_check,
     prepare,
     repair,
@@ -98,5 +100,10 @@ STAGES: dict[str, Stage] = {
         writes=("judge_check.json", "evaluations.jsonl"),
         judges=True,
         knobs=("judge_check", JudgeCheckSettings),
+    ),
+    "gate": Stage(  # its inputs are baseline= and candidate= (files or evaluate run ids)
+        gate.run,
+        writes=("gate.json",),
+        knobs=("gate", GateSettings),
     ),
 }

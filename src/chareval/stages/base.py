@@ -56,6 +56,10 @@ class StageResult:
     summary: str = ""
     # Set when the stage wrote everything but must still fail (e.g. the judges' error budget).
     failure: str | None = None
+    # A stage that finished but whose answer is "no": the command's exit status and why (stage=gate
+    # exits 1 on a regression; its MLflow run is FINISHED, the measurement itself succeeded).
+    exit_code: int = 0
+    verdict: str | None = None
 
 
 def read_conversations(path: Path) -> list[Conversation]:
