@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 from scipy import stats
 
-from verdicts import verdicts
-
 from chareval.evaluators.compare import compare
+from verdicts import verdicts
 
 
 def test_an_identical_pair_shows_no_difference():

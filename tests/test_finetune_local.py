@@ -129,26 +129,45 @@ def test_an_unknown_fine_tuned_model_is_a_clear_error(make_job):
         )
 
 
-def test_closed_loop_logs_before_after_and_deltas(make_job, workdir, shared_hf_models, monkeypatch):
+def test_closed_loop_teaches_the_student_and_compares_its_base_with_the_tuned_student(
+    make_job, workdir, shared_hf_models, monkeypatch
+):
+    """A teacher other than the student (the scripted mock assistant) writes the training
+    conversations; the student's base (the embedded SmolLM2) answers "before", the tuned student
+    "after", on the held-out context; the embedded judge scores both, paired. (The control user and
+    verdict selection: test_closed_loop.py, fast.)"""
     served_by_llama_cpp_only(monkeypatch)
     job = make_job(
         "finetune_loop",
         "experiment=finetune_loop",
-        "num_contexts=2",
+        "models.assistant=mock/teacher",
+        f"context_file={DATA / 'contexts.json'}",
         "turns=1",
         "num_conversations=1",
-        "evaluation.evaluators=[professionalism]",
+        "evaluation.evaluators=[helpfulness]",
         "models.generation.assistant.max_tokens=16",
         "finetune.n_epochs=1",
+        "finetune_loop.select=all",
+        "finetune_loop.control_user_persona=null",
         "evaluation.max_error_fraction=1.0",
     )
     outputs = job.run()
     result = json.loads(outputs["before_after"].read_text())
-    assert result["fine_tuned_assistant"].startswith("local_lora/")
-    before = read_records_jsonl(workdir / "outputs" / "finetune_loop" / "before" / "conversations.jsonl", Conversation)
-    after = read_records_jsonl(workdir / "outputs" / "finetune_loop" / "after" / "conversations.jsonl", Conversation)
-    assert [c.context_id for c in before] == [c.context_id for c in after] == ["ctx-002"]  # the held-out context
-    assert after[0].messages[0].model == result["fine_tuned_assistant"]
+    tuned = result["fine_tuned_assistant"]
+    assert tuned.startswith("local_lora/") and "control" not in result
+    assert (result["teacher"], result["student_base"]) == ("mock/teacher", "local/smollm2-135m-instruct")
+    loop = workdir / "outputs" / "finetune_loop"
+
+    def assistants(part):
+        records = read_records_jsonl(loop / part / "conversations.jsonl", Conversation)
+        return [c.context_id for c in records], {m.model for c in records for m in c.messages}
+
+    assert assistants("train") == (["ctx-001"], {"mock/teacher"})
+    assert assistants("before") == (["ctx-002"], {"local/smollm2-135m-instruct"})  # the held-out context
+    assert assistants("after") == (["ctx-002"], {tuned})
+    paired = result["paired"]["helpfulness"]
+    judged = paired["n_baseline"] and paired["n_candidate"]  # the embedded judge may fail to answer
+    assert not judged or (paired["test"], paired["n"]) == ("paired", 1)
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("finetune_loop").experiment_id])
@@ -158,7 +177,6 @@ def test_closed_loop_logs_before_after_and_deltas(make_job, workdir, shared_hf_m
     )
     assert steps == sorted(
         [
-            "contexts",
             "conversations (train)",
             "prepare",
             "finetune",
@@ -168,12 +186,20 @@ def test_closed_loop_logs_before_after_and_deltas(make_job, workdir, shared_hf_m
             "evaluate (after)",
         ]
     )
-    m = parent.data.metrics
-    assert m["delta.judge.professionalism.mean"] == pytest.approx(
-        m["after.judge.professionalism.mean"] - m["before.judge.professionalism.mean"]
+    m, tags = parent.data.metrics, parent.data.tags
+    if judged:
+        assert m["paired.helpfulness.n"] == 1
+        assert m["paired.helpfulness.diff_mean"] == pytest.approx(paired["diff_mean"])
+    assert (tags["finetune_loop.teacher"], tags["finetune_loop.student_base"], tags["finetune.model"]) == (
+        "mock/teacher",
+        "local/smollm2-135m-instruct",
+        tuned,
     )
-    assert parent.data.tags["finetune.model"] == result["fine_tuned_assistant"]
-    assert validate_config(compose_cfg("experiment=finetune_loop")).finetune_loop.holdout_fraction == 0.5
+
+
+def test_the_loop_defaults_teach_until_the_slip_with_a_cooperative_control():
+    loop = validate_config(compose_cfg("experiment=finetune_loop")).finetune_loop
+    assert (loop.holdout_fraction, loop.select, loop.control_user_persona) == (0.5, "until_slip", "cooperative_user")
 
 
 def test_examples_whose_system_message_exceeds_half_the_window_train_with_the_default_settings(tmp_path):

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import run_cli
-from verdicts import verdicts
 
 from chareval.errors import ConfigError, InputError
 from chareval.io import write_jsonl_atomic
+from conftest import run_cli
+from verdicts import verdicts
 
 HELD = [True] * 36 + [False] * 4  # 90%
 DROPPED = [True] * 18 + [False] * 22  # 45%: the 18 lost are among the 36 that held

@@ -99,6 +99,7 @@ class Job:
             needs |= {f"judge {judge}": judge for judge in s.judges()}
         if any(STAGES[name].teacher for name in stages):
             needs["models.teacher"] = s.models.teacher_model()
+        needs |= flows.models_of(self.stage, s)
         require_keys(s.models, needs)
         if "finetune" in stages and s.finetune.backend == "together":
             TOGETHER.require_key(f"finetune={s.finetune.backend}")

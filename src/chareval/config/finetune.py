@@ -38,12 +38,17 @@ class LocalLoraSettings(Strict):
             raise ValueError("the local_lora backend trains a local/<alias or .gguf> model")
         return value
 
+    def served_base(self) -> str:
+        """The base model as a chat model: the closed loop's "before" (it is a local/ model already)."""
+        return self.base_model
+
 
 class TogetherSettings(Strict):
     """finetune=together_qwen3_32b (conf/finetune/together_qwen3_32b.yaml)."""
 
     backend: Literal["together"]
     base_model: Literal["Qwen/Qwen3-32B"]  # the seed: only Qwen/Qwen3-32B is fine-tuned on Together
+    base_served_as: ModelString  # the same base model through a chat endpoint: the closed loop's "before"
     n_epochs: int = Field(ge=1, le=20)
     suffix: str | None = Field(max_length=40)
     lora: bool
@@ -60,6 +65,9 @@ class TogetherSettings(Strict):
     context_length: int = Field(ge=512)
     wait: bool
     poll_interval_s: float = Field(gt=0)
+
+    def served_base(self) -> str:
+        return self.base_served_as
 
     @model_validator(mode="after")
     def _dpo_knobs(self) -> TogetherSettings:

@@ -68,6 +68,16 @@ class JudgeCheckSettings(Strict):
 
 class FinetuneLoopSettings(Strict):
     holdout_fraction: float = Field(gt=0.0, lt=1.0)
+    select: Literal["all", "passed", "until_slip"]  # which teacher conversations teach (prepare.select's rules)
+    student_base: ModelString | None  # the base model as served ("before"); null: the finetune backend's
+    heldout_per_context: int = Field(ge=1, le=100)  # conversations per held-out context, on each side
+    control_user_persona: str | None = Field(min_length=1)  # a conf/user_persona option; null: no control
+    control_goal: str = Field(min_length=1)  # the control user's goal on the held-out contexts
+
+
+class GateSettings(Strict):
+    alpha: float = Field(gt=0.0, lt=1.0)  # an evaluator fails when significantly worse at this level
+    max_drop: float | None = Field(ge=0.0, le=100.0)  # pass-rate points; a larger drop fails even if not significant
 
 
 class PipelineSettings(Strict):

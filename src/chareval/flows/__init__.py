@@ -18,17 +18,25 @@ from chareval.tracking import StageRun
 class Flow:
     stages: Callable[[AppConfig], list[str]]  # the stages it runs, for the up-front checks
     run: Callable[[StageRunner, StageRun], dict[str, Path]]  # with the flow's parent run
+    # What it needs beyond its stages' roles (raising ConfigError on what is wrong), checked before any
+    # work: label -> model, e.g. the closed loop's teacher and student.
+    models: Callable[[AppConfig], dict[str, str]] = lambda settings: {}
 
 
 FLOWS: dict[str, Flow] = {
     "pipeline": Flow(pipeline.stages, pipeline.run),
-    "finetune_loop": Flow(finetune_loop.stages, finetune_loop.run),
+    "finetune_loop": Flow(finetune_loop.stages, finetune_loop.run, finetune_loop.models),
 }
 
 
 def stages_of(name: str, settings: AppConfig) -> list[str]:
     """The stages a job runs: a flow's, or the one stage."""
     return FLOWS[name].stages(settings) if name in FLOWS else [name]
+
+
+def models_of(name: str, settings: AppConfig) -> dict[str, str]:
+    """The models a flow calls beyond its stages' roles (none for a single stage)."""
+    return FLOWS[name].models(settings) if name in FLOWS else {}
 
 
 def run(name: str, runner: StageRunner) -> dict[str, Path]:
