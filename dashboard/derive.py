@@ -244,3 +244,26 @@ def delta_rows(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, 
             row[f"delta {key}"] = metrics.get(f"delta.judge.{name}.{key}")
         rows.append(row)
     return rows
+
+
+def paired_rows(paired: dict[str, dict[str, Any]], group: str = "held-out") -> list[dict[str, Any]]:
+    """A closed loop's before_after.json, per evaluator: the paired differences (after - before) with
+    their 95% intervals and p-values (chareval/evaluators/compare.py says which tests)."""
+    return [
+        {
+            "group": group,
+            "evaluator": name,
+            "pairs": r.get("n"),
+            "score diff": r.get("diff_mean"),
+            "score ci_low": r.get("ci_low"),
+            "score ci_high": r.get("ci_high"),
+            f"p ({r.get('score_test', 'paired t')})": r.get("p_value"),
+            "pass before": r.get("baseline_pass_rate"),
+            "pass after": r.get("candidate_pass_rate"),
+            "pass diff": r.get("pass_diff"),
+            "pass ci_low": r.get("pass_ci_low"),
+            "pass ci_high": r.get("pass_ci_high"),
+            f"p ({r.get('pass_test', 'exact McNemar')})": r.get("pass_p_value"),
+        }
+        for name, r in paired.items()
+    ]

@@ -10,7 +10,9 @@ import json
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from streamlit.testing.v1 import AppTest
 
+from chareval import PROJECT_ROOT
 from chareval.errors import ConfigError
 from chareval.io import read_records_jsonl
 from chareval.schemas import Conversation, Evaluation, Selection
@@ -65,7 +67,7 @@ def loop(make_job, monkeypatch):
     return run
 
 
-def test_the_teacher_teaches_and_the_students_base_is_compared_with_the_tuned_student(loop, workdir):
+def test_the_teacher_teaches_and_the_students_base_is_compared_with_the_tuned_student(loop, workdir, monkeypatch):
     job, outputs = loop()
     result = json.loads(outputs["before_after"].read_text())
     tuned = result["fine_tuned_assistant"]
@@ -111,6 +113,18 @@ def test_the_teacher_teaches_and_the_students_base_is_compared_with_the_tuned_st
     printed = "\n".join(job.log.summaries)
     assert "teacher mock/teacher -> student mock/student -> tuned together/" in printed
     assert "helpfulness score -7.00" in printed and "pass 100% -> 0%" in printed
+
+    # The dashboard's Compare page opens the loop on its own before and after, with the paired figures.
+    monkeypatch.setenv("CHAREVAL_DASHBOARD_ARGS", f"paths.outputs={workdir / 'outputs'}")
+    at = AppTest.from_file(str(PROJECT_ROOT / "dashboard" / "app.py"), default_timeout=120)
+    at.query_params.update({"a": parent.info.run_id})
+    at.run()
+    at.switch_page("app_pages/compare.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    (table,) = [d.value for d in at.dataframe if "pass diff" in d.value.columns]
+    assert sorted(set(table["group"])) == ["control (cooperative_user)", "held-out"]
+    assert list(table["pass diff"]) == [-1.0] * 4 and list(table["pairs"]) == [2] * 4
+    assert (table["score ci_low"] <= table["score diff"]).all()
 
 
 def test_the_students_base_defaults_to_the_backends_served_base(make_job):

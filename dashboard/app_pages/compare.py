@@ -128,6 +128,37 @@ def side(key: str, default_run: str | None, default_set: str | None) -> tuple[da
     return cs, judge_run_picker(cs, key=f"{key}.judged")
 
 
+def paired_differences(loop_run: str) -> None:
+    """The closed loop's own comparison: after - before, paired by held-out context, with intervals."""
+    result = data.json_artifact(uri(), loop_run, "before_after.json")
+    if not result or "paired" not in result:
+        st.caption("this loop predates paired statistics: only the unpaired deltas below")
+        return
+    st.subheader("Paired differences: tuned student - student's base")
+    st.caption(
+        escape(
+            f"teacher {result.get('teacher')} · student {result.get('student_base')} · "
+            f"tuned {result.get('fine_tuned_assistant')} · paired by held-out context"
+        )
+    )
+    rows = derive.paired_rows(result["paired"])
+    if "control" in result:
+        rows += derive.paired_rows(result["control"]["paired"], f"control ({result['control']['user_persona']})")
+    frame = pd.DataFrame(rows)
+    metric = st.radio("Difference in", ["pass rate", "mean score"], horizontal=True, key="compare.paired")
+    key = "pass" if metric == "pass rate" else "score"
+    base = alt.Chart(frame).encode(y=alt.Y("evaluator:N", title=None), color=alt.Color("group:N"))
+    chart = alt.layer(
+        alt.Chart(pd.DataFrame({"zero": [0]})).mark_rule(strokeDash=[4, 4]).encode(x="zero:Q"),
+        base.mark_rule().encode(
+            x=alt.X(f"{key} ci_low:Q", title=f"{metric}: after - before (95% CI)"), x2=f"{key} ci_high:Q"
+        ),
+        base.mark_point(filled=True, size=70).encode(x=f"{key} diff:Q", tooltip=list(frame.columns)),
+    )
+    st.altair_chart(chart, width="stretch")
+    st.dataframe(frame, hide_index=True, width="stretch")
+
+
 def two_runs() -> None:
     a_run = selection("a") or selection("run")
     a_sets = data.conversation_sets(uri(), a_run) if a_run else []
@@ -146,6 +177,8 @@ def two_runs() -> None:
             "python src/run.py experiment=finetune_loop",
         )
         return
+    if loop and a_run:
+        paired_differences(a_run)
     summaries = [data.json_artifact(uri(), j, "summary.json") if j else None for j in (a_judged, b_judged)]
     if all(summaries):
         st.subheader("Per evaluator: A, B and B - A")
