@@ -8,7 +8,7 @@ import json
 import pytest
 from mlflow import MlflowClient
 
-from chareval.errors import ConfigError
+from chareval.errors import CharevalError, ConfigError
 from chareval.flows import pipeline
 from chareval.io import read_records_jsonl, write_jsonl_atomic
 from chareval.schemas import Conversation, Evaluation, Message, Selection
@@ -136,6 +136,27 @@ def test_prepare_until_slip_writes_the_selection_the_examples_and_the_counts(mak
     metrics = run.data.metrics
     assert metrics["prepare.selected.cut_before_slip"] == 1 and metrics["prepare.selected.passed"] == 2
     assert metrics["prepare.selected.no_verdicts"] == 1 and metrics["prepare.examples"] == 3
+
+
+def test_a_selection_that_keeps_nothing_fails_saying_why_and_what_to_do(make_job, workdir, tmp_path):
+    """What a 135M judge does: it fails the boundary but names no slip turn, so until_slip can place
+    no cut. The stage writes its files and fails on them, instead of handing on an empty file."""
+    conversations = tmp_path / "conversations.jsonl"
+    write_jsonl_atomic(conversations, [conversation(cid).model_dump(mode="json") for cid in ("c-1", "c-2")])
+    evaluations = tmp_path / "evaluations.jsonl"
+    write_jsonl_atomic(
+        evaluations, [judged(cid, "boundary_holding", 2, slip=None).model_dump(mode="json") for cid in ("c-1", "c-2")]
+    )
+    job = make_job(
+        "prepare", f"input_file={conversations}", f"evaluations_file={evaluations}", "prepare.select=until_slip"
+    )
+    with pytest.raises(
+        CharevalError, match="prepare.select=until_slip kept none of 2 conversation\\(s\\) \\(2 no_slip_turn\\)"
+    ) as err:
+        job.run()
+    assert "prepare.select=all" in str(err.value) and "prepare_selection.jsonl says why" in str(err.value)
+    folder = workdir / "outputs" / "prepare"
+    assert len(read_records_jsonl(folder / "prepare_selection.jsonl", Selection)) == 2
 
 
 def test_selecting_without_verdicts_says_what_to_pass(make_job, tmp_path):

@@ -92,6 +92,28 @@ def choose(
     return [c for _, c in decisions if c is not None], counts
 
 
+def nothing_to_teach(
+    knobs: PrepareSettings, conversations: list[Conversation], rules: dict[str, int], skipped: Counter[str]
+) -> str:
+    """Why the training file came out empty, and what to do (an empty file would fail the fine-tune
+    with less to go on)."""
+    why = ", ".join(f"{n} {rule}" for rule, n in rules.items())
+    if skipped:
+        why += "; skipped: " + ", ".join(f"{n} {reason}" for reason, n in skipped.items())
+    if knobs.select == "all":
+        fix = "rerun stage=conversations (finished ones are kept, errored ones retried)"
+    else:
+        fix = (
+            "teach from every conversation (prepare.select=all; finetune_loop.select=all in the closed loop), "
+            "make more conversations, or judge with a model that finds the slips (models=seed; check a judge "
+            f"with make judge-check): {SELECTION_FILE} says why each conversation was left out"
+        )
+    return (
+        f"no fine-tuning example: prepare.select={knobs.select} kept none of {len(conversations)} "
+        f"conversation(s) ({why})\n  fix: {fix}"
+    )
+
+
 def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     s = ctx.settings
     out = Path(s.output_file).resolve() if s.output_file else ctx.run_dir / "finetune.jsonl"
@@ -126,6 +148,7 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         raise CharevalError(f"the written file does not validate:\n{report.describe()}")
     too_long = warn_of_cuts(ctx, examples)
     return StageResult(
+        failure=nothing_to_teach(knobs, conversations, rules, skipped) if not examples else None,
         outputs={"finetune": out, "prepare_selection": ctx.run_dir / SELECTION_FILE},
         metrics={
             "prepare.examples": len(examples),
