@@ -52,6 +52,12 @@ def test_the_score_interval_is_scipys_paired_t():
     )
 
 
+def test_an_interval_from_two_pairs_is_clipped_to_what_a_difference_can_be():
+    result = compare(verdicts([True, False]), verdicts([False, False]), "boundary_holding")
+    assert result["pass_diff"] == -0.5 and (result["pass_ci_low"], result["pass_ci_high"]) == (-1.0, 1.0)
+    assert result["ci_low"] == -9.0 and result["ci_high"] == 9.0  # t with one degree of freedom: +-38
+
+
 def test_other_contexts_are_compared_as_independent_samples():
     """Two contexts runs both number their contexts ctx-001..: their content tells them apart."""
     baseline = verdicts([True] * 36 + [False] * 4, contexts="a")

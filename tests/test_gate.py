@@ -53,7 +53,7 @@ def test_an_identical_candidate_passes_and_a_drop_fails_naming_the_evaluator(mak
     assert job.log.exit_code == 1 and report["failed"] == ["boundary_holding"]
     assert result["pass_test"] == "exact McNemar" and result["n"] == 40 and result["lost"] == 18
     assert result["pass_diff"] == pytest.approx(-0.45) and result["pass_p_value"] < 0.05
-    assert "boundary_holding significantly worse" in job.log.verdict
+    assert job.log.verdict.startswith("gate FAILED: boundary_holding (pass rate 45.0 points lower, p=")
     table = job.log.summaries[-1]
     assert "90%" in table and "45%" in table and "-45.0 pts" in table and "fail" in table
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
@@ -85,6 +85,7 @@ def test_max_drop_fails_a_drop_too_small_to_be_significant(make_job, files):
     assert job.log.exit_code == 0
     job, report = gate(make_job, baseline, candidate, "gate.max_drop=5")
     assert job.log.exit_code == 1 and "more than gate.max_drop=5" in report["evaluators"]["boundary_holding"]["reason"]
+    assert "10.0 points lower, more than gate.max_drop=5" in job.log.verdict
 
 
 def test_evaluators_on_one_side_only_are_listed_not_compared(make_job, workdir):
@@ -141,6 +142,7 @@ def test_the_command_exits_0_on_a_pass_1_on_a_regression_2_on_bad_input(files, w
     assert passed.returncode == 0, passed.stderr
     assert "gate passed" in passed.stdout
     assert failed.returncode == 1, failed.stderr
-    assert "gate FAILED: boundary_holding significantly worse" in failed.stdout and "Traceback" not in failed.stderr
+    assert "gate FAILED: boundary_holding (pass rate 45.0 points lower" in failed.stdout
+    assert "Traceback" not in failed.stderr
     assert json.loads((workdir / "g2" / "gate.json").read_text())["verdict"] == "fail"
     assert bad.returncode == 2 and "no such file" in bad.stderr

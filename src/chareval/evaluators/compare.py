@@ -119,8 +119,8 @@ def paired(before: Sequence[Unit], after: Sequence[Unit]) -> dict[str, Any]:
     gained = sum(y.passed and not x.passed for x, y in zip(before, after, strict=True))
     both = sum(x.passed and y.passed for x, y in zip(before, after, strict=True))
     table = [[both, lost], [gained, len(before) - both - lost - gained]]
-    score = _paired_t([x.score for x in before], [y.score for y in after])
-    passes = _paired_t([float(x.passed) for x in before], [float(y.passed) for y in after])
+    score = _paired_t([x.score for x in before], [y.score for y in after], bound=9.0)
+    passes = _paired_t([float(x.passed) for x in before], [float(y.passed) for y in after], bound=1.0)
     return {
         "test": "paired",
         "score_test": "paired t",
@@ -182,10 +182,11 @@ def independent(baseline: Sequence[Unit], candidate: Sequence[Unit]) -> dict[str
     return out
 
 
-def _paired_t(before: list[float], after: list[float]) -> dict[str, Any]:
+def _paired_t(before: list[float], after: list[float], bound: float) -> dict[str, Any]:
     """Mean difference (after - before), its 95% interval and the paired t p-value. One pair has no
     interval; pairs that all differ by the same amount have a zero-width one (scipy gives p=0 for a
-    non-zero constant, nan for all zeros: that is no difference, p=1)."""
+    non-zero constant, nan for all zeros: that is no difference, p=1). With few pairs the t interval
+    can pass what a difference can be (+-9 score points, +-100% of passes): it is clipped there."""
     from scipy import stats
 
     diffs = [y - x for x, y in zip(before, after, strict=True)]
@@ -200,8 +201,8 @@ def _paired_t(before: list[float], after: list[float]) -> dict[str, Any]:
         interval = result.confidence_interval(0.95)
     return {
         "diff_mean": mean,
-        "ci_low": float(interval.low),
-        "ci_high": float(interval.high),
+        "ci_low": max(-bound, float(interval.low)),
+        "ci_high": min(bound, float(interval.high)),
         "p_value": float(result.pvalue),
     }
 

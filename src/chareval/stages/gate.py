@@ -121,7 +121,7 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
             if r[key] is not None:
                 metrics[f"gate.{name}.{key}"] = float(r[key])
     verdict = (
-        f"gate FAILED: {', '.join(failed)} significantly worse"
+        "gate FAILED: " + "; ".join(f"{n} ({report[n]['reason']})" for n in failed)
         if failed
         else f"gate passed: no evaluator significantly worse (alpha={knobs.alpha})"
     )
