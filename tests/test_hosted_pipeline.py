@@ -121,10 +121,10 @@ def test_seed_pipeline_runs_and_the_key_is_never_written(tmp_path, placement):
             env=env,
         )
     assert result.returncode == 0, result.stderr[-3000:]
-    # the contexts' plan + contexts + assistant turns + 2 conversations x 5 judges on Anthropic; the
+    # the contexts' plan + contexts + assistant turns + 2 conversations x 6 judges on Anthropic; the
     # user turns on OpenRouter
-    assert len(anth.requests) == 1 + 2 + 4 + 10 and len(router.requests) == 2
-    assert "2 fine-tuning examples" in result.stdout and "10 judgments (0 errors)" in result.stdout
+    assert len(anth.requests) == 1 + 2 + 4 + 12 and len(router.requests) == 2
+    assert "2 fine-tuning examples" in result.stdout and "12 judgments (0 errors)" in result.stdout
     leaks = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != ".env" and KEY.encode() in p.read_bytes()]
     assert leaks == []
     assert KEY not in result.stdout + result.stderr
