@@ -34,12 +34,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 from chareval.app import Job  # noqa: E402
 from chareval.config import register_resolvers  # noqa: E402
 from chareval.stages.contexts import angles_per_call  # noqa: E402
 
-EVALUATORS = 5  # conf/evaluation/default.yaml's evaluators: one judge call each per conversation
+# conf/evaluation/default.yaml's evaluators: one judge call each per conversation (read, not copied)
+EVALUATORS = len(OmegaConf.load(ROOT / "conf" / "evaluation" / "default.yaml").evaluators)
 
 
 def start_server(latency_ms: float, rate_limit: int | None) -> tuple[subprocess.Popen, str]:

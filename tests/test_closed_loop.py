@@ -75,7 +75,10 @@ def test_the_teacher_teaches_and_the_students_base_is_compared_with_the_tuned_st
     folder = workdir / "outputs" / "finetune_loop"
 
     def assistants(*parts):
-        records = read_records_jsonl(folder.joinpath(*parts, "conversations.jsonl"), Conversation)
+        # The file is in completion order (conversations run side by side): by id here.
+        records = sorted(
+            read_records_jsonl(folder.joinpath(*parts, "conversations.jsonl"), Conversation), key=lambda c: c.id
+        )
         return {m.model for c in records for m in c.messages if m.role == "assistant"}, records
 
     assert assistants("train")[0] == {"mock/teacher"}
