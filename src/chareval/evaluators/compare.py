@@ -173,7 +173,7 @@ def independent(baseline: Sequence[Unit], candidate: Sequence[Unit]) -> dict[str
         out["pass_p_value"] = _finite(test_proportions_2indep(pb, nb, pa, na, method="agresti-caffo").pvalue, 1.0)
         low, high = confint_proportions_2indep(pb, nb, pa, na, method="newcomb")
         out["pass_ci_low"], out["pass_ci_high"] = float(low), float(high)
-        if na > 1 and nb > 1 and (_var(xa) or _var(xb)):
+        if na > 1 and nb > 1 and (_varies(xa) or _varies(xb)):
             result = stats.ttest_ind(xb, xa, equal_var=False)
             interval = result.confidence_interval(0.95)
             out |= {"ci_low": float(interval.low), "ci_high": float(interval.high), "p_value": float(result.pvalue)}
@@ -193,7 +193,7 @@ def _paired_t(before: list[float], after: list[float], bound: float) -> dict[str
     mean = sum(diffs) / len(diffs)
     if len(diffs) < 2:
         return {"diff_mean": mean, "ci_low": None, "ci_high": None, "p_value": None}
-    if not _var(diffs):
+    if not _varies(diffs):
         return {"diff_mean": mean, "ci_low": mean, "ci_high": mean, "p_value": _exact(mean)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -211,7 +211,7 @@ def _mean(xs: Sequence[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def _var(xs: Sequence[float]) -> bool:
+def _varies(xs: Sequence[float]) -> bool:
     """Whether the values differ at all."""
     return max(xs) - min(xs) > 1e-12
 
