@@ -19,6 +19,7 @@ from chareval.llm import DiskCache, LLMClient
 from chareval.llm.registry import require_keys
 from chareval.remote.keys import TOGETHER, load_env_file
 from chareval.stages import STAGES
+from chareval.stages.attacker import models_needed as attack_models
 from chareval.tracking import (
     RESUMES_TAG,
     SWEEP_RUN_ENV,
@@ -100,6 +101,7 @@ class Job:
         if any(STAGES[name].teacher for name in stages):
             needs["models.teacher"] = s.models.teacher_model()
         needs |= flows.models_of(self.stage, s)
+        needs |= attack_models(s, stages)
         require_keys(s.models, needs)
         if "finetune" in stages and s.finetune.backend == "together":
             TOGETHER.require_key(f"finetune={s.finetune.backend}")

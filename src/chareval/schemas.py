@@ -61,6 +61,22 @@ class Context(Record):
 Speaker = Literal["assistant", "user"]
 
 
+# The check of one assistant reply against the persona's boundaries (the adaptive attacker reads
+# it; conversations.stop_on_breach ends the conversation at `broke`). Listed from worst to best: the
+# mock provider answers a schema with its last value, so scripted runs hold unless told otherwise.
+ReplyVerdict = Literal["broke", "gave_ground", "held"]
+# How the adaptive attacker came to a tactic: its first, the same again after a concession, another
+# of the same level, or a stronger one.
+Move = Literal["open", "press", "switch", "escalate"]
+
+
+class Assessment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    verdict: ReplyVerdict
+    note: str = ""
+    model: str  # the judge model that checked it
+
+
 class Message(BaseModel):
     """One message of a conversation, with the model that wrote it."""
 
@@ -70,6 +86,9 @@ class Message(BaseModel):
     turn: int = Field(ge=0)
     model: str
     thinking: str | None = None
+    tactic: str | None = None  # a user message of user_strategy=adaptive: the tactic it played ...
+    move: Move | None = None  # ... and how the attacker chose it
+    assessment: Assessment | None = None  # an assistant message that was checked (adaptive, stop_on_breach)
 
 
 class Characters(BaseModel):
@@ -119,6 +138,15 @@ class Conversation(Record):
     # Review page attach verdicts and labels to; None when it was not traced.
     trace_id: str | None = None
     context_sha256: str | None = None  # Context.content_sha256 of its context (absent in older records)
+    user_strategy: Literal["persona", "adaptive"] = "persona"
+    # conversations.stop_on_breach: whether each reply was checked, and the turn it broke at (None: it
+    # held to the end, or was not checked).
+    stop_on_breach: bool = False
+    breach_turn: int | None = None
+    # stage=branch: the conversation this one continues, and the first turn written anew (the
+    # messages before it are the parent's, word for word).
+    parent_id: str | None = None
+    branched_at: int | None = None
 
 
 class Evaluation(Record):

@@ -12,10 +12,11 @@ from chareval.config.app import (
     register_resolvers,
 )
 from chareval.config.base import ROLES, ModelString, Role, Strict
-from chareval.config.characters import Persona, Theme, UserPersona
+from chareval.config.characters import Persona, Tactic, Theme, UserPersona
 from chareval.config.finetune import LocalLoraSettings, LoraSettings, TogetherSettings
 from chareval.config.models import Generation, Models, Policy, Price, RetrySettings
 from chareval.config.stages import (
+    BranchSettings,
     ContextsSettings,
     ConversationsSettings,
     EvaluateSettings,
@@ -33,6 +34,7 @@ __all__ = [
     "ROLES",
     "Role",
     "AppConfig",
+    "BranchSettings",
     "ContextsSettings",
     "ConversationsSettings",
     "EvaluateSettings",
@@ -54,6 +56,7 @@ __all__ = [
     "Price",
     "RetrySettings",
     "Strict",
+    "Tactic",
     "Theme",
     "TogetherSettings",
     "Tracking",

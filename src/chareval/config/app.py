@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -14,6 +14,7 @@ from chareval.config.characters import Persona, Theme, UserPersona
 from chareval.config.finetune import LocalLoraSettings, TogetherSettings
 from chareval.config.models import Models
 from chareval.config.stages import (
+    BranchSettings,
     ContextsSettings,
     ConversationsSettings,
     EvaluateSettings,
@@ -49,6 +50,9 @@ class AppConfig(Strict):
     num_conversations: int = Field(ge=1)
     seed: int
     cache: bool
+    # How the simulated user plays: its persona's prompt every turn, or an attacker that picks a
+    # tactic (conf/tactic/) before each turn from how the assistant answered.
+    user_strategy: Literal["persona", "adaptive"]
     # Inputs of a stage run on its own (null unless given).
     context_file: str | None
     contexts_run: str | None
@@ -81,6 +85,7 @@ class AppConfig(Strict):
     pipeline: PipelineSettings | None = None
     finetune_loop: FinetuneLoopSettings | None = None
     gate: GateSettings | None = None
+    branch: BranchSettings | None = None
 
     def judges(self) -> list[str]:
         """The judge models of stage=evaluate: judge_model=, else evaluation.judges, else models.judge."""

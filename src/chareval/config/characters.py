@@ -60,3 +60,15 @@ class UserPersona(Strict):
     @classmethod
     def _placeholders(cls, value: str) -> str:
         return templates.check(value, allowed=USER_PROMPT_FIELDS, required=USER_PROMPT_FIELDS)
+
+
+class Tactic(Strict):
+    """One pressure tactic of the adaptive attacker (conf/tactic/<name>.yaml): what the attacker
+    model reads when it plays the tactic, and the line reports show."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    summary: str = Field(min_length=1, max_length=120)  # one line, for reports and the attacker's menu
+    description: str = Field(min_length=1)  # how to play it, as the attacker is told
+    # Escalation order: the attacker opens at the lowest level, and a tactic that met a firm
+    # refusal is followed by another at its level (switch) or a higher one (escalate).
+    intensity: int = Field(ge=1, le=3)

@@ -38,6 +38,34 @@ class ContextsSettings(Strict):
 class ConversationsSettings(Strict):
     retry_empty_reply: bool
     max_error_fraction: float = Field(ge=0.0, le=1.0)
+    # After each assistant turn the judge model checks the boundaries; the conversation ends at a breach.
+    stop_on_breach: bool
+    tactics: list[str] | None = Field(min_length=1)  # user_strategy=adaptive's library; null: every conf/tactic/
+    assessment_instructions: str = Field(min_length=1)  # the boundary check of the last reply
+    attacker_instructions: str = Field(min_length=1)  # how the attacker picks its next tactic
+    tactic_instructions: str = Field(min_length=1)  # appended to the user's prompt for one turn
+
+    @field_validator("assessment_instructions")
+    @classmethod
+    def _assessment(cls, value: str) -> str:
+        return templates.check(value, allowed=templates.RUBRIC_FIELDS)
+
+    @field_validator("attacker_instructions")
+    @classmethod
+    def _attacker(cls, value: str) -> str:
+        return templates.check(value, allowed={"user_goal", "verdict", "note", "current", "menu"})
+
+    @field_validator("tactic_instructions")
+    @classmethod
+    def _tactic(cls, value: str) -> str:
+        return templates.check(value, allowed={"tactic", "description"})
+
+
+class BranchSettings(Strict):
+    """stage=branch: continue each conversation several times from one of its turns."""
+
+    from_turn: int | Literal["slip"]  # keep messages 0..K-1 word for word; `slip`: K = its slip turn
+    samples: int = Field(ge=1, le=100)  # continuations per conversation
 
 
 class PrepareSettings(Strict):

@@ -159,9 +159,11 @@ class StageRunner:
                 self.log.latency_s += meter.latency_s
                 self.log.queue_s += meter.queue_s
                 self.log.truncated += meter.truncated
-                metrics = usage_metrics(meter.total(), meter.latency_s, meter.queue_s, meter.truncated) | {
-                    "wall_time_s": time.perf_counter() - started
-                }
+                metrics = (
+                    usage_metrics(meter.total(), meter.latency_s, meter.queue_s, meter.truncated)
+                    | role_metrics(meter.roles())
+                    | {"wall_time_s": time.perf_counter() - started}
+                )
                 run.log_metrics(metrics | (result.metrics if result else {}))
             assert result is not None
             self.log.summaries.append(result.summary)
@@ -202,6 +204,19 @@ def log_outputs(run: StageRun, stage: str, result: StageResult | None, run_dir: 
         run.log_artifact(path)
         if run.run_id and path.is_file():
             run.set_tags({output_sha_tag(name): file_sha256(path)})
+
+
+def role_metrics(roles: dict[str, Usage]) -> dict[str, float]:
+    """Calls (answered and from the cache), tokens and cost per role or purpose: what the breach check
+    and the adaptive attacker add shows apart from the assistant's and the user's own turns."""
+    metrics: dict[str, float] = {}
+    for role, usage in roles.items():
+        metrics |= {
+            f"usage.{role}.calls": usage.calls + usage.cached_calls,
+            f"usage.{role}.tokens": usage.input_tokens + usage.output_tokens + usage.thinking_tokens,
+            f"usage.{role}.cost_usd": usage.cost_usd,
+        }
+    return metrics
 
 
 def usage_metrics(usage: Usage, latency_s: float, queue_s: float, truncated: int) -> dict[str, float]:

@@ -57,6 +57,11 @@ class UsageMeter:
         with self._lock:
             return sum(self.by_role.values(), Usage())
 
+    def roles(self) -> dict[str, Usage]:
+        """Usage per role or purpose (assistant, user, judge, breach_check, attacker, ...)."""
+        with self._lock:
+            return dict(self.by_role)
+
 
 class LLMClient:
     def __init__(self, models: Models, cache: DiskCache | None, registry: str | None = None):
@@ -105,9 +110,11 @@ class LLMClient:
         seed: int | None,
         schema: type[BaseModel] | None = None,
         model: str | None = None,
+        purpose: str | None = None,
     ) -> LLMResponse:
         """One call for a role (contexts, assistant, user, judge) with that role's settings and
-        model (or `model`, e.g. one of several judges)."""
+        model (or `model`, e.g. one of several judges). `purpose` counts it apart in the usage
+        figures and names its span (e.g. the breach check, which runs on the judge's settings)."""
         gen = self.models.generation.get(role)
         if gen is None:
             raise ConfigError(
@@ -123,7 +130,7 @@ class LLMClient:
             seed=seed,
             response_schema=schema,
         )
-        return self.complete(request, role=role)
+        return self.complete(request, role=purpose or role)
 
     def complete(self, request: LLMRequest, *, role: str = "other") -> LLMResponse:
         response = self._call(request, role)

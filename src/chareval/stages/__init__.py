@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chareval.config import (
+    BranchSettings,
     ContextsSettings,
     ConversationsSettings,
     EvaluateSettings,
@@ -16,6 +17,7 @@ from chareval.config import (
     RepairSettings,
 )
 from chareval.stages import (
+    branch,
     contexts,
     conversations,
     evaluate,
@@ -91,7 +93,7 @@ STAGES: dict[str, Stage] = {
     "evaluate": Stage(
         evaluate.run,
         InputSpec("conversations", "input_file", "conversations_run", "conversations.jsonl"),
-        writes=("evaluations.jsonl", "summary.json"),
+        writes=("evaluations.jsonl", "summary.json", evaluate.BREACH_CURVE, evaluate.BREACH_PICTURE),
         judges=True,
         knobs=("evaluate", EvaluateSettings),
     ),
@@ -100,6 +102,14 @@ STAGES: dict[str, Stage] = {
         writes=("judge_check.json", "evaluations.jsonl"),
         judges=True,
         knobs=("judge_check", JudgeCheckSettings),
+    ),
+    "branch": Stage(  # the conversations stage's knobs come with it (conf/stage/branch.yaml)
+        branch.run,
+        InputSpec("conversations", "input_file", "conversations_run", "conversations.jsonl"),
+        writes=("conversations.jsonl",),
+        roles=("assistant", "user"),
+        knobs=("branch", BranchSettings),
+        optional=(InputSpec("evaluations", "evaluations_file", "evaluate_run", "evaluations.jsonl"),),
     ),
     "gate": Stage(  # its inputs are baseline= and candidate= (files or evaluate run ids)
         gate.run,

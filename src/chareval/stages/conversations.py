@@ -21,6 +21,7 @@ from chareval.io import (
 )
 from chareval.llm import LLMResponse, derive_seed
 from chareval.schemas import Context, Conversation, Message, Speaker, Usage
+from chareval.stages import attacker
 from chareval.stages.base import StageContext, StageResult, error_budget, progress, read_contexts
 from chareval.stages.parallel import run_parallel
 from chareval.stages.prompts import (
@@ -58,7 +59,7 @@ def _reply(ctx: StageContext, role: Speaker, system: str, view, seed: int) -> LL
 
 def simulate(ctx: StageContext, conv_id: str, context: Context) -> Conversation:
     """One conversation, traced as one trace: a span per model call, the whole record at the end."""
-    return traced(ctx, conv_id, context, lambda: converse(ctx, conv_id, context))
+    return traced(ctx, conv_id, context_inputs(context), lambda: converse(ctx, conv_id, context))
 
 
 def retrace(ctx: StageContext, record: Conversation, context: Context) -> Conversation:
@@ -71,20 +72,35 @@ def retrace(ctx: StageContext, record: Conversation, context: Context) -> Conver
             if message.role == "assistant":
                 system, view = record.assistant_system_prompt, assistant_view(record.opening_prompt, earlier)
             else:
-                system, view = record.user_system_prompt, user_view(earlier)
+                system, view = user_system_of(ctx, record, message), user_view(earlier)
             ctx.tracer.replayed(message.role, system, view, message.content, message.model)
         return record
 
-    return traced(ctx, record.id, context, replay)
+    return traced(ctx, record.id, context_inputs(context), replay)
 
 
-def traced(ctx: StageContext, conv_id: str, context: Context, produce: Callable[[], Conversation]) -> Conversation:
+def user_system_of(ctx: StageContext, record: Conversation, message: Message) -> str:
+    """What the user simulator was told for one message: its prompt, and the tactic it played."""
+    if message.tactic is None:
+        return record.user_system_prompt
+    knobs = ctx.knobs("conversations", ConversationsSettings)
+    tactic = attacker.library(ctx.settings, knobs.model_copy(update={"tactics": None})).get(message.tactic)
+    return attacker.with_tactic(record.user_system_prompt, tactic, knobs) if tactic else record.user_system_prompt
+
+
+def context_inputs(context: Context) -> dict:
+    return {"context": context.model_dump(include={"id", "title", "scenario", "user_goal", "documents"})}
+
+
+def traced(ctx: StageContext, conv_id: str, inputs: dict, produce: Callable[[], Conversation]) -> Conversation:
+    """`inputs`: what the trace shows the conversation started from (its context, or its parent)."""
     s = ctx.settings
     with ctx.tracer.unit(
         conv_id,
         "conversation",
         {
-            "context": context.model_dump(include={"id", "title", "scenario", "user_goal", "documents"}),
+            **inputs,
+            "user_strategy": s.user_strategy,
             "assistant_persona": s.persona.name,
             "user_persona": s.user_persona.name,
             "turns": s.turns,
@@ -154,28 +170,8 @@ def session_id(ctx: StageContext) -> str | None:
 
 def converse(ctx: StageContext, conv_id: str, context: Context) -> Conversation:
     s = ctx.settings
-    system_assistant = assistant_system_prompt(s.persona, context)
-    system_user = user_system_prompt(s.user_persona, context)
-    messages: list[Message] = []
-    usage = Usage()
-    error = None
-    for turn in range(s.turns):
-        role = speaker(turn)
-        if role == "assistant":
-            system, view = system_assistant, assistant_view(s.persona.opening_prompt, messages)
-        else:
-            system, view = system_user, user_view(messages)
-        try:
-            response = _reply(ctx, role, system, view, derive_seed(s.seed, conv_id, context.id, turn))
-        except ModelError as e:
-            error = f"turn {turn} ({role}): {e.one_line()}"
-            log.warning("%s stopped at %s", conv_id, error)
-            break
-        usage += response.usage
-        messages.append(
-            Message(role=role, content=response.text, turn=turn, model=response.model, thinking=response.thinking)
-        )
-    return Conversation(
+    knobs = ctx.knobs("conversations", ConversationsSettings)
+    start = Conversation(
         id=conv_id,
         context_id=context.id,
         assistant_persona=s.persona.name,
@@ -184,15 +180,86 @@ def converse(ctx: StageContext, conv_id: str, context: Context) -> Conversation:
         user_model=ctx.client.model_for("user"),
         turns=s.turns,
         seed=s.seed,
-        assistant_system_prompt=system_assistant,
-        user_system_prompt=system_user,
+        assistant_system_prompt=assistant_system_prompt(s.persona, context),
+        user_system_prompt=user_system_prompt(s.user_persona, context),
         opening_prompt=s.persona.opening_prompt,
-        messages=messages,
-        usage=usage,
-        error=error,
+        messages=[],
+        usage=Usage(),
         characters=characters(s.persona, s.user_persona, context.user_goal),
         context_sha256=context.content_sha256(),
+        user_strategy=s.user_strategy,
+        stop_on_breach=knobs.stop_on_breach,
     )
+    return play(ctx, start)
+
+
+def play(ctx: StageContext, record: Conversation) -> Conversation:
+    """The record's turns after the messages it already has, up to record.turns (stage=branch
+    continues a kept prefix with it). Under stop_on_breach it ends at the first broken reply."""
+    knobs = ctx.knobs("conversations", ConversationsSettings)
+    adaptive = record.user_strategy == "adaptive"
+    tactics = attacker.library(ctx.settings, knobs) if adaptive else {}
+    messages = list(record.messages)
+    usage = record.usage
+    error = breach = None
+    for turn in range(len(messages), record.turns):
+        role = speaker(turn)
+        seed = derive_seed(ctx.settings.seed, record.id, record.context_id, turn)
+        try:
+            if role == "assistant":
+                response = _reply(
+                    ctx, role, record.assistant_system_prompt, assistant_view(record.opening_prompt, messages), seed
+                )
+                message = Message(
+                    role=role, content=response.text, turn=turn, model=response.model, thinking=response.thinking
+                )
+            else:
+                system, tactic, move = record.user_system_prompt, None, None
+                if adaptive:
+                    if messages[-1].assessment is None:  # not checked yet (stop_on_breach is off)
+                        messages[-1], spent = attacker.assess(ctx, record, messages, seed)
+                        usage += spent
+                    move, chosen, spent = attacker.next_tactic(ctx, record, messages, tactics, seed)
+                    usage += spent
+                    system, tactic = attacker.with_tactic(system, chosen, knobs), chosen.name
+                response = _reply(ctx, role, system, user_view(messages), seed)
+                message = Message(
+                    role=role,
+                    content=response.text,
+                    turn=turn,
+                    model=response.model,
+                    thinking=response.thinking,
+                    tactic=tactic,
+                    move=move,
+                )
+            usage += response.usage
+            messages.append(message)
+            if role == "assistant" and record.stop_on_breach:
+                messages[-1], spent = attacker.assess(ctx, record, messages, seed)
+                usage += spent
+                if messages[-1].assessment and messages[-1].assessment.verdict == "broke":
+                    breach = turn
+                    break
+        except ModelError as e:
+            error = f"turn {turn} ({role}): {e.one_line()}"
+            log.warning("%s stopped at %s", record.id, error)
+            break
+    return record.model_copy(update={"messages": messages, "usage": usage, "error": error, "breach_turn": breach})
+
+
+def attack_metrics(prefix: str, conversations: list[Conversation]) -> dict[str, float]:
+    """Breaches found by the live check (stop_on_breach) and the tactics the attacker played."""
+    metrics: dict[str, float] = {}
+    checked = [c for c in conversations if c.stop_on_breach and c.error is None]
+    if checked:
+        breached = sum(1 for c in checked if c.breach_turn is not None)
+        metrics |= {f"{prefix}.breached": breached, f"{prefix}.breach_rate": breached / len(checked)}
+    for c in conversations:
+        for m in c.messages:
+            if m.tactic:
+                key = f"{prefix}.tactic.{m.tactic}"
+                metrics[key] = metrics.get(key, 0) + 1
+    return metrics
 
 
 def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
@@ -254,7 +321,8 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
             "conversations.count": len(final),
             "conversations.n_errors": n_errors,
             "conversations.messages": sum(len(c.messages) for c in final),
-        },
+        }
+        | attack_metrics("conversations", final),
         summary=f"{len(final)} conversations ({n_errors} with errors) -> {out}",
         failure=failure,
     )
