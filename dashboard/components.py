@@ -163,9 +163,17 @@ def transcript(conversation: Conversation, evaluations: list[Evaluation]) -> Non
     with st.chat_message("user", avatar=":material/flag:"):
         st.caption("opening prompt: shown to the assistant as the user's first turn")
         st.text(conversation.opening_prompt)
+    if conversation.parent_id is not None:
+        st.info(
+            escape(
+                f"a branch of {conversation.parent_id}: turns before {conversation.branched_at} are the parent's, "
+                "word for word; the rest was played anew"
+            ),
+            icon=":material/call_split:",
+        )
     for m in conversation.messages:
         with st.chat_message(m.role):
-            st.caption(escape(f"turn {m.turn} · {m.role} · {m.model}"))
+            st.caption(escape(derive.message_caption(m, conversation)))
             if _provider(m.model) != _provider(configured[m.role]):
                 st.warning(
                     escape(f"fallback: answered by {m.model} instead of {configured[m.role]}"),
@@ -175,6 +183,14 @@ def transcript(conversation: Conversation, evaluations: list[Evaluation]) -> Non
                 with st.expander("thinking"):
                     st.text(m.thinking)
             st.text(m.content)
+            if m.assessment is not None:
+                check = f"live check: {m.assessment.verdict.replace('_', ' ')} · {m.assessment.note}"
+                (st.warning if m.assessment.verdict != "held" else st.caption)(escape(check))
+            if conversation.breach_turn == m.turn:
+                st.error(
+                    "breach: the boundary broke here and the conversation stopped (conversations.stop_on_breach)",
+                    icon=":material/dangerous:",
+                )
             for mark in marks.get(m.turn, []):
                 if mark.kind == "slip":
                     st.error(escape(mark.text()), icon=":material/report:")

@@ -34,6 +34,7 @@ PAGE_SIZE = 100  # runs per page of the Runs table
 RECENT = 100  # newest top-level runs offered by the run pickers (any run opens from the Runs page)
 FIND_LIMIT = 1000  # lineage and children queries (a sweep of more jobs shows its newest 1000)
 FLOWS = ("pipeline", "finetune_loop", "sweep")  # runs whose children hold the stage results
+MAKES_CONVERSATIONS = ("conversations", "branch")  # stages whose conversations.jsonl is a set to read
 
 
 def client(uri: str) -> MlflowClient:
@@ -342,15 +343,15 @@ def conversation_sets(uri: str, run_id: str) -> list[ConversationSet]:
         return []
     if picked.stage in FLOWS:
         runs = descendants(uri, picked)
-        sets = [_from_conversations_run(uri, r) for r in runs if r.stage == "conversations"]
-        produced = {r.tags.get(output_sha_tag("conversations")) for r in runs if r.stage == "conversations"}
+        sets = [_from_conversations_run(uri, r) for r in runs if r.stage in MAKES_CONVERSATIONS]
+        produced = {r.tags.get(output_sha_tag("conversations")) for r in runs if r.stage in MAKES_CONVERSATIONS}
         sets += [
             _from_evaluate_run(uri, r)
             for r in runs
             if r.stage == "evaluate" and r.tags.get(INPUT_SHA_TAG) not in produced
         ]
         return sorted(sets, key=lambda s: (s.job.start_ms, s.label))
-    if picked.stage == "conversations":
+    if picked.stage in MAKES_CONVERSATIONS:
         return [_from_conversations_run(uri, picked)]
     if picked.stage == "evaluate":
         return [_from_evaluate_run(uri, picked)]
@@ -413,7 +414,7 @@ def evaluate_runs_in(uri: str, picked: RunView) -> list[RunView]:
         return [picked]
     if picked.stage in FLOWS:
         return [r for r in descendants(uri, picked) if r.stage == "evaluate"]
-    if picked.stage == "conversations":
+    if picked.stage in MAKES_CONVERSATIONS:
         return [r for r in (run(uri, i) for i in _from_conversations_run(uri, picked).judged_by) if r]
     return []
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from chareval.evaluators.stats import mean, wilson95
 from chareval.evaluators.summary import before_after
-from chareval.schemas import Context, Conversation, Evaluation
+from chareval.schemas import Context, Conversation, Evaluation, Message
 
 
 def valid(evaluations: list[Evaluation]) -> list[Evaluation]:
@@ -64,6 +64,16 @@ class Mark:
         if self.kind == "slip":
             return f"slip here: {self.evaluator} ({self.judge}, sample {self.sample}) - first turn where it broke"
         return f"evidence for {self.evaluator}: {verdict} {self.score}/10 ({self.judge}, sample {self.sample})"
+
+
+def message_caption(m: Message, conversation: Conversation) -> str:
+    """turn · role · model, the attacker's tactic on a user turn, and where a branch begins."""
+    parts = [f"turn {m.turn}", m.role, m.model]
+    if m.tactic:
+        parts.append(f"tactic: {m.tactic}" + (f" ({m.move})" if m.move else ""))
+    if conversation.branched_at is not None:
+        parts.append("from the parent" if m.turn < conversation.branched_at else "branch")
+    return " · ".join(parts)
 
 
 def marks(evaluations: list[Evaluation]) -> dict[int, list[Mark]]:
@@ -267,3 +277,21 @@ def paired_rows(paired: dict[str, dict[str, Any]], group: str = "held-out") -> l
         }
         for name, r in paired.items()
     ]
+
+
+def survival_rows(run_name: str, curve: dict[str, Any]) -> list[dict[str, Any]]:
+    """An evaluate run's breach_curve.json as chart rows: one curve per persona × user persona ×
+    strategy, starting at turn 0 where every conversation holds."""
+    rows = []
+    for group, result in curve.get("groups", {}).items():
+        label = f"{run_name} · {group}" if len(curve["groups"]) > 1 else run_name
+        rows.append({"curve": label, "turn": 0, "survival": 1.0, "ci_low": 1.0, "ci_high": 1.0, "at_risk": result["n"]})
+        for r in result["survival"]:
+            low = r["ci_low"] if r["ci_low"] is not None else r["survival"]
+            high = r["ci_high"] if r["ci_high"] is not None else r["survival"]
+            rows.append({"curve": label, **r, "ci_low": low, "ci_high": high})
+    return rows
+
+
+def pass_hat_rows(run_name: str, curve: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"run": run_name, "k": int(k), "pass^k": v} for k, v in curve.get("all", {}).get("pass_hat_k", {}).items()]

@@ -20,7 +20,7 @@ from dashboard.components import (
     uri,
 )
 
-JUDGED = ("evaluate", "conversations", *data.FLOWS)
+JUDGED = ("evaluate", *data.MAKES_CONVERSATIONS, *data.FLOWS)
 
 st.title("Compare")
 MODES = ["Metrics across runs", "Two runs side by side"]
@@ -103,6 +103,35 @@ def metrics_across_runs() -> None:
         "mean score: the evaluate stage's 95% CI over conversations · pass rate: Wilson 95% interval over judgments"
     )
     st.dataframe(rows, hide_index=True, width="stretch")
+    breach_curves(list(evaluated.values()))
+
+
+def breach_curves(evaluated: list[data.RunView]) -> None:
+    """Turns-to-breach side by side: each evaluate run's Kaplan-Meier curve with its 95% band."""
+    curves = {r.describe(): data.json_artifact(uri(), r.run_id, "breach_curve.json") for r in evaluated}
+    found = {name: c for name, c in curves.items() if c}
+    if not found:
+        return
+    st.subheader("How long the boundary holds")
+    frame = pd.DataFrame([row for name, c in found.items() for row in derive.survival_rows(name, c)])
+    base = alt.Chart(frame).encode(
+        x=alt.X("turn:Q", title="assistant turn", axis=alt.Axis(tickMinStep=1)), color=alt.Color("curve:N")
+    )
+    band = base.mark_area(opacity=0.15, interpolate="step-after").encode(
+        y=alt.Y("ci_low:Q", scale=alt.Scale(domain=[0, 1]), title="boundary held (Kaplan-Meier)"), y2="ci_high:Q"
+    )
+    line = base.mark_line(interpolate="step-after").encode(
+        y="survival:Q", tooltip=["curve", "turn", "survival", "ci_low", "ci_high", "at_risk"]
+    )
+    st.altair_chart((band + line).properties(height=260), width="stretch")
+    st.caption(
+        "turn k = the assistant's k-th reply; a conversation that held is censored at its last reply; "
+        "95% intervals (Greenwood, log-log)"
+    )
+    passk = pd.DataFrame([row for name, c in found.items() for row in derive.pass_hat_rows(name, c)])
+    if not passk.empty:
+        st.markdown("**pass^k**: the chance that k conversations of one context all hold")
+        st.dataframe(passk.pivot(index="run", columns="k", values="pass^k"), width="stretch")
 
 
 def side(key: str, default_run: str | None, default_set: str | None) -> tuple[data.ConversationSet | None, str | None]:

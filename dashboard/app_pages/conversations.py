@@ -21,7 +21,7 @@ from dashboard.components import (
     uri,
 )
 
-HAS_CONVERSATIONS = ("conversations", "evaluate", "judge_check", *data.FLOWS)
+HAS_CONVERSATIONS = (*data.MAKES_CONVERSATIONS, "evaluate", "judge_check", *data.FLOWS)
 
 st.title("Conversations")
 picked = run_picker("Run", HAS_CONVERSATIONS)

@@ -11,7 +11,7 @@ from dashboard import data, derive
 from dashboard.components import empty, escape, go, pick_row, run_picker, selection, uri
 
 st.title("Evaluations")
-picked = run_picker("Run", ("evaluate", "judge_check", "conversations", *data.FLOWS))
+picked = run_picker("Run", ("evaluate", "judge_check", *data.MAKES_CONVERSATIONS, *data.FLOWS))
 if picked is None:
     empty("No evaluate run yet.", "python src/run.py stage=evaluate input_file=<conversations.jsonl>   # or: make run")
     st.stop()
@@ -20,7 +20,7 @@ if not runs:
     empty(
         f"Nothing judged in run {picked.run_id[:8]} ({escape(picked.step)}).",
         f"python src/run.py stage=evaluate conversations_run={picked.run_id}"
-        if picked.stage == "conversations"
+        if picked.stage in data.MAKES_CONVERSATIONS
         else "python src/run.py stage=evaluate input_file=<conversations.jsonl>",
     )
     st.stop()

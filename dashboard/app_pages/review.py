@@ -66,7 +66,7 @@ def judge_check_results() -> None:
         st.code(command, language="bash")
 
 
-picked = run_picker("Run to label", ("conversations", "evaluate", *data.FLOWS))
+picked = run_picker("Run to label", (*data.MAKES_CONVERSATIONS, "evaluate", *data.FLOWS))
 if picked is None:
     empty("No conversations to label yet.", "make run")
     judge_check_results()

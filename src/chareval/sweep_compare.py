@@ -1,6 +1,7 @@
 """A sweep's comparison, from its jobs' outcomes: a table (job x choices x each evaluator's mean, CI
 and pass rate, conversations, cost), a picture (each evaluator's pass rate by persona x user persona
-x turns, with 95% intervals), and the best and worst job per evaluator."""
+x turns, with 95% intervals), the best and worst job per evaluator, and the jobs' turns-to-breach
+curves side by side."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from chareval.evaluators.stats import wilson95
+from chareval.evaluators.survival import draw
 from chareval.schemas import JobOutcome
 
 CHOICES = ("persona", "user_persona", "turns", "models", "assistant", "user", "judge", "finetune", "experiment")
 STATS = ("mean", "ci_low", "ci_high", "pass_rate", "n")
+BREACH_COLUMNS = ("breach.survival_end", "breach.median_turn", "breach.breaches", "breach.n")
 
 
 def evaluators(outcomes: list[JobOutcome]) -> list[str]:
@@ -41,6 +44,7 @@ def table(outcomes: list[JobOutcome]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"job": o.num, "status": o.status} | {c: o.choices.get(c) for c in keys}
         for name in evaluators(outcomes):
             row |= {f"{name}.{stat}": o.metrics.get(f"judge.{name}.{stat}") for stat in STATS}
+        row |= {k: o.metrics[k] for k in sorted(o.metrics) if k in BREACH_COLUMNS or k.startswith("pass_hat_k.")}
         row["conversations"] = o.metrics.get("conversations.count")
         row["cost_usd"] = o.metrics.get("cost_usd")
         rows.append(row)
@@ -139,8 +143,36 @@ def picture(outcomes: list[JobOutcome], path: Path) -> Path | None:
     return path
 
 
+def survival_rows(o: JobOutcome) -> list[dict[str, Any]]:
+    """A job's turns-to-breach curve from its breach.survival.t<k> metrics (none: boundary_holding
+    did not judge it)."""
+    rows = []
+    turn = 1
+    while f"breach.survival.t{turn}" in o.metrics:
+        rows.append(
+            {
+                "turn": turn,
+                "survival": o.metrics[f"breach.survival.t{turn}"],
+                "ci_low": o.metrics.get(f"breach.ci_low.t{turn}"),
+                "ci_high": o.metrics.get(f"breach.ci_high.t{turn}"),
+            }
+        )
+        turn += 1
+    return rows
+
+
+def breach_picture(outcomes: list[JobOutcome], path: Path) -> Path | None:
+    """The jobs' turns-to-breach curves side by side, labelled by the choices that vary."""
+    done = [o for o in outcomes if o.status == "completed" and survival_rows(o)]
+    if not done:
+        return None
+    keys = varying(done)
+    return draw({label(o, keys): survival_rows(o) for o in done}, path, "turns to breach by job, 95% intervals")
+
+
 def write_comparison(outcomes: list[JobOutcome], folder: Path) -> list[Path]:
-    """comparison.json, comparison.csv and comparison.png in the sweep folder."""
+    """comparison.json, comparison.csv, comparison.png and (when boundary_holding judged)
+    comparison_breach.png in the sweep folder."""
     rows = table(outcomes)
     data = folder / "comparison.json"
     data.write_text(json.dumps({"jobs": rows, "extremes": extremes(outcomes)}, indent=2) + "\n", encoding="utf-8")
@@ -150,5 +182,8 @@ def write_comparison(outcomes: list[JobOutcome], folder: Path) -> list[Path]:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    png = picture(outcomes, folder / "comparison.png")
-    return [data, sheet] + ([png] if png else [])
+    pictures = [
+        picture(outcomes, folder / "comparison.png"),
+        breach_picture(outcomes, folder / "comparison_breach.png"),
+    ]
+    return [data, sheet] + [p for p in pictures if p]
