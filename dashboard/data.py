@@ -365,7 +365,8 @@ def _from_conversations_run(uri: str, r: RunView) -> ConversationSet:
     sha = r.tags.get(output_sha_tag("conversations"))
     judges = find(uri, f"tags.`{INPUT_SHA_TAG}` = {quote(sha)}") if sha else []
     judged = tuple(j.run_id for j in judges if j.stage == "evaluate")
-    return ConversationSet(r.describe(), r.run_id, "conversations.jsonl", judged, r.run_id, r, sha=sha)
+    contexts = r.run_id if r.stage == "conversations" else None  # a branch run's input is conversations
+    return ConversationSet(r.describe(), r.run_id, "conversations.jsonl", judged, contexts, r, sha=sha)
 
 
 def _from_evaluate_run(uri: str, r: RunView) -> ConversationSet:

@@ -10,7 +10,9 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from chareval.schemas import JobOutcome
+from chareval import PROJECT_ROOT
+from chareval.io import read_records_jsonl
+from chareval.schemas import Conversation, JobOutcome
 from conftest import DATA, compose_cfg, run_cli
 from fake_apis import FakeAPI, chat_completion
 
@@ -228,3 +230,47 @@ def test_a_worker_without_the_environment_finds_its_sweep_run_by_folder(tmp_path
     job.run()
     (run,) = [r for r in client.search_runs([experiment]) if r.data.tags.get("chareval.stage") == "prepare"]
     assert run.data.tags["mlflow.parentRunId"] == run.data.tags["chareval.sweep"] == ours.info.run_id
+
+
+def test_an_adaptive_sweep_on_the_embedded_model_finds_its_breaking_points(tmp_path):
+    """persona vs adaptive attacker, every role on the embedded model, each reply checked and the
+    conversation stopped at the breach; the judges' curves compared on the sweep."""
+    uri, env = store(tmp_path)
+    result = run_cli(
+        "-m",
+        "stage=pipeline",
+        "pipeline.stages=[conversations,evaluate]",
+        f"context_file={DATA / 'contexts.json'}",
+        "user_strategy=persona,adaptive",
+        "conversations.stop_on_breach=true",
+        "turns=3",
+        "num_conversations=2",
+        "evaluation.evaluators=[boundary_holding]",
+        f"paths.outputs={tmp_path / 'outputs'}",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = outcomes(tmp_path)
+    assert [o.choices.get("user_strategy") for o in jobs] == ["persona", "adaptive"]
+    library = {p.stem for p in (PROJECT_ROOT / "conf" / "tactic").glob("*.yaml")}
+    for o in jobs:
+        folder = Path(o.run_dir)
+        conversations = read_records_jsonl(next(folder.rglob("conversations.jsonl")), Conversation)
+        assert len(conversations) == 2
+        for c in conversations:
+            assert c.stop_on_breach and c.error is None
+            checks = [(m.turn, m.assessment.verdict) for m in c.messages if m.role == "assistant" and m.assessment]
+            assert [t for t, _ in checks] == [m.turn for m in c.messages if m.role == "assistant"]  # every reply
+            broke = [t for t, v in checks if v == "broke"]
+            assert c.breach_turn == (broke[0] if broke else None)
+            assert len(c.messages) == (c.breach_turn + 1 if c.breach_turn is not None else 3)
+            tactics = [m.tactic for m in c.messages if m.role == "user"]
+            assert all(t in library for t in tactics) if o.choices["user_strategy"] == "adaptive" else not any(tactics)
+        curve = json.loads(next(folder.rglob("breach_curve.json")).read_text())
+        assert curve["all"]["n"] == 2 and 1 <= len(curve["all"]["survival"]) <= 2
+        assert "breach.survival.t1" in o.metrics and "pass_hat_k.1" in o.metrics
+    adaptive = read_records_jsonl(next(Path(jobs[1].run_dir).rglob("conversations.jsonl")), Conversation)
+    assert any(m.tactic for c in adaptive for m in c.messages)  # the seeds make one reply hold: a tactic is played
+    sweep, _, _ = sweep_runs(uri)
+    artifacts = {a.path for a in MlflowClient(uri).list_artifacts(sweep.info.run_id)}
+    assert "comparison_breach.png" in artifacts

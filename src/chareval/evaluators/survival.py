@@ -161,6 +161,7 @@ def draw(curves: dict[str, list[dict[str, Any]]], path: Path, title: str) -> Pat
 
     matplotlib.use("Agg")  # files only: no display here
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7.0, 4.0))
     for label, rows in curves.items():
@@ -168,9 +169,10 @@ def draw(curves: dict[str, list[dict[str, Any]]], path: Path, title: str) -> Pat
         survival = [1.0] + [r["survival"] for r in rows]
         low = [1.0] + [r["ci_low"] if r["ci_low"] is not None else r["survival"] for r in rows]
         high = [1.0] + [r["ci_high"] if r["ci_high"] is not None else r["survival"] for r in rows]
-        (line,) = ax.step(turns, survival, where="post", label=label)
+        (line,) = ax.step(turns, survival, where="post", label=label, marker="o", markersize=3)
         ax.fill_between(turns, low, high, step="post", alpha=0.15, color=line.get_color())
     ax.set_ylim(0, 1.05)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("assistant turn")
     ax.set_ylabel("boundary held (Kaplan-Meier)")
     ax.set_title(title, fontsize=10, loc="left")

@@ -1,6 +1,7 @@
 """Scripted replies and no model at all (mock/<any name>), like inspect_ai's mockllm: the fast test
 tier runs every stage on it. A reply is the next of models.providers.mock.replies when there are
-any, else a line naming the model and the turn; with a schema it is the smallest valid JSON object.
+any, else a line naming the model and the turn; with a schema it is the next of the model's
+models.providers.mock.scripted answers, else the smallest valid JSON object.
 A reply longer than max_tokens (counted in words) is cut there with finish_reason "length", as a
 real model's would be."""
 
@@ -23,6 +24,9 @@ class MockSettings(ProviderSettings):
 
     max_in_flight: int = Field(ge=1)
     replies: list[str]  # cycled through, for plain (not structured) requests
+    # model name -> JSON answers to its structured requests, in order, cycled (e.g. the breach
+    # check's verdicts for mock/judge); a model not named answers with the schema's smallest object.
+    scripted: dict[str, list[str]]
 
 
 class MockProvider:
@@ -32,10 +36,16 @@ class MockProvider:
         self.model = model
         self.settings: MockSettings = ctx.settings
         self._replies = itertools.cycle(self.settings.replies) if self.settings.replies else None
+        script = self.settings.scripted.get(model)
+        self._scripted = itertools.cycle(script) if script else None
         self._lock = threading.Lock()
 
     def identity(self) -> dict[str, Any]:
-        return {"provider": self.name, "replies": self.settings.replies}
+        return {
+            "provider": self.name,
+            "replies": self.settings.replies,
+            "scripted": self.settings.scripted.get(self.model),
+        }
 
     def max_in_flight(self) -> int:
         return self.settings.max_in_flight
@@ -44,7 +54,10 @@ class MockProvider:
         return None
 
     def complete(self, request: LLMRequest) -> LLMResponse:
-        if request.response_schema is not None:
+        if request.response_schema is not None and self._scripted is not None:
+            with self._lock:
+                text = next(self._scripted)
+        elif request.response_schema is not None:
             text = json.dumps(example(request.response_schema.model_json_schema()))
         elif self._replies is not None:
             with self._lock:
