@@ -17,7 +17,9 @@ from conftest import CONF, compose_cfg, run_cli
 # Every group a user picks on the command line. provider/ and retry/ are mounted under models.* by
 # conf/config.yaml (tested below); hydra/ holds Hydra's own launcher and logging options.
 MOUNTED = {"provider", "retry"}
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in MOUNTED | {"hydra"})
+# Read by the code, not picked: conf/tactic/ is the adaptive attacker's library (test_attacker loads it all).
+LIBRARIES = {"tactic"}
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in MOUNTED | LIBRARIES | {"hydra"})
 
 
 def options(group: str) -> list[str]:
