@@ -166,6 +166,8 @@ def models_needed(settings: AppConfig, stages: list[str]) -> dict[str, str]:
     if knobs is None or not {"conversations", "branch"} & set(stages):
         return {}
     library(settings, knobs)
-    if knobs.stop_on_breach or settings.user_strategy == "adaptive" or "branch" in stages:
+    # A branch plays its parents' strategy, unknown until they are read: an adaptive parent without
+    # the judge's key fails at its first check with the key's own error.
+    if knobs.stop_on_breach or settings.user_strategy == "adaptive":
         return {"models.judge (the breach check)": settings.models.judge}
     return {}
