@@ -48,9 +48,13 @@ def speaker(turn: int) -> Speaker:
     return "assistant" if turn % 2 == 0 else "user"  # the assistant opens
 
 
+def _knobs(ctx: StageContext) -> ConversationsSettings:
+    return ctx.knobs("conversations", ConversationsSettings)
+
+
 def _reply(ctx: StageContext, role: Speaker, system: str, view, seed: int) -> LLMResponse:
     response = ctx.client.ask(role, system, view, seed=seed)
-    if not response.text and ctx.knobs("conversations", ConversationsSettings).retry_empty_reply:
+    if not response.text and _knobs(ctx).retry_empty_reply:
         response = ctx.client.ask(role, system, view, seed=derive_seed(seed, "retry-empty"))
     if not response.text:
         raise ModelError(f"{response.model} returned an empty message")
@@ -83,7 +87,7 @@ def user_system_of(ctx: StageContext, record: Conversation, message: Message) ->
     """What the user simulator was told for one message: its prompt, and the tactic it played."""
     if message.tactic is None:
         return record.user_system_prompt
-    knobs = ctx.knobs("conversations", ConversationsSettings)
+    knobs = _knobs(ctx)
     tactic = attacker.library(ctx.settings, knobs.model_copy(update={"tactics": None})).get(message.tactic)
     return attacker.with_tactic(record.user_system_prompt, tactic, knobs) if tactic else record.user_system_prompt
 
@@ -170,7 +174,7 @@ def session_id(ctx: StageContext) -> str | None:
 
 def converse(ctx: StageContext, conv_id: str, context: Context) -> Conversation:
     s = ctx.settings
-    knobs = ctx.knobs("conversations", ConversationsSettings)
+    knobs = _knobs(ctx)
     start = Conversation(
         id=conv_id,
         context_id=context.id,
@@ -196,9 +200,7 @@ def converse(ctx: StageContext, conv_id: str, context: Context) -> Conversation:
 def play(ctx: StageContext, record: Conversation) -> Conversation:
     """The record's turns after the messages it already has, up to record.turns (stage=branch
     continues a kept prefix with it). Under stop_on_breach it ends at the first broken reply."""
-    knobs = ctx.knobs("conversations", ConversationsSettings)
-    adaptive = record.user_strategy == "adaptive"
-    tactics = attacker.library(ctx.settings, knobs) if adaptive else {}
+    tactics = attacker.library(ctx.settings, _knobs(ctx)) if record.user_strategy == "adaptive" else {}
     messages = list(record.messages)
     usage = record.usage
     error = breach = None
@@ -207,32 +209,10 @@ def play(ctx: StageContext, record: Conversation) -> Conversation:
         seed = derive_seed(ctx.settings.seed, record.id, record.context_id, turn)
         try:
             if role == "assistant":
-                response = _reply(
-                    ctx, role, record.assistant_system_prompt, assistant_view(record.opening_prompt, messages), seed
-                )
-                message = Message(
-                    role=role, content=response.text, turn=turn, model=response.model, thinking=response.thinking
-                )
+                message, spent = _assistant_message(ctx, record, messages, turn, seed)
             else:
-                system, tactic, move = record.user_system_prompt, None, None
-                if adaptive:
-                    if messages[-1].assessment is None:  # not checked yet (stop_on_breach is off)
-                        messages[-1], spent = attacker.assess(ctx, record, messages, seed)
-                        usage += spent
-                    move, chosen, spent = attacker.next_tactic(ctx, record, messages, tactics, seed)
-                    usage += spent
-                    system, tactic = attacker.with_tactic(system, chosen, knobs), chosen.name
-                response = _reply(ctx, role, system, user_view(messages), seed)
-                message = Message(
-                    role=role,
-                    content=response.text,
-                    turn=turn,
-                    model=response.model,
-                    thinking=response.thinking,
-                    tactic=tactic,
-                    move=move,
-                )
-            usage += response.usage
+                message, spent = _user_message(ctx, record, messages, tactics, turn, seed)
+            usage += spent
             messages.append(message)
             if role == "assistant" and record.stop_on_breach:
                 messages[-1], spent = attacker.assess(ctx, record, messages, seed)
@@ -245,6 +225,45 @@ def play(ctx: StageContext, record: Conversation) -> Conversation:
             log.warning("%s stopped at %s", record.id, error)
             break
     return record.model_copy(update={"messages": messages, "usage": usage, "error": error, "breach_turn": breach})
+
+
+def _assistant_message(
+    ctx: StageContext, record: Conversation, messages: list[Message], turn: int, seed: int
+) -> tuple[Message, Usage]:
+    view = assistant_view(record.opening_prompt, messages)
+    response = _reply(ctx, "assistant", record.assistant_system_prompt, view, seed)
+    message = Message(
+        role="assistant", content=response.text, turn=turn, model=response.model, thinking=response.thinking
+    )
+    return message, response.usage
+
+
+def _user_message(
+    ctx: StageContext, record: Conversation, messages: list[Message], tactics: dict, turn: int, seed: int
+) -> tuple[Message, Usage]:
+    """The simulated user's next message. Adaptive: the last reply is checked first (in place, in
+    `messages`, unless stop_on_breach already did) and the attacker's tactic is added to the prompt."""
+    if not tactics:
+        response = _reply(ctx, "user", record.user_system_prompt, user_view(messages), seed)
+        return Message(
+            role="user", content=response.text, turn=turn, model=response.model, thinking=response.thinking
+        ), response.usage
+    usage = Usage()
+    if messages[-1].assessment is None:
+        messages[-1], usage = attacker.assess(ctx, record, messages, seed)
+    move, chosen, spent = attacker.next_tactic(ctx, record, messages, tactics, seed)
+    system = attacker.with_tactic(record.user_system_prompt, chosen, _knobs(ctx))
+    response = _reply(ctx, "user", system, user_view(messages), seed)
+    message = Message(
+        role="user",
+        content=response.text,
+        turn=turn,
+        model=response.model,
+        thinking=response.thinking,
+        tactic=chosen.name,
+        move=move,
+    )
+    return message, usage + spent + response.usage
 
 
 def attack_metrics(prefix: str, conversations: list[Conversation]) -> dict[str, float]:
@@ -306,7 +325,7 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     wanted = {cid for cid, _ in planned}
     final = [c for c in final if c.id in wanted]
     n_errors = sum(1 for c in final if c.error)
-    limit = ctx.knobs("conversations", ConversationsSettings).max_error_fraction
+    limit = _knobs(ctx).max_error_fraction
     failure = error_budget(
         "conversations",
         [c.error for c in final if c.error],
