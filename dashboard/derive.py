@@ -28,17 +28,23 @@ def conversation_rows(
 ) -> list[dict[str, Any]]:
     """One row per conversation for the list: what it is, how it ended, how it was judged."""
     judged = by_conversation(evaluations)
+    checked = any(c.stop_on_breach for c in conversations)  # the column only where the live check ran
     rows = []
     for c in conversations:
         verdicts = valid(judged.get(c.id, []))
         failed = sorted({e.evaluator for e in verdicts if e.passed is False})
         context = contexts.get(c.context_id)
+        row: dict[str, Any] = {
+            "conversation": c.id,
+            "context": c.context_id,
+            "title": context.title if context else "",
+            "messages": len(c.messages),
+        }
+        if checked:
+            row["breach at turn"] = "" if c.breach_turn is None else str(c.breach_turn)
         rows.append(
-            {
-                "conversation": c.id,
-                "context": c.context_id,
-                "title": context.title if context else "",
-                "messages": len(c.messages),
+            row
+            | {
                 "error": c.error or "",
                 "mean score": mean([e.score for e in verdicts]),
                 "failed evaluators": ", ".join(failed),
@@ -183,6 +189,7 @@ DIMENSIONS = {
     "persona": lambda r: r.choice("persona"),
     "user persona": lambda r: r.choice("user_persona"),
     "turns": lambda r: r.param("turns"),
+    "user strategy": lambda r: r.param("user_strategy"),
     "models": lambda r: r.choice("models"),
     "assistant model": lambda r: r.param("models.assistant"),
     "user model": lambda r: r.param("models.user"),
@@ -279,17 +286,25 @@ def paired_rows(paired: dict[str, dict[str, Any]], group: str = "held-out") -> l
     ]
 
 
-def survival_rows(run_name: str, curve: dict[str, Any]) -> list[dict[str, Any]]:
-    """An evaluate run's breach_curve.json as chart rows: one curve per persona × user persona ×
-    strategy, starting at turn 0 where every conversation holds."""
+def survival_rows(curves: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Evaluate runs' breach_curve.json (run label -> file) as chart rows: one curve per persona × user
+    persona × strategy, named by it (with the run's label where two runs share it), from turn 0 where
+    every conversation holds."""
+    seen: dict[str, int] = defaultdict(int)
+    for curve in curves.values():
+        for group in curve.get("groups", {}):
+            seen[group] += 1
     rows = []
-    for group, result in curve.get("groups", {}).items():
-        label = f"{run_name} · {group}" if len(curve["groups"]) > 1 else run_name
-        rows.append({"curve": label, "turn": 0, "survival": 1.0, "ci_low": 1.0, "ci_high": 1.0, "at_risk": result["n"]})
-        for r in result["survival"]:
-            low = r["ci_low"] if r["ci_low"] is not None else r["survival"]
-            high = r["ci_high"] if r["ci_high"] is not None else r["survival"]
-            rows.append({"curve": label, **r, "ci_low": low, "ci_high": high})
+    for run_label, curve in curves.items():
+        for group, result in curve.get("groups", {}).items():
+            label = group if seen[group] == 1 else f"{group} · {run_label}"
+            rows.append(
+                {"curve": label, "turn": 0, "survival": 1.0, "ci_low": 1.0, "ci_high": 1.0, "at_risk": result["n"]}
+            )
+            for r in result["survival"]:
+                low = r["ci_low"] if r["ci_low"] is not None else r["survival"]
+                high = r["ci_high"] if r["ci_high"] is not None else r["survival"]
+                rows.append({"curve": label, **r, "ci_low": low, "ci_high": high})
     return rows
 
 

@@ -55,6 +55,8 @@ def test_an_adaptive_run_its_breach_curve_and_a_branch_are_shown_by_the_dashboar
 
     first = sorted(conversations, key=lambda c: c.id)[0]
     at = page("conversations", run=by_stage["conversations"].info.run_id, conv=first.id)
+    listed = next(d.value for d in at.dataframe if "breach at turn" in d.value.columns)
+    assert list(listed["breach at turn"]) == ["2", "2"]
     captions = [m.caption[0].value for m in at.chat_message[1:]]
     assert escape(f"turn 1 · user · mock/user · tactic: {first.messages[1].tactic} (open)") in captions
     breach = at.chat_message[1 + 2]  # turn 2, the broken reply

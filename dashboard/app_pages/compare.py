@@ -108,19 +108,19 @@ def metrics_across_runs() -> None:
 
 def breach_curves(evaluated: list[data.RunView]) -> None:
     """Turns-to-breach side by side: each evaluate run's Kaplan-Meier curve with its 95% band."""
-    curves = {r.describe(): data.json_artifact(uri(), r.run_id, "breach_curve.json") for r in evaluated}
+    curves = {f"{r.name} {r.run_id[:8]}": data.json_artifact(uri(), r.run_id, "breach_curve.json") for r in evaluated}
     found = {name: c for name, c in curves.items() if c}
     if not found:
         return
     st.subheader("How long the boundary holds")
-    frame = pd.DataFrame([row for name, c in found.items() for row in derive.survival_rows(name, c)])
+    frame = pd.DataFrame(derive.survival_rows(found))
     base = alt.Chart(frame).encode(
         x=alt.X("turn:Q", title="assistant turn", axis=alt.Axis(tickMinStep=1)), color=alt.Color("curve:N")
     )
     band = base.mark_area(opacity=0.15, interpolate="step-after").encode(
-        y=alt.Y("ci_low:Q", scale=alt.Scale(domain=[0, 1]), title="boundary held (Kaplan-Meier)"), y2="ci_high:Q"
+        y=alt.Y("ci_low:Q", scale=alt.Scale(domain=[0, 1.05]), title="boundary held (Kaplan-Meier)"), y2="ci_high:Q"
     )
-    line = base.mark_line(interpolate="step-after").encode(
+    line = base.mark_line(interpolate="step-after", point=True, strokeWidth=2).encode(
         y="survival:Q", tooltip=["curve", "turn", "survival", "ci_low", "ci_high", "at_risk"]
     )
     st.altair_chart((band + line).properties(height=260), width="stretch")
