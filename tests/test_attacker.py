@@ -115,30 +115,25 @@ def test_after_a_firm_refusal_the_attacker_switches_or_escalates(make_job):
 
 
 def test_stop_on_breach_with_the_persona_user_records_the_breach_and_null_when_it_held(make_job, workdir):
-    broke = make_job(
-        "conversations",
-        "models=mock",
-        "conversations.stop_on_breach=true",
-        "turns=5",
-        "num_conversations=1",
-        f"context_file={DATA / 'contexts.json'}",
-        scripted("held", "broke"),
-        "tracking.enabled=false",
-        run_dir=workdir / "broke",
-    )
+    def checked(folder: str, *script: str):
+        """A 5-message persona conversation, each reply checked (unscripted checks: held)."""
+        return make_job(
+            "conversations",
+            "models=mock",
+            "conversations.stop_on_breach=true",
+            "turns=5",
+            "num_conversations=1",
+            f"context_file={DATA / 'contexts.json'}",
+            "tracking.enabled=false",
+            *script,
+            run_dir=workdir / folder,
+        )
+
+    broke = checked("broke", scripted("held", "broke"))
     (c,) = read_records_jsonl(broke.run()["conversations"], Conversation)
     assert c.breach_turn == 2 and len(c.messages) == 3 and c.user_strategy == "persona"
     assert all(m.tactic is None for m in c.messages)
-    held = make_job(
-        "conversations",
-        "models=mock",
-        "conversations.stop_on_breach=true",
-        "turns=5",
-        "num_conversations=1",
-        f"context_file={DATA / 'contexts.json'}",
-        "tracking.enabled=false",
-        run_dir=workdir / "held",
-    )
+    held = checked("held")
     out = held.run()["conversations"]
     (c,) = read_records_jsonl(out, Conversation)
     assert c.breach_turn is None and len(c.messages) == 5

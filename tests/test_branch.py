@@ -31,8 +31,9 @@ def branches_of(path) -> list[Conversation]:
     return sorted(read_records_jsonl(path, Conversation), key=lambda c: c.id)
 
 
-def test_branches_keep_the_prefix_word_for_word_and_play_the_rest_anew(make_job, workdir, parents):
-    job = make_job(
+def tuned_branches(make_job, parents, workdir):
+    """3 branches of each parent from turn 2, answered by another assistant model."""
+    return make_job(
         "branch",
         f"input_file={parents}",
         "models=mock",
@@ -42,6 +43,10 @@ def test_branches_keep_the_prefix_word_for_word_and_play_the_rest_anew(make_job,
         "tracking.enabled=false",
         run_dir=workdir / "branches",
     )
+
+
+def test_branches_keep_the_prefix_word_for_word_and_play_the_rest_anew(make_job, workdir, parents):
+    job = tuned_branches(make_job, parents, workdir)
     out = job.run()["conversations"]
     by_id = {c.id: c for c in read_records_jsonl(parents, Conversation)}
     branches = branches_of(out)
@@ -61,16 +66,7 @@ def test_branches_keep_the_prefix_word_for_word_and_play_the_rest_anew(make_job,
     assert job.log.metrics["branch.count"] == 6 and job.log.metrics["branch.parents"] == 2
 
     # A rerun in the same folder resumes: nothing is played again.
-    again = make_job(
-        "branch",
-        f"input_file={parents}",
-        "models=mock",
-        "models.assistant=mock/tuned",
-        "branch.from_turn=2",
-        "branch.samples=3",
-        "tracking.enabled=false",
-        run_dir=workdir / "branches",
-    )
+    again = tuned_branches(make_job, parents, workdir)
     again.run()
     assert again.client.meter.total().calls == 0
     assert [b.model_dump() for b in branches_of(out)] == [b.model_dump() for b in branches]

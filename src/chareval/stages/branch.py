@@ -12,11 +12,10 @@ from pathlib import Path
 
 from chareval.config import BranchSettings, ConversationsSettings
 from chareval.errors import CharevalError, ConfigError
-from chareval.io import JsonlAppender, finished_ids, latest_by_id, read_records_jsonl
+from chareval.io import finished_ids, read_records_jsonl
 from chareval.schemas import Conversation, Evaluation, Usage
-from chareval.stages.base import StageContext, StageResult, error_budget, progress, read_conversations
-from chareval.stages.conversations import attack_metrics, play, traced
-from chareval.stages.parallel import run_parallel
+from chareval.stages.base import StageContext, StageResult, error_budget, read_conversations
+from chareval.stages.conversations import attack_metrics, play, play_all, traced
 from chareval.stages.prompts import with_characters
 from chareval.stages.selection import SLIP_EVALUATOR, Verdict, verdicts
 
@@ -104,29 +103,16 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     if done:
         log.info("resuming: %d branches already in %s", len(done), out)
     work = [(b.id, b) for b in planned if b.id not in done]
-    failed: list[str] = []
-    with JsonlAppender(out) as records:
-
-        def finished(branch: Conversation) -> None:
-            records.append(branch)
-            if branch.error:
-                failed.append(branch.id)
-
-        run_parallel(
-            lambda _id, start: traced(
-                ctx,
-                start.id,
-                {"parent_id": start.parent_id, "branched_at": start.branched_at},
-                lambda: play(ctx, start),
-            ),
-            work,
-            workers=ctx.client.parallelism([ctx.client.model_for("assistant"), ctx.client.model_for("user")]),
-            desc="branches",
-            on_result=finished,
-            postfix=lambda: progress(ctx, len(failed)),
-        )
-    wanted = {b.id for b in planned}
-    final = [c for c in latest_by_id(read_records_jsonl(out, Conversation)) if c.id in wanted]
+    final = play_all(
+        ctx,
+        out,
+        work,
+        {b.id for b in planned},
+        lambda _id, start: traced(
+            ctx, start.id, {"parent_id": start.parent_id, "branched_at": start.branched_at}, lambda: play(ctx, start)
+        ),
+        "branches",
+    )
     errors = [c.error for c in final if c.error]
     failure = error_budget(
         "branches",

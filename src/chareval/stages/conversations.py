@@ -266,6 +266,36 @@ def _user_message(
     return message, usage + spent + response.usage
 
 
+def play_all(
+    ctx: StageContext,
+    out: Path,
+    work: list[tuple],
+    wanted: set[str],
+    produce: Callable[..., Conversation],
+    desc: str,
+) -> list[Conversation]:
+    """The work items played side by side up to the providers' in-flight limits (the turns of one
+    conversation stay in order), each record appended as it finishes (only this thread writes the
+    file); then the file's latest record of each wanted id, earlier runs' included."""
+    failed: list[str] = []
+    with JsonlAppender(out) as records:
+
+        def finished(conversation: Conversation) -> None:
+            records.append(conversation)
+            if conversation.error:
+                failed.append(conversation.id)
+
+        run_parallel(
+            produce,
+            work,
+            workers=ctx.client.parallelism([ctx.client.model_for("assistant"), ctx.client.model_for("user")]),
+            desc=desc,
+            on_result=finished,
+            postfix=lambda: progress(ctx, len(failed)),
+        )
+    return [c for c in latest_by_id(read_records_jsonl(out, Conversation)) if c.id in wanted]
+
+
 def attack_metrics(prefix: str, conversations: list[Conversation]) -> dict[str, float]:
     """Breaches found by the live check (stop_on_breach) and the tactics the attacker played."""
     metrics: dict[str, float] = {}
@@ -303,27 +333,14 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     work = [(cid, c) for cid, c in planned if cid not in done]
     if done:
         log.info("resuming: %d conversations already in %s", len(done), out)
-    # Conversations run side by side up to the providers' in-flight limits; the turns of one
-    # conversation stay in order. Only this thread writes the file.
-    failed = []
-    with JsonlAppender(out) as records:
-
-        def finished(conversation: Conversation) -> None:
-            records.append(conversation)  # written as each conversation finishes
-            if conversation.error:
-                failed.append(conversation.id)
-
-        run_parallel(
-            lambda conv_id, context: simulate(ctx, conv_id, context),
-            work,
-            workers=ctx.client.parallelism([ctx.client.model_for("assistant"), ctx.client.model_for("user")]),
-            desc="conversations",
-            on_result=finished,
-            postfix=lambda: progress(ctx, len(failed)),
-        )
-    final = latest_by_id(read_records_jsonl(out, Conversation))
-    wanted = {cid for cid, _ in planned}
-    final = [c for c in final if c.id in wanted]
+    final = play_all(
+        ctx,
+        out,
+        work,
+        {cid for cid, _ in planned},
+        lambda conv_id, context: simulate(ctx, conv_id, context),
+        "conversations",
+    )
     n_errors = sum(1 for c in final if c.error)
     limit = _knobs(ctx).max_error_fraction
     failure = error_budget(
