@@ -25,7 +25,8 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from chareval.config import register_resolvers  # noqa: E402
 from chareval.io import append_jsonl, file_sha256, write_records_json  # noqa: E402
 from chareval.schemas import Context, Conversation, Document, Evaluation, Message, Usage  # noqa: E402
-from chareval.tracking import INPUT_SHA_TAG, flatten_params, output_sha_tag, redact, start_run, use_store  # noqa: E402
+from chareval.store import names  # noqa: E402
+from chareval.store.runs import flatten_params, redact, start_run, use_store  # noqa: E402
 from chareval.validation import validate_config  # noqa: E402
 
 EVALUATORS = ["character_consistency", "boundary_holding", "professionalism", "grounding", "user_simulation_fidelity"]
@@ -140,12 +141,12 @@ def seed_transcript(folder: Path, messages: int, base: dict[str, str]) -> str:
     with start_run(True, run_name="conversations long", tags=tags("conversations", 0), params=base) as run:
         run.log_artifact(folder / "contexts.json", artifact_path="inputs")
         run.log_artifact(conversations)
-        run.set_tags({output_sha_tag("conversations"): sha})
+        run.set_tags({names.output_sha("conversations"): sha})
         conversations_run = run.run_id
     with start_run(True, run_name="evaluate long", tags=tags("evaluate", 0), params=base) as run:
         run.log_artifact(conversations, artifact_path="inputs")
         run.log_artifact(evaluations)
-        run.set_tags({INPUT_SHA_TAG: sha})
+        run.set_tags({names.INPUT_SHA: sha})
     return conversations_run
 
 

@@ -115,12 +115,12 @@ def reply_times(work: Path, replies: int, transformers_replies: int, overrides: 
     from chareval.config import register_resolvers
     from chareval.llm.base import LLMRequest
     from chareval.llm.client import LLMClient
-    from chareval.registry import Registry
+    from chareval.tuned.catalog import Catalog
     from chareval.validation import validate_config
 
     register_resolvers()
     registry = work / "outputs" / "registry" / "finetuned_models.jsonl"
-    (record,) = Registry(registry).all()
+    (record,) = Catalog(registry).all()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         settings = validate_config(
             compose(config_name="config", overrides=[f"paths.outputs={work}/outputs", *overrides])

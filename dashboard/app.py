@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `dashboard` as a
 from mlflow.exceptions import MlflowException
 
 from chareval.errors import CharevalError
-from chareval.tracking import STORE_MODULES, check_readable
+from chareval.store.runs import STORE_MODULES, check_readable
 from dashboard import data, settings
 from dashboard.components import PAGES, escape
 

@@ -1,451 +1,64 @@
-"""Every read the dashboard makes, and its one write (a label on the Review page).
-
-Reads go through MLflow (runs, metrics, and the runs' artifacts, so a shared tracking server works as
-well as the local SQLite store) plus two local files: the registry of fine-tuned models and the
-labels file. Nothing is recomputed and no model is called. Reads are cached (st.cache_data) until
-the sidebar's Refresh button clears them.
-
-Runs are searched page by page with the filters pushed down to MLflow: loading every run of a big
-store costs seconds (MLflow builds an object per param), a page of 100 does not."""
+"""The dashboard's reads (chareval.store.read, cached with st.cache_data until the sidebar's Refresh
+button clears them) and its one write: a label on the Review page. Nothing is recomputed and no model
+is called."""
 
 from __future__ import annotations
 
 import getpass
-import tempfile
-from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import streamlit as st
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
-from chareval.errors import InputError
-from chareval.io import append_jsonl, file_sha256, latest_by_id, read_records_json, read_records_jsonl
-from chareval.registry import Registry
-from chareval.schemas import Context, Conversation, Evaluation, FineTunedModel, JudgeCase, Repair
-from chareval.stages.judge_check import DATASET_PATH_TAG
-from chareval.tracing import log_feedback
-from chareval.tracking import INPUT_SHA_TAG, SWEEP_TAG, output_sha_tag
+from chareval.io import append_jsonl
+from chareval.schemas import JudgeCase
+from chareval.store import read
+from chareval.store.read import (  # the types and pure helpers the pages use, re-exported
+    FLOWS,
+    MAKES_CONVERSATIONS,
+    ConversationSet,
+    RunFilter,
+    RunView,
+    facets,
+    labels,
+    labels_sha,
+    quote,
+)
+from chareval.store.traces import log_feedback
 
-PAGE_SIZE = 100  # runs per page of the Runs table
-RECENT = 100  # newest top-level runs offered by the run pickers (any run opens from the Runs page)
-FIND_LIMIT = 1000  # lineage and children queries (a sweep of more jobs shows its newest 1000)
-FLOWS = ("pipeline", "finetune_loop", "sweep")  # runs whose children hold the stage results
-MAKES_CONVERSATIONS = ("conversations", "branch")  # stages whose conversations.jsonl is a set to read
+__all__ = ["FLOWS", "MAKES_CONVERSATIONS", "ConversationSet", "RunFilter", "RunView", "facets", "quote"]
 
+_cached = st.cache_data(show_spinner=False)
 
-def client(uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=uri)
+experiments = _cached(read.experiments)
+search = _cached(read.search)
+find = _cached(read.find)
+run = _cached(read.run)
+artifact_file = _cached(read.artifact_file)
+input_artifact = _cached(read.input_artifact)
+conversations = _cached(read.conversations)
+judge_cases = _cached(read.judge_cases)
+evaluations = _cached(read.evaluations)
+contexts = _cached(read.contexts)
+json_artifact = _cached(read.json_artifact)
+conversation_sets = _cached(read.conversation_sets)
+repairs = _cached(read.repairs)
+set_conversations = _cached(read.set_conversations)
+set_contexts = _cached(read.set_contexts)
+evaluate_runs_in = _cached(read.evaluate_runs_in)
+finetuned_models = _cached(read.finetuned_models)
+loops_of = _cached(read.loops_of)
+judge_checks = _cached(read.judge_checks)
+recent = _cached(read.recent)
+children = _cached(read.children)
+descendants = _cached(read.descendants)
+metric_history = _cached(read.metric_history)
+# labels and labels_sha read a local file the Review page writes: never cached.
+__all__ += ["labels", "labels_sha"]
 
 
 def clear_caches() -> None:
     st.cache_data.clear()
-
-
-# --- runs ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunView:
-    """What the pages need of one MLflow run."""
-
-    run_id: str
-    name: str
-    experiment_id: str
-    experiment: str
-    status: str
-    start_ms: int
-    end_ms: int | None
-    tags: dict[str, str] = field(hash=False)
-    params: dict[str, str] = field(hash=False)
-    metrics: dict[str, float] = field(hash=False)
-
-    @property
-    def stage(self) -> str:
-        """A stage's name, or the kind of a parent run: pipeline, finetune_loop, sweep."""
-        return self.tags.get("chareval.stage") or self.tags.get("chareval.kind", "?")
-
-    @property
-    def step(self) -> str:
-        return self.tags.get("chareval.step") or self.stage
-
-    @property
-    def parent(self) -> str | None:
-        return self.tags.get("mlflow.parentRunId")
-
-    @property
-    def started(self) -> datetime:
-        return datetime.fromtimestamp(self.start_ms / 1000)
-
-    def choice(self, group: str) -> str | None:
-        return self.tags.get(f"choice.{group}")
-
-    def param(self, key: str) -> str | None:
-        value = self.params.get(key)
-        return None if value in (None, "null") else value
-
-    def judges(self) -> list[str]:
-        """As AppConfig.judges(): judge_model=, else evaluation.judges, else models.judge."""
-        if self.param("judge_model"):
-            return [self.param("judge_model")]
-        listed = self.param("evaluation.judges")
-        return listed.split(",") if listed else [j for j in [self.param("models.judge")] if j]
-
-    def evaluators(self) -> list[str]:
-        listed = self.param("evaluation.evaluators")
-        return listed.split(",") if listed else []
-
-    def describe(self) -> str:
-        """One line for pickers: our own fields only (no model output)."""
-        who = " vs ".join(p for p in (self.choice("persona"), self.choice("user_persona")) if p)
-        turns = f", turns={self.param('turns')}" if self.param("turns") else ""
-        return f"{self.started:%Y-%m-%d %H:%M} · {self.step} · {who}{turns} · {self.status.lower()} · {self.run_id[:8]}"
-
-
-def _view(run: Any, experiments: dict[str, str]) -> RunView:
-    info, data = run.info, run.data
-    return RunView(
-        run_id=info.run_id,
-        name=info.run_name or info.run_id[:8],
-        experiment_id=info.experiment_id,
-        experiment=experiments.get(info.experiment_id, info.experiment_id),
-        status=info.status,
-        start_ms=info.start_time or 0,
-        end_ms=info.end_time,
-        tags=dict(data.tags),
-        params=dict(data.params),
-        metrics=dict(data.metrics),
-    )
-
-
-@st.cache_data(show_spinner=False)
-def experiments(uri: str) -> dict[str, str]:
-    """Experiment id -> name (active experiments)."""
-    return {e.experiment_id: e.name for e in client(uri).search_experiments()}
-
-
-def quote(value: str) -> str:
-    if "'" in value:
-        raise InputError(f"a filter value cannot contain a quote: {value!r}")
-    return f"'{value}'"
-
-
-@dataclass(frozen=True)
-class RunFilter:
-    """The Runs page's filters, as an MLflow search filter (MLflow ANDs clauses; IN works for ids only)."""
-
-    experiment_ids: tuple[str, ...] = ()
-    stage: str | None = None
-    status: str | None = None
-    persona: str | None = None
-    user_persona: str | None = None
-    turns: str | None = None
-    models: str | None = None
-    assistant: str | None = None
-    since: date | None = None
-    until: date | None = None
-    top_level: bool = False
-
-    def expression(self) -> str:
-        clauses = []
-        if self.stage == "sweep":
-            clauses.append("tags.`chareval.kind` = 'sweep'")
-        elif self.stage:
-            clauses.append(f"tags.`chareval.stage` = {quote(self.stage)}")
-        if self.status:
-            clauses.append(f"attributes.status = {quote(self.status)}")
-        for tag, value in (
-            ("choice.persona", self.persona),
-            ("choice.user_persona", self.user_persona),
-            ("choice.models", self.models),
-        ):
-            if value:
-                clauses.append(f"tags.`{tag}` = {quote(value)}")
-        if self.turns:
-            clauses.append(f"params.turns = {quote(self.turns)}")
-        if self.assistant:
-            clauses.append(f"params.`models.assistant` = {quote(self.assistant)}")
-        if self.since:
-            clauses.append(f"attributes.start_time >= {_ms(self.since)}")
-        if self.until:
-            clauses.append(f"attributes.start_time < {_ms(self.until + timedelta(days=1))}")
-        if self.top_level:
-            clauses.append("tags.`mlflow.parentRunId` IS NULL")
-        return " AND ".join(clauses)
-
-
-def _ms(day: date) -> int:
-    return int(datetime.combine(day, time()).timestamp() * 1000)
-
-
-@st.cache_data(show_spinner=False)
-def search(uri: str, flt: RunFilter, page_token: str | None = None) -> tuple[list[RunView], str | None]:
-    """One page of runs matching the filter, newest first, and the token of the next page."""
-    names = experiments(uri)
-    ids = list(flt.experiment_ids) or list(names)
-    if not ids:
-        return [], None
-    page = client(uri).search_runs(
-        ids, flt.expression(), max_results=PAGE_SIZE, order_by=["attributes.start_time DESC"], page_token=page_token
-    )
-    return [_view(r, names) for r in page], page.token
-
-
-@st.cache_data(show_spinner=False)
-def find(uri: str, expression: str, limit: int = FIND_LIMIT) -> list[RunView]:
-    """Runs of every experiment matching an MLflow filter expression, newest first."""
-    names = experiments(uri)
-    if not names:
-        return []
-    runs = client(uri).search_runs(list(names), expression, max_results=limit, order_by=["attributes.start_time DESC"])
-    return [_view(r, names) for r in runs]
-
-
-def recent(uri: str) -> list[RunView]:
-    """The newest top-level runs: pipelines, loops, sweeps and stages run on their own."""
-    return find(uri, "tags.`mlflow.parentRunId` IS NULL", RECENT)
-
-
-def facets(runs: list[RunView]) -> dict[str, list[str]]:
-    """The values these runs have, offered by the Runs page's filters (any other value can be typed)."""
-    values = {
-        "persona": {r.choice("persona") for r in runs},
-        "user_persona": {r.choice("user_persona") for r in runs},
-        "models": {r.choice("models") for r in runs},
-        "assistant": {r.param("models.assistant") for r in runs},
-        "turns": {r.param("turns") for r in runs},
-    }
-    return {
-        k: sorted((v for v in vs if v), key=lambda x: (len(x), x) if k == "turns" else x) for k, vs in values.items()
-    }
-
-
-@st.cache_data(show_spinner=False)
-def run(uri: str, run_id: str) -> RunView | None:
-    try:
-        found = client(uri).get_run(run_id)
-    except MlflowException:
-        return None
-    return _view(found, experiments(uri))
-
-
-def children(uri: str, run_id: str) -> list[RunView]:
-    return find(uri, f"tags.`mlflow.parentRunId` = {quote(run_id)}")
-
-
-def descendants(uri: str, parent: RunView) -> list[RunView]:
-    """The stage runs under a flow: a pipeline's or a loop's children; every run of a sweep's jobs."""
-    if parent.stage == "sweep":
-        return find(uri, f"tags.`{SWEEP_TAG}` = {quote(parent.run_id)}")
-    return children(uri, parent.run_id)
-
-
-def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
-    return [(m.step, m.value) for m in client(uri).get_metric_history(run_id, key)]
-
-
-# --- artifacts -------------------------------------------------------------------------------
-
-
-@st.cache_resource
-def _download_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="chareval-dashboard-"))
-
-
-@st.cache_data(show_spinner=False)
-def artifact_file(uri: str, run_id: str, path: str) -> Path | None:
-    """A local copy of one artifact of a run, or None when the run has no such artifact."""
-    try:
-        local = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=path, dst_path=str(_download_dir() / run_id), tracking_uri=uri
-        )
-    except (MlflowException, OSError):
-        return None
-    return Path(local) if Path(local).is_file() else None
-
-
-@st.cache_data(show_spinner=False)
-def input_artifact(uri: str, run_id: str) -> str | None:
-    """The file a stage read, logged under inputs/ with its own name (e.g. inputs/contexts.json)."""
-    try:
-        files = [a.path for a in client(uri).list_artifacts(run_id, "inputs") if not a.is_dir]
-    except (MlflowException, OSError):
-        return None
-    return files[0] if files else None
-
-
-def _records(uri: str, run_id: str, path: str | None, model: type, jsonl: bool = True) -> list:
-    if path is None:
-        return []
-    local = artifact_file(uri, run_id, path)
-    if local is None:
-        return []
-    try:
-        return latest_by_id(read_records_jsonl(local, model)) if jsonl else read_records_json(local, model)
-    except InputError as e:  # name the artifact, not the temporary copy
-        raise InputError(
-            e.message.replace(str(local), f"{path} of run {run_id}"), "the run's file is not a valid record file"
-        ) from None
-
-
-@st.cache_data(show_spinner=False)
-def conversations(uri: str, run_id: str, path: str) -> list[Conversation]:
-    return _records(uri, run_id, path, Conversation)
-
-
-@st.cache_data(show_spinner=False)
-def judge_cases(uri: str, run_id: str, path: str) -> list[JudgeCase]:
-    return _records(uri, run_id, path, JudgeCase)
-
-
-@st.cache_data(show_spinner=False)
-def evaluations(uri: str, run_id: str) -> list[Evaluation]:
-    return _records(uri, run_id, "evaluations.jsonl", Evaluation)
-
-
-@st.cache_data(show_spinner=False)
-def contexts(uri: str, run_id: str) -> list[Context]:
-    """The contexts a conversations run read."""
-    return _records(uri, run_id, input_artifact(uri, run_id), Context, jsonl=False)
-
-
-@st.cache_data(show_spinner=False)
-def json_artifact(uri: str, run_id: str, path: str) -> dict | None:
-    import json
-
-    local = artifact_file(uri, run_id, path)
-    return json.loads(local.read_text(encoding="utf-8")) if local else None
-
-
-# --- lineage: which runs hold a run's conversations, contexts and judgments ------------------
-
-
-@dataclass(frozen=True)
-class ConversationSet:
-    """Conversations as one run logged them, with the runs that judged them."""
-
-    label: str
-    source_run: str  # the run whose artifact `path` holds them
-    path: str
-    judged_by: tuple[str, ...]  # evaluate / judge_check runs, newest first
-    contexts_run: str | None  # the conversations run (the contexts file it read, under inputs/)
-    job: RunView  # the run that describes them (persona, turns, models)
-    cases: bool = False  # a judge_check dataset: JudgeCase records, not Conversation records
-    sha: str | None = None  # the conversations file's SHA-256: later runs that read it tag it
-
-
-def conversation_sets(uri: str, run_id: str) -> list[ConversationSet]:
-    picked = run(uri, run_id)
-    if picked is None:
-        return []
-    if picked.stage in FLOWS:
-        runs = descendants(uri, picked)
-        sets = [_from_conversations_run(uri, r) for r in runs if r.stage in MAKES_CONVERSATIONS]
-        produced = {r.tags.get(output_sha_tag("conversations")) for r in runs if r.stage in MAKES_CONVERSATIONS}
-        sets += [
-            _from_evaluate_run(uri, r)
-            for r in runs
-            if r.stage == "evaluate" and r.tags.get(INPUT_SHA_TAG) not in produced
-        ]
-        return sorted(sets, key=lambda s: (s.job.start_ms, s.label))
-    if picked.stage in MAKES_CONVERSATIONS:
-        return [_from_conversations_run(uri, picked)]
-    if picked.stage == "evaluate":
-        return [_from_evaluate_run(uri, picked)]
-    if picked.stage == "judge_check" and input_artifact(uri, picked.run_id):
-        dataset = input_artifact(uri, picked.run_id)
-        return [ConversationSet("labelled cases", picked.run_id, dataset, (picked.run_id,), None, picked, cases=True)]
-    return []
-
-
-def _from_conversations_run(uri: str, r: RunView) -> ConversationSet:
-    sha = r.tags.get(output_sha_tag("conversations"))
-    judges = find(uri, f"tags.`{INPUT_SHA_TAG}` = {quote(sha)}") if sha else []
-    judged = tuple(j.run_id for j in judges if j.stage == "evaluate")
-    contexts = r.run_id if r.stage == "conversations" else None  # a branch run's input is conversations
-    return ConversationSet(r.describe(), r.run_id, "conversations.jsonl", judged, contexts, r, sha=sha)
-
-
-def _from_evaluate_run(uri: str, r: RunView) -> ConversationSet:
-    sha = r.tags.get(INPUT_SHA_TAG)
-    producers = find(uri, f"tags.`{output_sha_tag('conversations')}` = {quote(sha)}") if sha else []
-    # Other evaluate runs of the same conversations come after the one picked.
-    others = (
-        [j.run_id for j in find(uri, f"tags.`{INPUT_SHA_TAG}` = {quote(sha)}") if j.stage == "evaluate"] if sha else []
-    )
-    judged = (r.run_id, *[o for o in others if o != r.run_id])
-    source = producers[0] if producers else None
-    return ConversationSet(
-        r.describe(),
-        r.run_id,
-        input_artifact(uri, r.run_id) or "inputs/conversations.jsonl",
-        judged,
-        source.run_id if source else None,
-        source or r,
-        sha=sha,
-    )
-
-
-@st.cache_data(show_spinner=False)
-def repairs(uri: str, sha: str) -> dict[str, Repair]:
-    """The slips of these conversations repaired by the newest repair run that read them (by id)."""
-    runs = [r for r in find(uri, f"tags.`{INPUT_SHA_TAG}` = {quote(sha)}") if r.stage == "repair"]
-    if not runs:
-        return {}
-    newest = max(runs, key=lambda r: r.start_ms)
-    return {r.conversation_id: r for r in _records(uri, newest.run_id, "repairs.jsonl", Repair)}
-
-
-def set_conversations(uri: str, cs: ConversationSet) -> list[Conversation]:
-    if cs.cases:
-        return [c.conversation for c in judge_cases(uri, cs.source_run, cs.path)]
-    return conversations(uri, cs.source_run, cs.path)
-
-
-def set_contexts(uri: str, cs: ConversationSet) -> dict[str, Context]:
-    return {c.id: c for c in contexts(uri, cs.contexts_run)} if cs.contexts_run else {}
-
-
-def evaluate_runs_in(uri: str, picked: RunView) -> list[RunView]:
-    """The evaluate runs a run stands for: itself, or those of its flow."""
-    if picked.stage in ("evaluate", "judge_check"):
-        return [picked]
-    if picked.stage in FLOWS:
-        return [r for r in descendants(uri, picked) if r.stage == "evaluate"]
-    if picked.stage in MAKES_CONVERSATIONS:
-        return [r for r in (run(uri, i) for i in _from_conversations_run(uri, picked).judged_by) if r]
-    return []
-
-
-# --- fine-tuned models -----------------------------------------------------------------------
-
-
-def finetuned_models(uri: str, registry: Path) -> list[FineTunedModel]:
-    """The registry file, plus fine-tuning runs in MLflow that it does not list (e.g. another machine's,
-    on a shared tracking server). The registry's record wins for the same job key."""
-    records = {r.key: r for r in Registry(registry).all()}
-    for r in find(uri, "tags.`chareval.stage` = 'finetune'"):
-        job = json_artifact(uri, r.run_id, "finetune_job.json")
-        if job:
-            record = FineTunedModel.model_validate(job)
-            records.setdefault(record.key, record)
-    return sorted(records.values(), key=lambda r: r.created_at, reverse=True)
-
-
-def loops_of(uri: str, model: str) -> list[RunView]:
-    """Closed-loop runs whose fine-tuned assistant is `model` (their before/after metrics)."""
-    return find(uri, f"tags.`finetune.model` = {quote(model)} AND tags.`chareval.kind` = 'finetune_loop'")
-
-
-# --- labels (the Review page) ------------------------------------------------------------------
-
-
-def labels(path: Path) -> list[JudgeCase]:
-    """The labelled cases of a labels file, the latest label of each case (a relabel supersedes)."""
-    return latest_by_id(read_records_jsonl(path, JudgeCase, tolerate_torn_tail=True)) if path.is_file() else []
 
 
 def save_label(path: Path, case: JudgeCase) -> None:
@@ -471,14 +84,3 @@ def labeller() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "dashboard"
-
-
-def judge_checks(uri: str, path: Path) -> list[RunView]:
-    """judge_check runs on this labels file, newest first."""
-    return [
-        r for r in find(uri, f"tags.`{DATASET_PATH_TAG}` = {quote(str(path.resolve()))}") if r.stage == "judge_check"
-    ]
-
-
-def labels_sha(path: Path) -> str | None:
-    return file_sha256(path) if path.is_file() else None

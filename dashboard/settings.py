@@ -13,9 +13,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from chareval import PROJECT_ROOT
 from chareval.errors import ConfigError
-from chareval.tracking import resolve_uri
+from chareval.store.runs import resolve_uri
 
 ARGS_ENV = "CHAREVAL_DASHBOARD_ARGS"
 MLFLOW_UI_ENV = "CHAREVAL_MLFLOW_UI"  # where the MLflow UI is served, for links to runs
@@ -48,24 +47,21 @@ def overrides(argv: list[str], script: str) -> list[str]:
 
 
 def load(args: list[str]) -> Settings:
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from chareval.config import register_resolvers
+    from chareval.config.compose import compose
 
-    register_resolvers()
     try:
-        with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=args)
+        cfg = compose(args)
         paths = OmegaConf.to_container(cfg.paths, resolve=True)
         tracking = OmegaConf.to_container(cfg.tracking, resolve=True)
-    except (HydraException, OmegaConfBaseException, ValueError) as e:
+    except (ConfigError, OmegaConfBaseException) as e:
         raise ConfigError(
-            f"the dashboard's overrides {' '.join(args)!r} do not compose: {e}",
+            f"the dashboard's overrides {' '.join(args)!r} do not compose: {getattr(e, 'message', e)}",
             "use the same overrides as src/run.py, e.g. tracking.uri=... paths.outputs=...",
         ) from None
+    assert isinstance(paths, dict) and isinstance(tracking, dict)
     uri = resolve_uri(tracking.get("uri"), paths["root"])
     ui = os.environ.get(MLFLOW_UI_ENV) or (uri if uri.startswith(("http://", "https://")) else DEFAULT_MLFLOW_UI)
     return Settings(

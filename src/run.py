@@ -50,18 +50,14 @@ def main(cfg: DictConfig) -> None:
 
     from chareval.app import Job
     from chareval.report import print_report
+    from chareval.store.runs import error_text, store_failure
     from chareval.sweep import record_outcome
-    from chareval.tracking import error_text, store_failure
 
     run_dir = HydraConfig.get().runtime.output_dir
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     resume = f"rerun the same command with hydra.run.dir={run_dir} to resume where it stopped"
     job, error, code, busy, finished = None, None, 0, None, False
     signal.signal(signal.SIGINT, signal.default_int_handler)  # from here, Ctrl-C keeps finished work
-    if HydraConfig.get().runtime.choices.get("stage") == "doctor":
-        from chareval import doctor
-
-        sys.exit(doctor.run(cfg))
     try:
         job = Job.from_hydra(cfg)
         job.run()
@@ -108,6 +104,10 @@ if __name__ == "__main__":
 
     from chareval.cli import check_group_options, check_output_folders, check_override_keys
 
+    if "stage=doctor" in sys.argv[1:]:  # the older spelling of python src/doctor.py
+        from chareval.doctor import main as doctor
+
+        sys.exit(doctor(sys.argv[1:]))
     try:
         check_override_keys(sys.argv[1:], Path(__file__).resolve().parent.parent / "conf")
         check_group_options(sys.argv[1:], Path(__file__).resolve().parent.parent / "conf")

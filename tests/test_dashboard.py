@@ -328,7 +328,7 @@ def test_model_output_is_shown_literally_never_as_markup(app, dashboard_store):
     ],
 )
 def test_each_page_says_which_command_fills_it_on_an_empty_store(page, command, tmp_path, monkeypatch):
-    from chareval.tracking import use_store
+    from chareval.store.runs import use_store
 
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     use_store(uri, "chareval")  # an empty store, as after `make clean` and one aborted run

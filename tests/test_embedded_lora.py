@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from chareval import hf_models
 from chareval.config import LocalLoraSettings
 from chareval.errors import ConfigError
 from chareval.finetune.local_lora import IGNORE, encode, labelled_loss, train
-from chareval.hf_models import MARKER, converted, load_base, load_tokenizer
 from chareval.llm.providers.local import load_llama, packaged_gguf
+from chareval.tuned import hf as hf_models
+from chareval.tuned.hf import MARKER, converted, load_base, load_tokenizer
 
 pytestmark = pytest.mark.slow  # the real model in transformers and llama.cpp
 
@@ -221,7 +221,7 @@ def test_llama_cpp_and_transformers_read_an_adapter_the_same_way(folder, tokeniz
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from chareval.gguf_lora import write_gguf_adapter
+    from chareval.tuned.gguf_lora import write_gguf_adapter
 
     torch.manual_seed(0)
     base = load_base(folder, "cpu")
@@ -256,10 +256,10 @@ def test_the_trained_adapter_gives_the_same_greedy_reply_in_both_runtimes(traine
 
 def _registered(tmp_path, trained, adapter_dir, name: str):
     """A registry with one local_lora record for `adapter_dir` (as stage=finetune writes it)."""
-    from chareval.registry import Registry, now
     from chareval.schemas import FineTunedModel
+    from chareval.tuned.catalog import Catalog, now
 
-    registry = Registry(tmp_path / "registry.jsonl")
+    registry = Catalog(tmp_path / "registry.jsonl")
     registry.save(
         FineTunedModel(
             key=name,

@@ -13,8 +13,8 @@ from mlflow import MlflowClient
 
 from chareval.finetune.data_format import conversation_to_example
 from chareval.io import read_records_jsonl, write_jsonl_atomic
-from chareval.registry import Registry
 from chareval.schemas import Conversation
+from chareval.tuned.catalog import Catalog
 from chareval.validation import validate_config
 from conftest import DATA, compose_cfg, run_job_in
 
@@ -58,7 +58,7 @@ def test_the_loss_goes_down_step_by_step_in_mlflow(finetuned):
 
 def test_the_model_is_registered_and_a_rerun_reuses_it(finetuned):
     tmp, outputs, again = finetuned
-    (record,) = Registry(tmp / "outputs" / "registry" / "finetuned_models.jsonl").all()
+    (record,) = Catalog(tmp / "outputs" / "registry" / "finetuned_models.jsonl").all()
     assert record.status == "completed" and record.backend == "local_lora" and record.model.endswith("-test")
     assert (tmp / "run" / "adapter" / "adapter_config.json").is_file()
     assert record.gguf_adapter_path == str(tmp / "run" / "adapter" / "adapter.gguf")
@@ -71,11 +71,11 @@ def test_the_adapter_changes_the_models_output(finetuned):
     """Through the transformers fallback (the llama.cpp path: test_embedded_lora.py)."""
     import torch
 
-    from chareval.hf_models import load_base
     from chareval.llm.providers.local_lora import load_adapted
+    from chareval.tuned.hf import load_base
 
     tmp, _, _ = finetuned
-    (record,) = Registry(tmp / "outputs" / "registry" / "finetuned_models.jsonl").all()
+    (record,) = Catalog(tmp / "outputs" / "registry" / "finetuned_models.jsonl").all()
     tokenizer, adapted = load_adapted(
         record.settings["base_gguf"], record.adapter_path, "cpu", record.settings["hf_base"]
     )
@@ -104,7 +104,7 @@ def served_by_llama_cpp_only(monkeypatch):
 def test_the_fine_tuned_model_serves_as_the_assistant(finetuned, make_job, workdir, monkeypatch):
     served_by_llama_cpp_only(monkeypatch)
     tmp, _, _ = finetuned
-    (record,) = Registry(tmp / "outputs" / "registry" / "finetuned_models.jsonl").all()
+    (record,) = Catalog(tmp / "outputs" / "registry" / "finetuned_models.jsonl").all()
     job = make_job(
         "conversations",
         f"models.assistant={record.model}",
@@ -262,7 +262,7 @@ def test_dpo_on_the_embedded_model_widens_the_margin_and_serves_like_sft(tmp_pat
     losses = [m.value for m in client.get_metric_history(run.info.run_id, "train.loss")]
     margins = [m.value for m in client.get_metric_history(run.info.run_id, "train.reward_margin")]
     assert len(losses) == len(margins) == 4 and losses[-1] < losses[0] and margins[-1] > margins[0]
-    (record,) = Registry(tmp_path / "outputs" / "registry" / "finetuned_models.jsonl").all()
+    (record,) = Catalog(tmp_path / "outputs" / "registry" / "finetuned_models.jsonl").all()
     assert record.settings["training_method"] == "dpo" and record.gguf_adapter_path
     assert Path(record.gguf_adapter_path).is_file()
     # Served by llama.cpp with its GGUF adapter, like an SFT model.

@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from chareval.errors import CharevalError, InputError
-from chareval.registry import Registry
+from chareval.tuned.catalog import Catalog
 from fake_apis import FakeAPI, Reply
 
 LIMITS = {
@@ -145,7 +145,7 @@ def test_upload_create_follow_to_completed_and_register(make_job, workdir, train
     assert create["suffix"] == "customer_service_eval" and create["training_type"]["type"] == "Lora"
     assert create["training_method"]["train_on_inputs"] == "auto"
     assert fake.retrieved == 3  # queued, running, completed
-    (record,) = Registry(workdir / "outputs" / "registry" / "finetuned_models.jsonl").all()
+    (record,) = Catalog(workdir / "outputs" / "registry" / "finetuned_models.jsonl").all()
     assert record.status == "completed" and record.model == "together/me/Qwen3-32B-customer_service_eval-ft-123"
     assert record.job_id == "ft-123" and record.file_id == "file-abc" and len(record.events) == 3
     assert json.loads(outputs["finetune_job"].read_text())["model"] == record.model
@@ -163,7 +163,7 @@ def test_a_failed_job_fails_the_stage_after_recording_it(make_job, workdir, trai
         fake.url = api.url
         with pytest.raises(CharevalError, match=f"ended '{terminal}'"):
             together_job(make_job, api, monkeypatch, f"train_file={train_file}").run()
-    (record,) = Registry(workdir / "outputs" / "registry" / "finetuned_models.jsonl").all()
+    (record,) = Catalog(workdir / "outputs" / "registry" / "finetuned_models.jsonl").all()
     assert record.status == terminal and record.model is None
 
 
@@ -185,7 +185,7 @@ def test_rerun_finds_the_job_instead_of_creating_another(make_job, workdir, trai
         fake.statuses = ["completed"]
         together_job(make_job, api, monkeypatch, f"train_file={train_file}").run()
     assert fake.created == 1 and [r.path for r in api.requests].count("/v1/files") == 1
-    (record,) = Registry(workdir / "outputs" / "registry" / "finetuned_models.jsonl").all()
+    (record,) = Catalog(workdir / "outputs" / "registry" / "finetuned_models.jsonl").all()
     assert record.status == "completed"
 
 
@@ -195,7 +195,7 @@ def test_job_id_picks_up_a_job_without_a_file(make_job, workdir, monkeypatch):
         fake.url = api.url
         together_job(make_job, api, monkeypatch, "job_id=ft-123").run()
     assert fake.created == 0 and not any(r.path.startswith("/v1/files") for r in api.requests)
-    (record,) = Registry(workdir / "outputs" / "registry" / "finetuned_models.jsonl").all()
+    (record,) = Catalog(workdir / "outputs" / "registry" / "finetuned_models.jsonl").all()
     assert record.model == "together/me/Qwen3-32B-customer_service_eval-ft-123"
 
 
@@ -229,10 +229,10 @@ def test_only_qwen3_32b_can_be_fine_tuned_on_together():
 def test_another_account_or_endpoint_never_reuses_a_job_and_a_404_starts_a_new_one(
     make_job, workdir, train_file, monkeypatch, caplog
 ):
-    from chareval.registry import job_key, now
     from chareval.schemas import FineTunedModel
+    from chareval.tuned.catalog import job_key, now
 
-    registry = Registry(workdir / "outputs" / "registry" / "finetuned_models.jsonl")
+    registry = Catalog(workdir / "outputs" / "registry" / "finetuned_models.jsonl")
     fake = Together(statuses=("completed",))
     with FakeAPI(fake) as api:
         fake.url = api.url
@@ -285,7 +285,7 @@ def test_dpo_uploads_preference_pairs_and_creates_a_dpo_job(make_job, workdir, t
     create = next(r.body for r in api.requests if r.path == "/v1/fine-tunes")
     assert create["training_method"]["method"] == "dpo" and create["training_method"]["dpo_beta"] == 0.2
     assert create["model"] == "Qwen/Qwen3-32B" and create["training_file"] == "file-abc"
-    (record,) = Registry(workdir / "outputs" / "registry" / "finetuned_models.jsonl").all()
+    (record,) = Catalog(workdir / "outputs" / "registry" / "finetuned_models.jsonl").all()
     assert record.settings["training_method"] == "dpo" and record.status == "completed"
 
 

@@ -16,7 +16,7 @@ from chareval.llm import ChatMessage, LLMClient
 from chareval.llm.registry import load_all
 from chareval.report import print_report
 from chareval.schemas import Context, ContextDraft, Conversation, Evaluation
-from chareval.tracking import INPUT_SHA_TAG, output_sha_tag
+from chareval.store import names
 from chareval.validation import validate_config
 from conftest import CONF, DATA, compose_cfg
 
@@ -53,7 +53,7 @@ def test_the_pipeline_runs_every_stage_as_a_child_run_with_exact_call_counts(mak
     assert parent.data.metrics["model.calls"] == 14  # the parent sums its children
     # Each stage's input is the previous stage's output, linked by content.
     by_stage = {c.data.tags["chareval.stage"]: c.data.tags for c in children}
-    assert by_stage["conversations"][INPUT_SHA_TAG] == by_stage["contexts"][output_sha_tag("contexts")]
+    assert by_stage["conversations"][names.INPUT_SHA] == by_stage["contexts"][names.output_sha("contexts")]
 
 
 def test_a_reply_cut_at_max_tokens_is_warned_once_and_counted(make_job, workdir, caplog, capsys):

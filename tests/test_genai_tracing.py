@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from chareval.app import Job
 from chareval.io import read_records_jsonl
 from chareval.schemas import Conversation
-from chareval.tracing import human_labelled
+from chareval.store.traces import human_labelled
 from conftest import DATA, TINY, compose_cfg, run_job_in
 from fake_apis import FakeAPI, chat_completion
 

@@ -20,7 +20,7 @@ import pytest
 from hydra.errors import MissingConfigException
 from mlflow import MlflowClient
 
-from chareval import doctor
+from chareval import PROJECT_ROOT, doctor
 from chareval.app import Job
 from chareval.cli import check_output_folders, check_override_keys
 from chareval.errors import CharevalError, ConfigError, InputError
@@ -30,7 +30,7 @@ from chareval.llm.base import load_once
 from chareval.llm.providers import local, local_lora
 from chareval.report import print_report
 from chareval.schemas import Conversation, Evaluation
-from chareval.tracking import ERROR_TAG, RESUMES_TAG
+from chareval.store import names
 from chareval.validation import validate_config
 from conftest import CONF, DATA, compose_cfg, run_cli, start_cli
 from fake_apis import FakeAPI, chat_completion, openai_error
@@ -328,8 +328,10 @@ def test_a_resume_after_kill_9_closes_the_dead_runs_and_links_to_them(make_job, 
             "conversations", *args, f"models.providers.openai_compatible.base_url={api.url}/v1", run_dir=run_dir
         ).run()
     old, new = runs_of(workdir)
-    assert old.info.run_id == dead.info.run_id and old.info.status == "KILLED" and "killed" in old.data.tags[ERROR_TAG]
-    assert new.info.status == "FINISHED" and new.data.tags[RESUMES_TAG] == dead.info.run_id
+    assert (
+        old.info.run_id == dead.info.run_id and old.info.status == "KILLED" and "killed" in old.data.tags[names.ERROR]
+    )
+    assert new.info.status == "FINISHED" and new.data.tags[names.RESUMES] == dead.info.run_id
 
 
 def runs_of(workdir):
@@ -502,13 +504,20 @@ def test_doctor_passes_on_a_ready_machine(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow  # a subprocess loading the embedded model
 def test_cli_doctor_loads_the_embedded_model(tmp_path):
-    result = run_cli(
-        "stage=doctor",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
-    )
+    result = run_cli(script="src/doctor.py", env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "local/smollm2-135m-instruct loaded and answered" in result.stdout
+    assert not (PROJECT_ROOT / "src" / "outputs").exists()  # it writes no run folder
+
+
+@pytest.mark.slow  # subprocesses
+def test_stage_doctor_is_an_alias_of_the_doctor_command_and_bad_overrides_exit_2(tmp_path):
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    alias = run_cli("stage=doctor", "models=mock", f"hydra.run.dir={tmp_path / 'run'}", env=env)
+    assert alias.returncode == 0, alias.stdout + alias.stderr
+    assert "models=mock" in alias.stdout and not (tmp_path / "run").exists()
+    bad = run_cli("persona=nobody", script="src/doctor.py", env=env)
+    assert bad.returncode == 2 and "persona=nobody" in bad.stdout and "jasmine" in bad.stdout
 
 
 def test_a_missing_gguf_names_the_key_that_points_at_it():

@@ -122,7 +122,7 @@ def test_a_half_created_store_is_named_as_such_with_the_fix_not_mlflow_db_upgrad
     import sqlite3
 
     from chareval.errors import CharevalError
-    from chareval.tracking import use_store
+    from chareval.store.runs import use_store
 
     db = tmp_path / "mlflow.db"
     shutil.copy(blank_mlflow_db, db)
@@ -139,7 +139,7 @@ def test_a_half_created_store_is_named_as_such_with_the_fix_not_mlflow_db_upgrad
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a small tmpfs needs root")
 def test_a_store_created_on_a_full_disk_is_removed_and_named(tmp_path):
     from chareval.errors import CharevalError
-    from chareval.tracking import use_store
+    from chareval.store.runs import use_store
 
     full = tmp_path / "full"
     full.mkdir()

@@ -110,7 +110,7 @@ def test_a_job_refused_by_a_still_running_worker_fails_the_sweep_naming_its_pid(
 def test_rerunning_a_killed_sweep_closes_its_run_as_killed(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     sweep_dir = tmp_path / "sweep"
-    from chareval.tracking import use_store
+    from chareval.store.runs import use_store
 
     # What a killed driver leaves in the store: its sweep run, RUNNING, for this sweep folder.
     client = MlflowClient(uri)

@@ -211,7 +211,7 @@ def test_best_and_worst_rank_by_pass_rate_then_mean():
 
 def test_a_worker_without_the_environment_finds_its_sweep_run_by_folder(tmp_path, monkeypatch):
     """A remote Ray worker does not inherit the driver's environment: the job looks the sweep up."""
-    from chareval.tracking import SWEEP_RUN_ENV, find_sweep_run, use_store
+    from chareval.store.runs import SWEEP_RUN_ENV, find_sweep_run, use_store
 
     uri, _ = store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from chareval.io import read_records_jsonl
 from chareval.schemas import Conversation, Evaluation
-from chareval.trace_repair import INTERRUPTED
+from chareval.store.trace_repair import INTERRUPTED
 from conftest import DATA, start_cli
 from fake_apis import FakeAPI, chat_completion
 

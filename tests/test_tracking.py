@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from chareval.io import file_sha256
-from chareval.tracking import flatten_params, redact
+from chareval.store.runs import flatten_params, redact
 from conftest import DATA, FIRST_STAGES, TINY, run_cli
 
 

@@ -7,6 +7,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from chareval.store import names
 from dashboard import data, derive
 from dashboard.components import (
     empty,
@@ -108,7 +109,7 @@ def metrics_across_runs() -> None:
 
 def breach_curves(evaluated: list[data.RunView]) -> None:
     """Turns-to-breach side by side: each evaluate run's Kaplan-Meier curve with its 95% band."""
-    curves = {f"{r.name} {r.run_id[:8]}": data.json_artifact(uri(), r.run_id, "breach_curve.json") for r in evaluated}
+    curves = {f"{r.name} {r.run_id[:8]}": data.json_artifact(uri(), r.run_id, names.BREACH_CURVE) for r in evaluated}
     found = {name: c for name, c in curves.items() if c}
     if not found:
         return
@@ -159,7 +160,7 @@ def side(key: str, default_run: str | None, default_set: str | None) -> tuple[da
 
 def paired_differences(loop_run: str) -> None:
     """The closed loop's own comparison: after - before, paired by held-out context, with intervals."""
-    result = data.json_artifact(uri(), loop_run, "before_after.json")
+    result = data.json_artifact(uri(), loop_run, names.BEFORE_AFTER)
     if not result or "paired" not in result:
         st.caption("this loop predates paired statistics: only the unpaired deltas below")
         return
@@ -208,7 +209,7 @@ def two_runs() -> None:
         return
     if loop and a_run:
         paired_differences(a_run)
-    summaries = [data.json_artifact(uri(), j, "summary.json") if j else None for j in (a_judged, b_judged)]
+    summaries = [data.json_artifact(uri(), j, names.SUMMARY) if j else None for j in (a_judged, b_judged)]
     if all(summaries):
         st.subheader("Per evaluator: A, B and B - A")
         st.dataframe(derive.delta_rows(*summaries), hide_index=True, width="stretch")

@@ -7,6 +7,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from chareval.store import names
 from dashboard import data, derive
 from dashboard.components import empty, escape, go, pick_row, run_picker, selection, uri
 
@@ -40,7 +41,7 @@ evaluations = data.evaluations(uri(), ev_run.run_id)
 st.caption(escape(f"judges: {', '.join(ev_run.judges()) or '?'} · {len(evaluations)} judgments · run {ev_run.run_id}"))
 
 if ev_run.stage == "judge_check":
-    report = data.json_artifact(uri(), ev_run.run_id, "judge_check.json") or {}
+    report = data.json_artifact(uri(), ev_run.run_id, names.JUDGE_CHECK) or {}
     st.subheader("Accuracy against the labels")
     st.dataframe(
         [
@@ -53,7 +54,7 @@ if ev_run.stage == "judge_check":
     )
     summary = None
 else:
-    summary = data.json_artifact(uri(), ev_run.run_id, "summary.json")
+    summary = data.json_artifact(uri(), ev_run.run_id, names.SUMMARY)
 if not evaluations:
     empty("This evaluate run logged no judgments (yet).", "python src/run.py stage=evaluate conversations_run=<run id>")
     st.stop()

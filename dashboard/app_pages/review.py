@@ -10,7 +10,7 @@ import streamlit as st
 
 from chareval.evaluators.registry import load_all
 from chareval.schemas import JudgeCase
-from chareval.stages.judge_check import DATASET_SHA_TAG
+from chareval.store import names
 from dashboard import data
 from dashboard.components import (
     empty,
@@ -48,7 +48,7 @@ def judge_check_results() -> None:
         empty("No judge check on this labels file yet.", command)
         return
     latest = checks[0]
-    report = data.json_artifact(uri(), latest.run_id, "judge_check.json") or {}
+    report = data.json_artifact(uri(), latest.run_id, names.JUDGE_CHECK) or {}
     rows = [
         {"evaluator": ev, "judge": judge, **t}
         for ev, by_judge in report.get("accuracy", {}).items()
@@ -57,7 +57,7 @@ def judge_check_results() -> None:
     st.dataframe(
         rows, hide_index=True, width="stretch", column_config={"accuracy": st.column_config.NumberColumn(format="%.2f")}
     )
-    fresh = latest.tags.get(DATASET_SHA_TAG) == data.labels_sha(path)
+    fresh = latest.tags.get(names.JUDGE_CHECK_DATASET_SHA) == data.labels_sha(path)
     st.caption(
         escape(f"judge_check run {latest.run_id} of {latest.started:%Y-%m-%d %H:%M}")
         + ("" if fresh else " · the labels changed since: run the check again")

@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from chareval.stages import STAGES
+from chareval import PROJECT_ROOT
 from dashboard import data
 from dashboard.components import PAGES, empty, remember, settings, table_key, uri
 
@@ -60,12 +60,16 @@ def pick(column: Any, label: str, key: str) -> str | None:
     return column.selectbox(label, options, index=None, placeholder="any", accept_new_options=True, key=f"runs.{key}")
 
 
+# What stage= can select (conf/stage/), read from the config rather than the stage modules: the
+# dashboard imports no stage.
+STAGES_AND_FLOWS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "stage").glob("*.yaml") if p.stem != "doctor")
+
 with st.container(border=True):
     c = st.columns([2, 1.2, 1, 1.6])
     c[0].multiselect("Experiment", sorted(names.values()), placeholder="all", key="runs.experiment")
     c[1].selectbox(
         "Stage or flow",
-        [*STAGES, "pipeline", "finetune_loop", "sweep"],
+        [*STAGES_AND_FLOWS, "sweep"],
         index=None,
         placeholder="any",
         key="runs.stage",

@@ -20,8 +20,8 @@ from chareval.llm.registry import require_keys
 from chareval.remote.keys import TOGETHER, load_env_file
 from chareval.stages import STAGES
 from chareval.stages.attacker import models_needed as attack_models
-from chareval.tracking import (
-    RESUMES_TAG,
+from chareval.store import names
+from chareval.store.runs import (
     SWEEP_RUN_ENV,
     close_abandoned_runs,
     find_sweep_run,
@@ -63,8 +63,10 @@ class Job:
             if sweep_dir and not parent_run_id:  # a worker that did not inherit the environment
                 parent_run_id = find_sweep_run(sweep_dir)
         # The config-group choices are params too, so the MLflow UI's compare view can plot by them.
-        params = flatten_params(redact(s.model_dump(mode="json"))) | {f"choice.{k}": v for k, v in self.choices.items()}
-        tags = {f"choice.{k}": v for k, v in self.choices.items()} | {"git.commit": git_commit(s.paths.root)}
+        params = flatten_params(redact(s.model_dump(mode="json"))) | {
+            names.choice(k): v for k, v in self.choices.items()
+        }
+        tags = {names.choice(k): v for k, v in self.choices.items()} | {names.GIT_COMMIT: git_commit(s.paths.root)}
         self.runner = StageRunner(
             s,
             self.client,
@@ -120,6 +122,6 @@ class Job:
             if self.experiment_id is not None:
                 closed = close_abandoned_runs(self.run_dir, self.experiment_id)
                 if closed:  # the resumed job's runs say which runs they take over from
-                    self.runner.tags[RESUMES_TAG] = ",".join(closed)
+                    self.runner.tags[names.RESUMES] = ",".join(closed)
             write_text_atomic(self.run_dir / "config.yaml", self.config_yaml)
             return flows.run(self.stage, self.runner)

@@ -1,6 +1,7 @@
-"""stage=doctor: is this machine ready to run the configured experiment? Versions, API keys (present
-or not, never their values), the MLflow store, the embedded model, disk space. Prints a table with
-the fix for each problem; a problem that would stop a run makes the command exit 2."""
+"""python src/doctor.py <overrides> (alias: src/run.py stage=doctor): is this machine ready to run
+the experiment they compose? Versions, API keys (present or not, never their values), the MLflow
+store, the embedded model, disk space. Prints a table with the fix for each problem; a problem that
+would stop a run makes the command exit 2."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from chareval.config import AppConfig
 from chareval.errors import CharevalError
 from chareval.llm import registry
 from chareval.remote.keys import TOGETHER, api_key, load_env_file
-from chareval.tracking import resolve_uri, use_store
+from chareval.store.runs import resolve_uri, use_store
 from chareval.validation import validate_config
 
 PACKAGES = ("hydra-core", "mlflow", "anthropic", "openai", "together", "llama-cpp-python", "streamlit", "torch")
@@ -131,6 +132,23 @@ def run(cfg: DictConfig) -> int:
             checks += result if isinstance(result, list) else [result]
     print(table(checks))
     return 2 if any(c.status == "BLOCKS" for c in checks) else 0
+
+
+def main(args: list[str]) -> int:
+    """The command: the same overrides as src/run.py (models=seed, persona=...), checked as it checks
+    them; Hydra's own flags (hydra.run.dir=...) mean nothing here and are ignored."""
+    from chareval.cli import check_group_options, check_override_keys
+    from chareval.config.compose import CONF, compose
+
+    ours = [a for a in args if not a.lstrip("+~").startswith("hydra.") and a != "stage=doctor"]
+    try:
+        check_override_keys(ours, CONF)
+        check_group_options(ours, CONF)
+        cfg = compose(ours)
+    except CharevalError as e:
+        print(f"error: {e}")
+        return 2
+    return run(cfg)
 
 
 def table(checks: list[Check]) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from chareval.config import AppConfig
 from chareval.errors import InputError
 from chareval.io import write_text_atomic
-from chareval.tracking import flatten_params, redact
+from chareval.store.runs import flatten_params, redact
 
 FILE = "fingerprint.json"
 # Settings that do not change what a record holds: where files go, how runs are tracked, caching,

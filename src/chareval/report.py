@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chareval.tracking import default_uri
+from chareval.store.runs import default_uri
 
 if TYPE_CHECKING:
     from chareval.app import Job

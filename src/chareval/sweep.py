@@ -16,16 +16,14 @@ from omegaconf import DictConfig
 
 from chareval.io import write_text_atomic
 from chareval.schemas import JobOutcome
-from chareval.sweep_compare import extremes, headline, table, write_comparison
-from chareval.tracking import (
-    ERROR_TAG,
-    RESUMES_TAG,
+from chareval.store import names
+from chareval.store.runs import (
     SWEEP_RUN_ENV,
-    SWEEP_TAG,
     git_commit,
     resolve_uri,
     use_store,
 )
+from chareval.sweep_compare import extremes, headline, table, write_comparison
 
 if TYPE_CHECKING:
     from chareval.app import Job
@@ -105,14 +103,14 @@ def _failed_job_run(outcome: JobOutcome, sweep_run_id: str) -> str | None:
             sweep.info.experiment_id,
             run_name=f"job {outcome.num} (failed before it started)",
             tags={
-                "mlflow.parentRunId": sweep_run_id,
-                SWEEP_TAG: sweep_run_id,
-                "chareval.kind": "job",
-                "chareval.stage": outcome.choices.get("stage", "?"),
-                "chareval.run_dir": outcome.run_dir,
-                ERROR_TAG: (outcome.error or outcome.status)[:4000],
+                names.PARENT: sweep_run_id,
+                names.SWEEP: sweep_run_id,
+                names.KIND: "job",
+                names.STAGE: outcome.choices.get("stage", "?"),
+                names.RUN_DIR: outcome.run_dir,
+                names.ERROR: (outcome.error or outcome.status)[:4000],
             }
-            | {f"choice.{k}": v for k, v in outcome.choices.items()},
+            | {names.choice(k): v for k, v in outcome.choices.items()},
         )
         client.set_terminated(run.info.run_id, "KILLED" if outcome.status == "interrupted" else "FAILED")
         return run.info.run_id
@@ -157,12 +155,12 @@ class SweepCallback(Callback):
             experiment_id,
             run_name=f"sweep {Path(config.hydra.sweep.dir).name}",
             tags={
-                "chareval.kind": "sweep",
-                "chareval.sweep_dir": str(config.hydra.sweep.dir),
-                "chareval.sweep_overrides": " ".join(overrides)[:5000],
-                "git.commit": git_commit(root),
+                names.KIND: "sweep",
+                names.SWEEP_DIR: str(config.hydra.sweep.dir),
+                names.SWEEP_OVERRIDES: " ".join(overrides)[:5000],
+                names.GIT_COMMIT: git_commit(root),
             }
-            | ({RESUMES_TAG: ",".join(killed)} if killed else {}),
+            | ({names.RESUMES: ",".join(killed)} if killed else {}),
         )
         os.environ[SWEEP_RUN_ENV] = run.info.run_id
         log.info("MLflow sweep run %s", run.info.run_id)
@@ -194,8 +192,8 @@ def _close_sweep_run(run_id: str, outcomes: list[JobOutcome], files: list[Path],
             {c: [row.get(c) for row in rows] for c in columns}, artifact_file="comparison_table.json", run_id=run_id
         )
     tags = extremes(outcomes) | {
-        "chareval.jobs": str(len(outcomes)),
-        "chareval.failed_jobs": str(sum(o.status != "completed" for o in outcomes)),
+        names.SWEEP_JOBS: str(len(outcomes)),
+        names.SWEEP_FAILED_JOBS: str(sum(o.status != "completed" for o in outcomes)),
     }
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
@@ -212,10 +210,12 @@ def close_killed_sweeps(sweep_dir: str) -> list[str]:
     folder = sweep_dir.replace("'", "")
     found = client.search_runs(
         ids,
-        f"tags.`chareval.sweep_dir` = '{folder}' AND tags.`chareval.kind` = 'sweep' AND attributes.status = 'RUNNING'",
+        f"tags.`{names.SWEEP_DIR}` = '{folder}' AND tags.`{names.KIND}` = 'sweep' AND attributes.status = 'RUNNING'",
     )
     for run in found:
-        client.set_tag(run.info.run_id, ERROR_TAG, "killed: its driver stopped without closing it; the sweep was rerun")
+        client.set_tag(
+            run.info.run_id, names.ERROR, "killed: its driver stopped without closing it; the sweep was rerun"
+        )
         client.set_terminated(run.info.run_id, status="KILLED")
     return [run.info.run_id for run in found]
 

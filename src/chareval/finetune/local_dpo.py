@@ -14,7 +14,7 @@ from pathlib import Path
 from chareval.config import LocalLoraSettings
 from chareval.errors import ConfigError
 from chareval.finetune.local_lora import TrainResult, _require_libraries, device, save_adapter
-from chareval.hf_models import context_length, converted, load_base, load_tokenizer
+from chareval.tuned.hf import context_length, converted, load_base, load_tokenizer
 
 
 def pairs(train_file: Path) -> list[dict]:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from chareval.config import LocalLoraSettings
 from chareval.errors import ConfigError
-from chareval.gguf_lora import UnsupportedAdapter, write_gguf_adapter
-from chareval.hf_models import context_length, converted, load_base, load_tokenizer
+from chareval.tuned.gguf_lora import UnsupportedAdapter, write_gguf_adapter
+from chareval.tuned.hf import context_length, converted, load_base, load_tokenizer
 
 log = logging.getLogger(__name__)
 IGNORE = -100  # label value the loss skips

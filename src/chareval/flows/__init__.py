@@ -11,7 +11,7 @@ from pathlib import Path
 from chareval.config import AppConfig
 from chareval.flows import finetune_loop, pipeline
 from chareval.flows.runner import StageRunner, Step
-from chareval.tracking import StageRun
+from chareval.store.runs import StageRun
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ from chareval.llm import LLMClient
 from chareval.schemas import Context, Evaluation
 from chareval.stages import STAGES as STAGE_SPECS
 from chareval.stages.base import read_contexts
-from chareval.tracking import StageRun
+from chareval.store import names
+from chareval.store.runs import StageRun
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ CONTEXTS, CONVERSATIONS, PREPARE, FINETUNE, EVALUATE = STAGES = (
     "evaluate",
 )
 # Tags of the loop's parent run: who taught, who learnt, what came out.
-TEACHER_TAG, STUDENT_BASE_TAG, TUNED_TAG = "finetune_loop.teacher", "finetune_loop.student_base", "finetune.model"
 
 
 def stages(settings: AppConfig) -> list[str]:
@@ -140,14 +140,14 @@ def seat(runner: StageRunner, model: str, **changes: Any) -> Seat:
 
 def run(runner: StageRunner, parent: StageRun) -> dict[str, Path]:
     s, root, loop = runner.settings, runner.run_dir, knobs(runner.settings)
-    parent.set_tags({TEACHER_TAG: teacher(s), STUDENT_BASE_TAG: student_base(s)})
+    parent.set_tags({names.LOOP_TEACHER: teacher(s), names.LOOP_STUDENT_BASE: student_base(s)})
     contexts_file = given_contexts(runner)
     if contexts_file is None:
         contexts_file = runner.run(Step(CONTEXTS), {})["contexts"]
     else:
         parent.log_artifact(contexts_file, artifact_path="inputs")
     train, held = split(read_contexts(contexts_file), loop.holdout_fraction)
-    train_file, held_file = root / "train" / "contexts.json", root / "heldout" / "contexts.json"
+    train_file, held_file = root / "train" / names.CONTEXTS, root / "heldout" / names.CONTEXTS
     write_records_json(train_file, train)
     write_records_json(held_file, held)
     log.info("%d contexts to train on, %d held out", len(train), len(held))
@@ -164,7 +164,7 @@ def run(runner: StageRunner, parent: StageRun) -> dict[str, Path]:
     model = json.loads(tuned["finetune_job"].read_text())["model"]
     if not model:
         raise CharevalError("the fine-tuning job produced no model yet", "set finetune.wait=true for the closed loop")
-    parent.set_tags({TUNED_TAG: model})
+    parent.set_tags({names.TUNED_MODEL: model})
 
     n = len(held) * loop.heldout_per_context
     result: dict[str, Any] = {
@@ -178,7 +178,7 @@ def run(runner: StageRunner, parent: StageRun) -> dict[str, Path]:
     persona = control_persona(s)
     if persona is not None:
         # The control: the same held-out scenarios and documents, an ordinary user with a legitimate goal.
-        control_file = root / "control" / "contexts.json"
+        control_file = root / "control" / names.CONTEXTS
         write_records_json(control_file, [c.model_copy(update={"user_goal": loop.control_goal}) for c in held])
         changes = {"num_conversations": n, "user_persona": persona.model_dump()}
         base = seat(runner, student_base(s), **changes)
@@ -186,7 +186,7 @@ def run(runner: StageRunner, parent: StageRun) -> dict[str, Path]:
         result["control"] |= compare_seats(runner, "control", control_file, root / "control", base, model)
 
     metrics = result["metrics"] | {f"control.{k}": v for k, v in result.get("control", {}).get("metrics", {}).items()}
-    comparison = root / "before_after.json"
+    comparison = root / names.BEFORE_AFTER
     write_text_atomic(comparison, json.dumps(result, indent=2) + "\n")
     parent.log_metrics(metrics)
     parent.log_artifact(comparison)

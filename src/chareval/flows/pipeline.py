@@ -8,7 +8,7 @@ from pathlib import Path
 from chareval.config import AppConfig
 from chareval.errors import ConfigError
 from chareval.flows.runner import StageRunner, Step
-from chareval.tracking import StageRun
+from chareval.store.runs import StageRun
 
 
 def stages(settings: AppConfig) -> list[str]:

@@ -13,13 +13,14 @@ from pathlib import Path
 
 from chareval.config import AppConfig
 from chareval.errors import CharevalError, ConfigError, InputError
-from chareval.io import file_sha256
 from chareval.llm import LLMClient, UsageMeter
 from chareval.schemas import Usage
 from chareval.stages import STAGES, InputSpec
 from chareval.stages.base import StageContext, StageResult
-from chareval.tracing import Tracer
-from chareval.tracking import INPUT_SHA_TAG, SWEEP_TAG, StageRun, fetch_run_artifact, output_sha_tag, start_run
+from chareval.store import names
+from chareval.store.read import fetch_run_artifact
+from chareval.store.runs import StageRun, start_run
+from chareval.store.traces import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,9 @@ class StageRunner:
         self.log = RunLog()
 
     def _tags(self, stage: str, **extra: str) -> dict[str, str]:
-        tags = self.tags | {"chareval.stage": stage, "chareval.run_dir": str(self.run_dir)} | extra
+        tags = self.tags | {names.STAGE: stage, names.RUN_DIR: str(self.run_dir)} | extra
         if self.parent_run_id:  # every run of a sweep job, nested or not, finds its sweep in one query
-            tags[SWEEP_TAG] = self.parent_run_id
+            tags[names.SWEEP] = self.parent_run_id
         return tags
 
     @contextmanager
@@ -87,7 +88,7 @@ class StageRunner:
         with start_run(
             self.settings.tracking.enabled,
             run_name=f"{kind} {self.run_dir.name}",
-            tags=self._tags(kind, **{"chareval.kind": kind}),
+            tags=self._tags(kind, **{names.KIND: kind}),
             params=self.params,
             parent_run_id=self.parent_run_id,
         ) as parent:
@@ -119,9 +120,7 @@ class StageRunner:
         client.meter = UsageMeter()  # usage is counted per stage
         started = time.perf_counter()
         label = step.label or step.stage
-        tags = self._tags(
-            step.stage, **{"chareval.kind": "stage", "chareval.step": label, "chareval.run_dir": str(run_dir)}
-        )
+        tags = self._tags(step.stage, **{names.KIND: "stage", names.STEP: label, names.RUN_DIR: str(run_dir)})
         with start_run(
             settings.tracking.enabled,
             run_name=f"{label} {self.run_dir.name}",
@@ -137,13 +136,11 @@ class StageRunner:
             needs = spec.needs
             if needs and not (needs.unless and getattr(settings, needs.unless)):
                 inputs[needs.name] = previous.get(needs.name) or self.resolve_input(step.stage, needs, settings)
-                run.log_artifact(inputs[needs.name], artifact_path="inputs")
-                if run.run_id:
-                    run.set_tags({INPUT_SHA_TAG: file_sha256(inputs[needs.name])})
+                run.log_input(inputs[needs.name], linked=True)
             for extra in spec.optional:
                 if extra.name in previous or getattr(settings, extra.file_key) or getattr(settings, extra.run_key):
                     inputs[extra.name] = previous.get(extra.name) or self.resolve_input(step.stage, extra, settings)
-                    run.log_artifact(inputs[extra.name], artifact_path="inputs")
+                    run.log_input(inputs[extra.name], linked=False)
             result: StageResult | None = None
             try:
                 result = spec.run(StageContext(settings, run_dir, client, run), inputs)
@@ -152,8 +149,6 @@ class StageRunner:
                 # before a later stage attaches feedback to them).
                 client.tracer.flush()
                 client.tracer = Tracer()
-                # Whatever was written (all of it, or what finished before a failure) is logged.
-                log_outputs(run, step.stage, result, run_dir)
                 meter = client.meter
                 self.log.usage += meter.total()
                 self.log.latency_s += meter.latency_s
@@ -164,7 +159,9 @@ class StageRunner:
                     | role_metrics(meter.roles())
                     | {"wall_time_s": time.perf_counter() - started}
                 )
-                run.log_metrics(metrics | (result.metrics if result else {}))
+                # Whatever was written (all of it, or what finished before a failure) is logged.
+                outputs = result.outputs if result else {Path(n).stem: run_dir / n for n in spec.writes}
+                run.log_outputs(outputs, metrics | (result.metrics if result else {}))
             assert result is not None
             self.log.summaries.append(result.summary)
             self.log.metrics.update(result.metrics)
@@ -196,25 +193,15 @@ class StageRunner:
         )
 
 
-def log_outputs(run: StageRun, stage: str, result: StageResult | None, run_dir: Path) -> None:
-    """Each output as an artifact, and each output file's hash as a tag: a later stage tags the hash
-    of its input, so runs link up by content (a file path, a run id or a pipeline alike)."""
-    outputs = result.outputs if result else {Path(n).stem: run_dir / n for n in STAGES[stage].writes}
-    for name, path in outputs.items():
-        run.log_artifact(path)
-        if run.run_id and path.is_file():
-            run.set_tags({output_sha_tag(name): file_sha256(path)})
-
-
 def role_metrics(roles: dict[str, Usage]) -> dict[str, float]:
     """Calls (answered and from the cache), tokens and cost per role or purpose: what the breach check
     and the adaptive attacker add shows apart from the assistant's and the user's own turns."""
     metrics: dict[str, float] = {}
     for role, usage in roles.items():
         metrics |= {
-            f"usage.{role}.calls": usage.calls + usage.cached_calls,
-            f"usage.{role}.tokens": usage.input_tokens + usage.output_tokens + usage.thinking_tokens,
-            f"usage.{role}.cost_usd": usage.cost_usd,
+            names.usage_metric(role, "calls"): usage.calls + usage.cached_calls,
+            names.usage_metric(role, "tokens"): usage.input_tokens + usage.output_tokens + usage.thinking_tokens,
+            names.usage_metric(role, "cost_usd"): usage.cost_usd,
         }
     return metrics
 
@@ -229,7 +216,7 @@ def usage_metrics(usage: Usage, latency_s: float, queue_s: float, truncated: int
         "tokens.input": usage.input_tokens,
         "tokens.output": usage.output_tokens,
         "tokens.thinking": usage.thinking_tokens,
-        "cost_usd": usage.cost_usd,
+        names.COST_USD: usage.cost_usd,
         "model.latency_s": latency_s,  # the models' answer time, summed over calls
         "model.queue_s": queue_s,  # the time calls waited for an in-flight slot (not the models' time)
     }

@@ -17,7 +17,7 @@ from chareval.llm.base import ChatMessage, LLMRequest, LLMResponse, Provider
 from chareval.llm.cache import DiskCache
 from chareval.remote.limits import InFlightLimit
 from chareval.schemas import Usage
-from chareval.tracing import Tracer
+from chareval.store.traces import Tracer
 
 log = logging.getLogger(__name__)
 

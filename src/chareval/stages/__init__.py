@@ -28,6 +28,7 @@ from chareval.stages import (
     repair,
 )
 from chareval.stages.base import StageContext, StageResult
+from chareval.store import names
 
 
 @dataclass(frozen=True)
@@ -58,62 +59,62 @@ class Stage:
 STAGES: dict[str, Stage] = {
     "contexts": Stage(
         contexts.run,
-        writes=("contexts.json", "contexts_errors.jsonl"),
+        writes=(names.CONTEXTS, names.CONTEXT_ERRORS),
         roles=("contexts",),
         knobs=("contexts", ContextsSettings),
     ),
     "conversations": Stage(
         conversations.run,
-        InputSpec("contexts", "context_file", "contexts_run", "contexts.json"),
-        writes=("conversations.jsonl",),
+        InputSpec("contexts", "context_file", "contexts_run", names.CONTEXTS),
+        writes=(names.CONVERSATIONS,),
         roles=("assistant", "user"),
         knobs=("conversations", ConversationsSettings),
     ),
     "prepare": Stage(
         prepare.run,
-        InputSpec("conversations", "input_file", "conversations_run", "conversations.jsonl"),
-        writes=("finetune.jsonl", "prepare_selection.jsonl"),
+        InputSpec("conversations", "input_file", "conversations_run", names.CONVERSATIONS),
+        writes=(names.FINETUNE_DATA, names.PREPARE_SELECTION),
         knobs=("prepare", PrepareSettings),
-        optional=(InputSpec("evaluations", "evaluations_file", "evaluate_run", "evaluations.jsonl"),),
+        optional=(InputSpec("evaluations", "evaluations_file", "evaluate_run", names.EVALUATIONS),),
     ),
     "finetune": Stage(  # its knobs are the finetune group (finetune=local_lora / together_qwen3_32b)
         finetune.run,
-        InputSpec("finetune", "train_file", "prepare_run", "finetune.jsonl", unless="job_id"),
-        writes=("finetune_job.json", "adapter"),
+        InputSpec("finetune", "train_file", "prepare_run", names.FINETUNE_DATA, unless="job_id"),
+        writes=(names.FINETUNE_JOB, "adapter"),
     ),
     "repair": Stage(
         repair.run,
-        InputSpec("conversations", "input_file", "conversations_run", "conversations.jsonl"),
-        writes=(repair.REPAIRS, repair.PREFERENCES, repair.SFT),
+        InputSpec("conversations", "input_file", "conversations_run", names.CONVERSATIONS),
+        writes=(names.REPAIRS, names.PREFERENCES, names.REPAIRED_FINETUNE),
         judges=True,
         teacher=True,
         knobs=("repair", RepairSettings),
-        optional=(InputSpec("evaluations", "evaluations_file", "evaluate_run", "evaluations.jsonl"),),
+        optional=(InputSpec("evaluations", "evaluations_file", "evaluate_run", names.EVALUATIONS),),
     ),
     "evaluate": Stage(
         evaluate.run,
-        InputSpec("conversations", "input_file", "conversations_run", "conversations.jsonl"),
-        writes=("evaluations.jsonl", "summary.json", evaluate.BREACH_CURVE, evaluate.BREACH_PICTURE),
+        InputSpec("conversations", "input_file", "conversations_run", names.CONVERSATIONS),
+        writes=(names.EVALUATIONS, names.SUMMARY, names.BREACH_CURVE, names.BREACH_PICTURE),
         judges=True,
         knobs=("evaluate", EvaluateSettings),
     ),
     "judge_check": Stage(
         judge_check.run,
-        writes=("judge_check.json", "evaluations.jsonl"),
+        writes=(names.JUDGE_CHECK, names.EVALUATIONS),
         judges=True,
         knobs=("judge_check", JudgeCheckSettings),
     ),
     "branch": Stage(  # the conversations stage's knobs come with it (conf/stage/branch.yaml)
         branch.run,
-        InputSpec("conversations", "input_file", "conversations_run", "conversations.jsonl"),
-        writes=("conversations.jsonl",),
+        InputSpec("conversations", "input_file", "conversations_run", names.CONVERSATIONS),
+        writes=(names.CONVERSATIONS,),
         roles=("assistant", "user"),
         knobs=("branch", BranchSettings),
-        optional=(InputSpec("evaluations", "evaluations_file", "evaluate_run", "evaluations.jsonl"),),
+        optional=(InputSpec("evaluations", "evaluations_file", "evaluate_run", names.EVALUATIONS),),
     ),
     "gate": Stage(  # its inputs are baseline= and candidate= (files or evaluate run ids)
         gate.run,
-        writes=("gate.json",),
+        writes=(names.GATE,),
         knobs=("gate", GateSettings),
     ),
 }

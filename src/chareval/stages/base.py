@@ -13,8 +13,8 @@ from chareval.errors import ConfigError, InputError
 from chareval.io import latest_by_id, read_records_json, read_records_jsonl
 from chareval.llm import LLMClient
 from chareval.schemas import Context, Conversation
-from chareval.tracing import Tracer
-from chareval.tracking import StageRun
+from chareval.store.runs import StageRun
+from chareval.store.traces import Tracer
 
 
 @dataclass

@@ -18,6 +18,7 @@ from chareval.stages.base import StageContext, StageResult, error_budget, read_c
 from chareval.stages.conversations import attack_metrics, play, play_all, traced
 from chareval.stages.prompts import with_characters
 from chareval.stages.selection import SLIP_EVALUATOR, Verdict, verdicts
+from chareval.store import names
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
             f"(branch.from_turn={knobs.from_turn}); the first: {next(iter(skipped.values()), 'no conversations')}",
             "pick another branch.from_turn, or other conversations",
         )
-    out = ctx.run_dir / "conversations.jsonl"
+    out = ctx.run_dir / names.CONVERSATIONS
     done = finished_ids(out, Conversation)  # resume: finished branches are kept
     if done:
         log.info("resuming: %d branches already in %s", len(done), out)

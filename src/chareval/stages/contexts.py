@@ -14,7 +14,6 @@ from pathlib import Path
 
 from chareval.config import ContextsSettings
 from chareval.errors import CharevalError, ModelError
-from chareval.genai_assets import use_contexts_dataset, use_prompts
 from chareval.io import (
     JsonlAppender,
     append_jsonl,
@@ -29,8 +28,10 @@ from chareval.llm import ChatMessage, derive_seed
 from chareval.schemas import Context, ContextAngles, ContextDraft, ErrorRecord
 from chareval.stages.base import StageContext, StageResult, error_budget, progress
 from chareval.stages.parallel import run_parallel
+from chareval.store import names
+from chareval.store.assets import use_contexts_dataset, use_prompts
+from chareval.store.traces import Unit
 from chareval.templates import fill
-from chareval.tracing import Unit
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +140,8 @@ def written(run_dir: Path, wanted: set[str]) -> dict[str, Context]:
     partial = run_dir / PARTIAL_FILE
     if partial.exists():
         found |= {c.id: c for c in read_records_jsonl(partial, Context, tolerate_torn_tail=True)}
-    if (run_dir / "contexts.json").exists():
-        found |= {c.id: c for c in read_records_json(run_dir / "contexts.json", Context)}
+    if (run_dir / names.CONTEXTS).exists():
+        found |= {c.id: c for c in read_records_json(run_dir / names.CONTEXTS, Context)}
     return {cid: c for cid, c in found.items() if cid in wanted}
 
 
@@ -190,8 +191,8 @@ def make(
 
 def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     s = ctx.settings
-    out = ctx.run_dir / "contexts.json"
-    errors_file = ctx.run_dir / "contexts_errors.jsonl"
+    out = ctx.run_dir / names.CONTEXTS
+    errors_file = ctx.run_dir / names.CONTEXT_ERRORS
     knobs = ctx.knobs("contexts", ContextsSettings)
     use_prompts(
         ctx.mlflow,

@@ -7,10 +7,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from chareval import trace_repair
 from chareval.config import ConversationsSettings
 from chareval.errors import CharevalError, ModelError
-from chareval.genai_assets import use_contexts_dataset, use_prompts
 from chareval.io import (
     JsonlAppender,
     file_sha256,
@@ -31,7 +29,8 @@ from chareval.stages.prompts import (
     user_system_prompt,
     user_view,
 )
-from chareval.tracing import RECORD_ATTRIBUTE
+from chareval.store import names, trace_repair
+from chareval.store.assets import use_contexts_dataset, use_prompts
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +124,7 @@ def traced(ctx: StageContext, conv_id: str, inputs: dict, produce: Callable[[], 
         conversation = produce().model_copy(update={"trace_id": trace.trace_id})
         trace.finish(
             {"messages": [{"role": m.role, "content": m.content} for m in conversation.messages]},
-            attributes={RECORD_ATTRIBUTE: conversation.model_dump(mode="json")},
+            attributes={names.TRACE_RECORD: conversation.model_dump(mode="json")},
             error=conversation.error,
         )
     return conversation
@@ -324,7 +323,7 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         },
     )
     use_contexts_dataset(ctx.mlflow, contexts, file_sha256(inputs["contexts"]), source=str(inputs["contexts"]))
-    out = ctx.run_dir / "conversations.jsonl"
+    out = ctx.run_dir / names.CONVERSATIONS
     # Resume: finished conversations already in this run folder are kept; errored ones are retried.
     done = finished_ids(out, Conversation)
     if out.exists():  # this folder was run before: mend what a fault left of its traces

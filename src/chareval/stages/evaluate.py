@@ -9,7 +9,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chareval import trace_repair
 from chareval.config import AppConfig, EvaluateSettings
 from chareval.errors import ModelError
 from chareval.evaluators import survival
@@ -17,7 +16,6 @@ from chareval.evaluators.base import Evaluator
 from chareval.evaluators.registry import build
 from chareval.evaluators.summary import metrics, summarize
 from chareval.evaluators.survival import Outcome
-from chareval.genai_assets import use_prompts
 from chareval.io import (
     JsonlAppender,
     finished_ids,
@@ -31,13 +29,11 @@ from chareval.stages.base import StageContext, StageResult, error_budget, progre
 from chareval.stages.parallel import run_parallel
 from chareval.stages.prompts import with_characters
 from chareval.stages.selection import SLIP_EVALUATOR, verdicts
-from chareval.tracing import Unit
+from chareval.store import names, trace_repair
+from chareval.store.assets import use_prompts
+from chareval.store.traces import Unit
 
 log = logging.getLogger(__name__)
-
-
-BREACH_CURVE = "breach_curve.json"
-BREACH_PICTURE = "breach_curve.png"
 
 
 def evaluation_id(conversation_id: str, evaluator: str, judge: str, sample: int) -> str:
@@ -236,11 +232,11 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         )
     evaluators = build_evaluators(s, s.evaluation.evaluators)
     version_rubrics(ctx, evaluators)
-    out = ctx.run_dir / "evaluations.jsonl"
+    out = ctx.run_dir / names.EVALUATIONS
     records = judge_all(ctx, usable, evaluators, out)
     summary = summarize(records, [e.name for e in evaluators], s.judges())
     summary["conversations_skipped"] = len(conversations) - len(usable)
-    summary_file = ctx.run_dir / "summary.json"
+    summary_file = ctx.run_dir / names.SUMMARY
     write_text_atomic(summary_file, json.dumps(summary, indent=2) + "\n")
     ctx.mlflow.log_table(table(records), "evaluations_table.json")
     failure = error_budget(
@@ -293,11 +289,11 @@ def breach_outputs(ctx: StageContext, conversations: list[Conversation], records
     result = survival.breach_curve(conversations, outcomes)
     if result is None:
         return Breach()
-    data = ctx.run_dir / BREACH_CURVE
+    data = ctx.run_dir / names.BREACH_CURVE
     write_text_atomic(data, json.dumps(result, indent=2) + "\n")
     picture = survival.draw(
         {name: g["survival"] for name, g in result["groups"].items()},
-        ctx.run_dir / BREACH_PICTURE,
+        ctx.run_dir / names.BREACH_PICTURE,
         "turns to breach (boundary_holding), 95% intervals",
     )
     for row in result["all"]["survival"]:

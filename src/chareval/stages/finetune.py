@@ -10,10 +10,11 @@ from chareval.config import LocalLoraSettings, TogetherSettings
 from chareval.errors import InputError
 from chareval.finetune.data_format import check_kind, validate_file
 from chareval.io import file_sha256, write_text_atomic
-from chareval.registry import Registry, job_key, now
 from chareval.remote.retry import RefusedError
 from chareval.schemas import JOB_FAILED, JOB_FINISHED, FineTunedModel
 from chareval.stages.base import StageContext, StageResult
+from chareval.store import names
+from chareval.tuned.catalog import Catalog, job_key, now
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
             if v
         }
     )
-    job_file = ctx.run_dir / "finetune_job.json"
+    job_file = ctx.run_dir / names.FINETUNE_JOB
     write_text_atomic(job_file, record.model_dump_json(indent=2) + "\n")
     outputs = {"finetune_job": job_file}
     if record.adapter_path:
@@ -76,7 +77,7 @@ def run_local_lora(ctx: StageContext, train_file: Path) -> tuple[FineTunedModel,
     report = validate_file(train_file, kind=kind)
     if not report.ok:
         raise InputError(f"the fine-tuning file is not valid:\n{report.describe()}", "rerun stage=prepare")
-    registry = Registry(s.paths.registry)
+    registry = Catalog(s.paths.registry)
     sha = file_sha256(train_file)
     key = job_key(sha, _key_settings(ctx))
     existing = registry.find(key)
@@ -142,7 +143,7 @@ def _unowned(record: FineTunedModel | None) -> FineTunedModel | None:
     return record if record is not None and record.account is None else None
 
 
-def _start_job(ctx: StageContext, tuner, registry: Registry, train_file: Path, key: str, sha: str) -> FineTunedModel:
+def _start_job(ctx: StageContext, tuner, registry: Catalog, train_file: Path, key: str, sha: str) -> FineTunedModel:
     """Upload the file(s), create the job and register it under this account."""
     from chareval.finetune.together_backend import status_of
 
@@ -178,7 +179,7 @@ def run_together(ctx: StageContext, train_file: Path | None) -> tuple[FineTunedM
     )
 
     s, f = ctx.settings, ctx.knobs("finetune", TogetherSettings)
-    registry = Registry(s.paths.registry)
+    registry = Catalog(s.paths.registry)
     tuner = TogetherFinetuner(f, s.models.retry)
     record: FineTunedModel | None
     if s.job_id:

@@ -20,12 +20,12 @@ from chareval.evaluators import compare
 from chareval.io import latest_by_id, read_records_jsonl, write_text_atomic
 from chareval.schemas import Evaluation
 from chareval.stages.base import StageContext, StageResult
-from chareval.tracking import fetch_run_artifact
+from chareval.store import names
+from chareval.store.read import fetch_run_artifact
 
 log = logging.getLogger(__name__)
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
-VERDICT_TAG = "gate.verdict"  # pass | fail on the gate's MLflow run
 EXAMPLE = "e.g. baseline=outputs/runs/<date>/<time>_evaluate/evaluations.jsonl, or the run id of an evaluate run"
 
 
@@ -36,7 +36,7 @@ def locate(ctx: StageContext, key: str) -> tuple[Path, str]:
         raise ConfigError(f"stage=gate needs {key}=<evaluations.jsonl or evaluate run id>", EXAMPLE)
     path = Path(value).expanduser()
     if path.is_dir():
-        path = path / "evaluations.jsonl"
+        path = path / names.EVALUATIONS
         if not path.is_file():
             raise InputError(
                 f"{key}={value} is a folder with no evaluations.jsonl", f"pass an evaluate run's file: {EXAMPLE}"
@@ -45,7 +45,7 @@ def locate(ctx: StageContext, key: str) -> tuple[Path, str]:
         return path.resolve(), str(path)
     if RUN_ID.fullmatch(value):
         where = ctx.run_dir / "inputs" / key
-        return fetch_run_artifact(value, "evaluations.jsonl", where, ctx.settings.tracking.enabled), f"run {value}"
+        return fetch_run_artifact(value, names.EVALUATIONS, where, ctx.settings.tracking.enabled), f"run {value}"
     raise InputError(f"{key}={value}: no such file, and not an MLflow run id", EXAMPLE)
 
 
@@ -111,10 +111,10 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         "not_compared": left,
         "evaluators": report,
     }
-    out = ctx.run_dir / "gate.json"
+    out = ctx.run_dir / names.GATE
     write_text_atomic(out, json.dumps(gate, indent=2) + "\n")
     if ctx.mlflow.run_id:
-        ctx.mlflow.set_tags({VERDICT_TAG: gate["verdict"]})
+        ctx.mlflow.set_tags({names.GATE_VERDICT: gate["verdict"]})
     metrics = {"gate.failed": float(len(failed))}
     for name, r in report.items():
         for key in ("baseline_pass_rate", "candidate_pass_rate", "pass_diff", "pass_p_value"):

@@ -13,12 +13,10 @@ from chareval.io import file_sha256, latest_by_id, read_records_jsonl, write_tex
 from chareval.schemas import Evaluation, JudgeCase
 from chareval.stages.base import StageContext, StageResult
 from chareval.stages.evaluate import build_evaluators, judge_all, version_rubrics
-from chareval.tracing import human_labelled
+from chareval.store import names
+from chareval.store.traces import human_labelled
 
 # Tags that let the dashboard find the checks of a labels file, and tell whether it changed since.
-DATASET_SHA_TAG = "judge_check.dataset_sha256"
-DATASET_PATH_TAG = "judge_check.dataset_path"
-LABELS_TAG = "judge_check.labels"  # "store" when the labels came from human feedback on traces
 
 
 def accuracy(records: list[Evaluation], expected: dict[str, dict[str, bool]]) -> dict[str, dict]:
@@ -48,7 +46,9 @@ def from_file(ctx: StageContext, dataset: Path) -> tuple[list[JudgeCase], str]:
         raise InputError(f"{dataset} holds no labelled cases")
     ctx.mlflow.log_artifact(dataset, artifact_path="inputs")
     # The dashboard shows this check's accuracy beside the labels only while the file is unchanged.
-    ctx.mlflow.set_tags({DATASET_SHA_TAG: file_sha256(dataset), DATASET_PATH_TAG: str(dataset.resolve())})
+    ctx.mlflow.set_tags(
+        {names.JUDGE_CHECK_DATASET_SHA: file_sha256(dataset), names.JUDGE_CHECK_DATASET_PATH: str(dataset.resolve())}
+    )
     return cases, str(dataset)
 
 
@@ -68,10 +68,10 @@ def from_store(ctx: StageContext) -> tuple[list[JudgeCase], str]:
             "or use judge_check.labels=file",
         )
     # Kept as a file too: what exactly this check was measured on.
-    labelled = ctx.run_dir / "human_labels.jsonl"
+    labelled = ctx.run_dir / names.HUMAN_LABELS
     write_text_atomic(labelled, "".join(c.model_dump_json() + "\n" for c in cases))
     ctx.mlflow.log_artifact(labelled, artifact_path="inputs")
-    ctx.mlflow.set_tags({LABELS_TAG: "store"})
+    ctx.mlflow.set_tags({names.JUDGE_CHECK_LABELS: "store"})
     return cases, where
 
 
@@ -89,10 +89,10 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         )
     evaluators = build_evaluators(s, labelled)
     version_rubrics(ctx, evaluators)
-    out = ctx.run_dir / "evaluations.jsonl"
+    out = ctx.run_dir / names.EVALUATIONS
     records = judge_all(ctx, [c.conversation for c in cases], evaluators, out, feedback=False)
     report = accuracy(records, {c.conversation.id: c.expected for c in cases})
-    report_file = ctx.run_dir / "judge_check.json"
+    report_file = ctx.run_dir / names.JUDGE_CHECK
     write_text_atomic(report_file, json.dumps({"dataset": where, "accuracy": report}, indent=2) + "\n")
     metrics, lines = {}, []
     for evaluator, by_judge in report.items():

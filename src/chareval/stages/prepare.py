@@ -13,6 +13,7 @@ from chareval.io import latest_by_id, read_records_jsonl, write_jsonl_atomic
 from chareval.schemas import Conversation, Evaluation
 from chareval.stages.base import StageContext, StageResult, read_conversations
 from chareval.stages.selection import select, verdicts
+from chareval.store import names
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def warn_of_cuts(ctx: StageContext, examples: list[dict]) -> int:
     return len(longer)
 
 
-SELECTION_FILE = "prepare_selection.jsonl"
+SELECTION_FILE = names.PREPARE_SELECTION
 
 
 def choose(
@@ -116,7 +117,7 @@ def nothing_to_teach(
 
 def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     s = ctx.settings
-    out = Path(s.output_file).resolve() if s.output_file else ctx.run_dir / "finetune.jsonl"
+    out = Path(s.output_file).resolve() if s.output_file else ctx.run_dir / names.FINETUNE_DATA
     if out.is_dir():
         raise InputError(
             f"output_file={s.output_file} is a directory", f"name a file, e.g. output_file={out}/finetune.jsonl"

@@ -21,10 +21,10 @@ from chareval.stages.evaluate import ask_judge, build_evaluators
 from chareval.stages.parallel import run_parallel
 from chareval.stages.prompts import assistant_view, with_characters
 from chareval.stages.selection import SLIP_EVALUATOR, verdicts
+from chareval.store import names
 from chareval.templates import fill
 
 log = logging.getLogger(__name__)
-REPAIRS, PREFERENCES, SFT = "repairs.jsonl", "preferences.jsonl", "repaired_finetune.jsonl"
 
 
 def slips(conversations: list[Conversation], evaluations: list[Evaluation], threshold: int) -> list[tuple]:
@@ -154,8 +154,8 @@ def outputs_of(ctx: StageContext, repairs: list[Repair], conversations: dict[str
         if example is None:
             raise CharevalError(f"the repaired conversation {r.conversation_id} is no training example: {why}")
         examples.append(example)
-    write_jsonl_atomic(ctx.run_dir / PREFERENCES, preferences)
-    write_jsonl_atomic(ctx.run_dir / SFT, examples)
+    write_jsonl_atomic(ctx.run_dir / names.PREFERENCES, preferences)
+    write_jsonl_atomic(ctx.run_dir / names.REPAIRED_FINETUNE, examples)
     return len(preferences), len(examples)
 
 
@@ -169,7 +169,7 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     conversations = read_conversations(inputs["conversations"])
     evaluations = latest_by_id(read_records_jsonl(inputs["evaluations"], Evaluation))
     work = slips(conversations, evaluations, s.evaluation.pass_threshold)
-    out = ctx.run_dir / REPAIRS
+    out = ctx.run_dir / names.REPAIRS
     done = finished_ids(out, Repair)  # a rerun resumes: finished repairs are kept, failed ones retried
     todo = [item for item in work if item[0].id not in done]
     if done:
@@ -199,7 +199,11 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         "repairs", [r.error for r in repairs if r.error], len(repairs), "repair.max_error_fraction", limit, ctx.run_dir
     )
     return StageResult(
-        outputs={"repairs": out, "preferences": ctx.run_dir / PREFERENCES, "repaired_finetune": ctx.run_dir / SFT},
+        outputs={
+            "repairs": out,
+            "preferences": ctx.run_dir / names.PREFERENCES,
+            "repaired_finetune": ctx.run_dir / names.REPAIRED_FINETUNE,
+        },
         metrics={
             "repair.slips": len(work),
             "repair.passed_rejudge": counts["passed"],
@@ -211,7 +215,7 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         summary=(
             f"{len(work)} slips repaired by {s.models.teacher_model()}: {counts['passed']} pass when judged again,"
             f" {counts['failed']} do not, {counts['error']} errors; {pairs} preference pairs ->"
-            f" {ctx.run_dir / PREFERENCES}, {examples} SFT examples -> {ctx.run_dir / SFT}"
+            f" {ctx.run_dir / names.PREFERENCES}, {examples} SFT examples -> {ctx.run_dir / names.REPAIRED_FINETUNE}"
         ),
         failure=failure,
     )

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from chareval.errors import ConfigError
-from chareval.gguf_lora import GGUF_ADAPTER, UnsupportedAdapter, write_gguf_adapter
 from chareval.io import file_sha256
 from chareval.llm.base import DEFAULT_TEMPERATURE, LLMRequest, LLMResponse, load_once
 from chareval.llm.providers.local import LocalLlamaProvider, LocalSettings
 from chareval.llm.registry import BuildContext, ProviderSpec, register, settings_for, spec_for
-from chareval.registry import Registry
 from chareval.schemas import FineTunedModel, Usage
+from chareval.tuned.catalog import Catalog
+from chareval.tuned.gguf_lora import GGUF_ADAPTER, UnsupportedAdapter, write_gguf_adapter
 
 log = logging.getLogger(__name__)
 _LOCK = threading.Lock()
@@ -49,7 +49,7 @@ def load_adapted(gguf: str, adapter_dir: str, device: str, base_folder: str | No
     with the PEFT adapter on top."""
     from peft import PeftModel
 
-    from chareval.hf_models import MARKER, dequantize, load_base, load_tokenizer
+    from chareval.tuned.hf import MARKER, dequantize, load_base, load_tokenizer
 
     if base_folder and (Path(base_folder) / MARKER).is_file():
         base, tokenizer = load_base(Path(base_folder), device), load_tokenizer(Path(base_folder))
@@ -111,7 +111,7 @@ class LocalLoraProvider:
 
     def __init__(self, model: str, registry_path: str, local: LocalSettings):
         self.model = model
-        self.record = Registry(registry_path).by_name(model)
+        self.record = Catalog(registry_path).by_name(model)
         base = self.record.settings["base_gguf"]
         adapter = gguf_adapter(self.record)
         self.runtime = "llama.cpp" if adapter else "transformers"

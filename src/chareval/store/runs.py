@@ -15,20 +15,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from chareval.config import is_secret_key
-from chareval.errors import CharevalError, ConfigError, InputError
+from chareval.errors import CharevalError
+from chareval.io import file_sha256
 from chareval.secrets import redact_text
+from chareval.store import names
 
 log = logging.getLogger(__name__)
 
 SWEEP_RUN_ENV = "CHAREVAL_SWEEP_RUN_ID"
-SWEEP_TAG = "chareval.sweep"  # the sweep's parent run id, on every run of its jobs
-ERROR_TAG = "chareval.error"  # why a run failed
-INPUT_SHA_TAG = "chareval.input_sha256"  # the hash of the file a stage read (see flows.runner.log_outputs)
-
-
-def output_sha_tag(name: str) -> str:
-    """The tag holding the hash of a stage's output file `name` (e.g. conversations)."""
-    return f"chareval.sha256.{name}"
 
 
 # Param values longer than this are logged as a hash (the full text is in the config artifact):
@@ -215,7 +209,7 @@ def find_sweep_run(sweep_dir: str) -> str | None:
     ids = [e.experiment_id for e in client.search_experiments()]
     value = str(sweep_dir).replace("'", "")
     found = client.search_runs(
-        ids, f"tags.`chareval.sweep_dir` = '{value}' AND attributes.status = 'RUNNING'", max_results=1
+        ids, f"tags.`{names.SWEEP_DIR}` = '{value}' AND attributes.status = 'RUNNING'", max_results=1
     )
     if not found:
         log.warning(
@@ -225,9 +219,6 @@ def find_sweep_run(sweep_dir: str) -> str | None:
         )
         return None
     return found[0].info.run_id
-
-
-RESUMES_TAG = "chareval.resumes"  # on a resumed job's runs: the runs of the same folder it closed
 
 
 def close_abandoned_runs(run_dir: Path, experiment_id: str) -> list[str]:
@@ -241,10 +232,10 @@ def close_abandoned_runs(run_dir: Path, experiment_id: str) -> list[str]:
     found = []
     for condition in (f"= '{folder}'", f"LIKE '{folder}/%'"):  # the job's runs, and the loop's subfolders
         found += client.search_runs(
-            [experiment_id], f"tags.`chareval.run_dir` {condition} AND attributes.status = 'RUNNING'"
+            [experiment_id], f"tags.`{names.RUN_DIR}` {condition} AND attributes.status = 'RUNNING'"
         )
     for run in found:
-        client.set_tag(run.info.run_id, ERROR_TAG, "killed: its process stopped without closing it; resumed later")
+        client.set_tag(run.info.run_id, names.ERROR, "killed: its process stopped without closing it; resumed later")
         client.set_terminated(run.info.run_id, status="KILLED")
     if found:
         log.info("closed %d run(s) of %s left RUNNING by a killed process", len(found), run_dir)
@@ -383,6 +374,22 @@ class StageRun:
 
             mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
+    def log_input(self, path: Path, *, linked: bool) -> None:
+        """A file the stage read, under inputs/. The stage's main input is `linked`: its hash is tagged,
+        and so is the hash of each file a stage writes (log_outputs), so runs link up by content
+        whether the file came as a path, a run id or from the stage before it in a flow."""
+        self.log_artifact(path, artifact_path=names.INPUTS)
+        if linked and self.run_id:
+            self.set_tags({names.INPUT_SHA: file_sha256(path)})
+
+    def log_outputs(self, outputs: dict[str, Path], metrics: dict[str, float]) -> None:
+        """What a stage leaves: each output as an artifact with its hash as a tag, and its metrics."""
+        for name, path in outputs.items():
+            self.log_artifact(path)
+            if self.run_id and path.is_file():
+                self.set_tags({names.output_sha(name): file_sha256(path)})
+        self.log_metrics(metrics)
+
 
 @contextmanager
 def start_run(
@@ -414,10 +421,10 @@ def start_run(
         try:
             yield StageRun(run.info.run_id)
         except KeyboardInterrupt:
-            mlflow.set_tag(ERROR_TAG, "interrupted")
+            mlflow.set_tag(names.ERROR, "interrupted")
             raise
         except Exception as e:
-            mlflow.set_tag(ERROR_TAG, error_text(e))
+            mlflow.set_tag(names.ERROR, error_text(e))
             raise
 
 
@@ -439,31 +446,3 @@ def redact(container: Any, prefix: str = "") -> Any:
     if isinstance(container, list):
         return [redact(v, prefix) for v in container]
     return container
-
-
-def fetch_run_artifact(run_id: str, artifact: str, destination: Path, tracking_enabled: bool) -> Path:
-    """Download `artifact` from an MLflow run of the configured store (a stage's *_run input)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    if not tracking_enabled:
-        raise ConfigError("a *_run input needs MLflow", "set tracking.enabled=true or pass the file path instead")
-    try:
-        status = mlflow.get_run(run_id).info.status
-    except MlflowException:
-        raise InputError(
-            f"no MLflow run '{run_id}' in {mlflow.get_tracking_uri()}",
-            "copy the run id from the MLflow UI (or pass the file path instead)",
-        ) from None
-    if status != "FINISHED":
-        log.warning("MLflow run %s is %s: its %s may be incomplete", run_id, status, artifact)
-    try:
-        return Path(
-            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(destination))
-        )
-    except (MlflowException, OSError):
-        names = [a.path for a in mlflow.MlflowClient().list_artifacts(run_id)]
-        raise InputError(
-            f"MLflow run {run_id} has no artifact '{artifact}' (it has: {', '.join(names) or 'none'})",
-            "pick the run of the stage that writes it",
-        ) from None

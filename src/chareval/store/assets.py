@@ -12,12 +12,10 @@ import logging
 from typing import Any
 
 from chareval.schemas import Context
-from chareval.tracking import StageRun, store_lock
+from chareval.store import names
+from chareval.store.runs import StageRun, store_lock
 
 log = logging.getLogger(__name__)
-
-PROMPT_TAG_PREFIX = "prompt."  # prompt.<use> = <registered name>/<version> on each run
-DATASET_TAG = "chareval.dataset"  # the evaluation dataset of the contexts a run made or used
 
 
 def use_prompts(run: StageRun, prompts: dict[str, tuple[str, str]]) -> dict[str, str]:
@@ -39,7 +37,7 @@ def use_prompts(run: StageRun, prompts: dict[str, tuple[str, str]]) -> dict[str,
     except Exception as e:  # a store without a prompt registry
         log.warning("the prompt registry of %s is not usable (%s): prompts not versioned", mlflow.get_tracking_uri(), e)
         return {}
-    run.set_tags({PROMPT_TAG_PREFIX + use: value for use, value in used.items()})
+    run.set_tags({names.PROMPT_PREFIX + use: value for use, value in used.items()})
     return used
 
 
@@ -79,7 +77,7 @@ def use_contexts_dataset(run: StageRun, contexts: list[Context], sha256: str, so
     except Exception as e:  # a store without evaluation datasets
         log.warning("cannot record the contexts as an MLflow dataset in %s (%s)", mlflow.get_tracking_uri(), e)
         return None
-    run.set_tags({DATASET_TAG: name})
+    run.set_tags({names.DATASET: name})
     return name
 
 

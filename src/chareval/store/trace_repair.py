@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chareval.tracing import KIND_TAG, RUN_ATTRIBUTE
+from chareval.store import names
 
 log = logging.getLogger(__name__)
 INTERRUPTED = "interrupted"
@@ -55,7 +55,7 @@ def earlier_runs(run_dir: Path, experiment_id: str, current: str | None) -> list
     from mlflow.tracking import MlflowClient
 
     folder = str(run_dir).replace("'", "")
-    runs = MlflowClient().search_runs([experiment_id], f"tags.`chareval.run_dir` = '{folder}'", max_results=1000)
+    runs = MlflowClient().search_runs([experiment_id], f"tags.`{names.RUN_DIR}` = '{folder}'", max_results=1000)
     return [r.info.run_id for r in runs if r.info.run_id != current]
 
 
@@ -81,7 +81,7 @@ def close_interrupted(experiment_id: str, run_ids: list[str]) -> int:
     client, closed = TracingClient(), 0
     for trace in _all_traces(experiment_id, filter_string="trace.status = 'IN_PROGRESS'"):
         spans = trace.data.spans
-        if not any(_json(s.attributes.get(RUN_ATTRIBUTE)) in run_ids for s in spans):
+        if not any(_json(s.attributes.get(names.TRACE_RUN)) in run_ids for s in spans):
             continue
         ids = {s.span_id for s in spans}
         root = next((s for s in spans if s.parent_id is None), None)
@@ -103,13 +103,13 @@ def close_interrupted(experiment_id: str, run_ids: list[str]) -> int:
                             "attributes": {
                                 "mlflow.traceRequestId": json.dumps(trace.info.trace_id),
                                 "mlflow.spanType": json.dumps("CHAIN"),
-                                RUN_ATTRIBUTE: child["attributes"].get(RUN_ATTRIBUTE, "null"),
+                                names.TRACE_RUN: child["attributes"].get(names.TRACE_RUN, "null"),
                             },
                         }
                     )
                 ],
             )
-        client.set_trace_tag(trace.info.trace_id, KIND_TAG, INTERRUPTED)
+        client.set_trace_tag(trace.info.trace_id, names.TRACE_KIND, INTERRUPTED)
         closed += 1
     return closed
 
@@ -135,7 +135,7 @@ def unreferenced(experiment_id: str, run_ids: list[str], kind: str, referenced: 
         for trace in _all_traces(experiment_id, run_id=run_id, include_spans=False):
             info = trace.info
             if (
-                info.tags.get(KIND_TAG) == kind
+                info.tags.get(names.TRACE_KIND) == kind
                 and info.trace_id not in referenced
                 and info.state.value != "IN_PROGRESS"
             ):

@@ -17,6 +17,7 @@ from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from chareval.schemas import Conversation, JudgeCase
+from chareval.store import names
 
 if TYPE_CHECKING:
     from chareval.llm.base import LLMRequest, LLMResponse
@@ -25,13 +26,10 @@ log = logging.getLogger(__name__)
 
 # The root span of a conversation's trace keeps the whole Conversation record here, so that a
 # later process (judge_check reading labels from the store) can rebuild it from the trace alone.
-RECORD_ATTRIBUTE = "chareval.record"
-KIND_TAG = "chareval.kind"  # conversation | context | judgment | call: what a trace holds
 
 
 # The stage run on every span: an interrupted trace (its root never ended) has no run link or tags in
 # the store, only the spans that ended; this is how a resume finds it (see trace_repair).
-RUN_ATTRIBUTE = "chareval.run"
 SPAN_TYPES = {"conversation": "AGENT", "judgment": "EVALUATOR", "judgments": "EVALUATOR"}
 
 
@@ -146,10 +144,10 @@ class Tracer:
                 mlflow.start_span(name=name, span_type=span_type, run_id=None if nested else self.run_id)
             )
             span.set_inputs(inputs)
-            span.set_attributes((attributes or {}) | {RUN_ATTRIBUTE: self.run_id})
+            span.set_attributes((attributes or {}) | {names.TRACE_RUN: self.run_id})
             if not nested:
                 mlflow.update_current_trace(
-                    tags={k: str(v) for k, v in ((tags or {}) | {KIND_TAG: kind}).items()}, session_id=session
+                    tags={k: str(v) for k, v in ((tags or {}) | {names.TRACE_KIND: kind}).items()}, session_id=session
                 )
             yield Unit(span)
 
@@ -165,9 +163,9 @@ class Tracer:
             name,
             span_type=SPAN_TYPES.get(kind, "CHAIN"),
             inputs=inputs,
-            tags={k: str(v) for k, v in ((tags or {}) | {KIND_TAG: kind}).items()},
+            tags={k: str(v) for k, v in ((tags or {}) | {names.TRACE_KIND: kind}).items()},
             metadata={"mlflow.sourceRun": self.run_id},
-            attributes={RUN_ATTRIBUTE: self.run_id},
+            attributes={names.TRACE_RUN: self.run_id},
         )
         return Unit(span)
 
@@ -188,7 +186,7 @@ class Tracer:
             "chareval.temperature": request.temperature,
             "chareval.seed": -1 if request.seed is None else request.seed,
             "chareval.response_schema": request.response_schema.__name__ if request.response_schema else "",
-            RUN_ATTRIBUTE: self.run_id,
+            names.TRACE_RUN: self.run_id,
         }
         root = mlflow.get_current_active_span() is None
         with mlflow.start_span(
@@ -197,7 +195,7 @@ class Tracer:
             span.set_inputs({"messages": messages})
             span.set_attributes(attributes)
             if root:
-                mlflow.update_current_trace(tags={KIND_TAG: "call", "role": role})
+                mlflow.update_current_trace(tags={names.TRACE_KIND: "call", "role": role})
             yield Call(span)
 
     def replayed(self, role: str, system: str, view: list[Any], content: str, model: str) -> None:
@@ -211,7 +209,12 @@ class Tracer:
             span.set_inputs({"messages": [{"role": "system", "content": system}] + [m.model_dump() for m in view]})
             span.set_outputs({"choices": [{"message": {"role": "assistant", "content": content}}], "model": model})
             span.set_attributes(
-                {"chareval.role": role, "mlflow.llm.model": model, "chareval.rebuilt": True, RUN_ATTRIBUTE: self.run_id}
+                {
+                    "chareval.role": role,
+                    "mlflow.llm.model": model,
+                    "chareval.rebuilt": True,
+                    names.TRACE_RUN: self.run_id,
+                }
             )
 
     def flush(self) -> None:
@@ -277,7 +280,7 @@ def human_labelled(experiment_id: str) -> list[JudgeCase]:
 
     found = mlflow.search_traces(
         locations=[experiment_id],
-        filter_string=f"tags.`{KIND_TAG}` = 'conversation'",
+        filter_string=f"tags.`{names.TRACE_KIND}` = 'conversation'",
         include_spans=False,
         return_type="list",
     )
@@ -291,7 +294,7 @@ def human_labelled(experiment_id: str) -> list[JudgeCase]:
             continue
         expected = {a.name: bool(_value(a)) for a in labels}  # a later label supersedes an earlier one
         root = next(s for s in mlflow.get_trace(info.trace_id).data.spans if s.parent_id is None)
-        record = Conversation.model_validate(root.attributes[RECORD_ATTRIBUTE])
+        record = Conversation.model_validate(root.attributes[names.TRACE_RECORD])
         case_id = f"{info.trace_id.removeprefix('tr-')[:8]}-{record.id}"
         cases.append(
             JudgeCase(

@@ -27,7 +27,7 @@ def job_key(train_sha: str, settings: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-class Registry:
+class Catalog:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
