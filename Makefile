@@ -44,7 +44,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/lint-imports
+	PYTHONPATH=. $(VENV)/bin/lint-imports
 
 # Fix what the formatter and the linter can fix by themselves.
 format: setup

@@ -220,7 +220,7 @@ def test_only_qwen3_32b_can_be_fine_tuned_on_together():
     from chareval.validation import validate_config
     from conftest import compose_cfg
 
-    with pytest.raises(ConfigError, match="finetune.together.base_model='meta-llama/Llama-3-8b'.*'Qwen/Qwen3-32B'"):
+    with pytest.raises(ConfigError, match="finetune.base_model='meta-llama/Llama-3-8b'.*'Qwen/Qwen3-32B'"):
         validate_config(compose_cfg("finetune=together_qwen3_32b", "finetune.base_model=meta-llama/Llama-3-8b"))
     with pytest.raises(ConfigError, match="suffix"):
         validate_config(compose_cfg("finetune=together_qwen3_32b", "finetune.suffix=" + "x" * 41))

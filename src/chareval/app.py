@@ -17,9 +17,10 @@ from chareval.flows.runner import RunLog, StageRunner
 from chareval.io import hold_run_dir, write_text_atomic
 from chareval.llm import DiskCache, LLMClient
 from chareval.llm.registry import require_keys
-from chareval.remote.keys import TOGETHER, load_env_file
+from chareval.remote.keys import load_env_file
 from chareval.stages import STAGES
 from chareval.stages.attacker import models_needed as attack_models
+from chareval.stages.backends import BACKENDS
 from chareval.store import names
 from chareval.store.runs import (
     SWEEP_RUN_ENV,
@@ -105,8 +106,9 @@ class Job:
         needs |= flows.models_of(self.stage, s)
         needs |= attack_models(s, stages)
         require_keys(s.models, needs)
-        if "finetune" in stages and s.finetune.backend == "together":
-            TOGETHER.require_key(f"finetune={s.finetune.backend}")
+        endpoint = BACKENDS.get(s.finetune.backend).endpoint
+        if "finetune" in stages and endpoint:
+            endpoint.require_key(f"finetune={s.finetune.backend}")
         for model in needs.values():
             self.client.provider(model)
 

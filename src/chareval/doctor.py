@@ -19,7 +19,8 @@ from omegaconf import DictConfig
 from chareval.config import AppConfig
 from chareval.errors import CharevalError
 from chareval.llm import registry
-from chareval.remote.keys import TOGETHER, api_key, load_env_file
+from chareval.remote.keys import api_key, load_env_file
+from chareval.stages.backends import BACKENDS
 from chareval.store.runs import resolve_uri, use_store
 from chareval.validation import validate_config
 
@@ -50,13 +51,14 @@ def keys(settings: AppConfig) -> list[Check]:
     needs = {f"models.{role}": model for role, model in settings.models.roles().items()}
     needs |= {f"judge {judge}": judge for judge in settings.judges()}
     used = set(registry.providers_used(settings.models, needs))
-    if settings.finetune.backend == "together":
-        used.add("together fine-tuning")
+    used.add(f"{settings.finetune.backend} fine-tuning")
     users: dict[str, list[str]] = {}
     for name, spec in sorted(registry.load_all().items()):
         if spec.endpoint.key_env:
             users.setdefault(spec.endpoint.key_env, []).append(name)
-    users.setdefault(str(TOGETHER.key_env), []).append("together fine-tuning")
+    for name, backend in sorted(BACKENDS.items()):
+        if backend.endpoint and backend.endpoint.key_env:
+            users.setdefault(backend.endpoint.key_env, []).append(f"{name} fine-tuning")
     checks = []
     for env, names in sorted(users.items()):
         needed_by = [name for name in names if name in used]

@@ -5,11 +5,13 @@ exists). Errors name the key and say how to fix it."""
 from __future__ import annotations
 
 from omegaconf import DictConfig
+from pydantic import ValidationError
 
-from chareval.config import FIX, AppConfig, parse_config
+from chareval.config import FIX, AppConfig, FinetuneSettings, format_validation_error, parse_config
 from chareval.errors import ConfigError
 from chareval.evaluators.registry import load_all as evaluators
 from chareval.llm import registry as providers
+from chareval.stages.backends import BACKENDS
 
 
 def validate_config(cfg: DictConfig) -> AppConfig:
@@ -19,6 +21,7 @@ def validate_config(cfg: DictConfig) -> AppConfig:
 
 
 def check(settings: AppConfig) -> None:
+    settings.finetune = backend_settings(settings)
     try:
         providers.check_models(settings.models)
         for judge in settings.judges():
@@ -33,3 +36,19 @@ def check(settings: AppConfig) -> None:
                 f"  evaluation.evaluators: unknown evaluator '{name}'; known: {', '.join(sorted(known))}",
                 FIX,
             )
+
+
+def backend_settings(settings: AppConfig) -> FinetuneSettings:
+    """finetune.* checked by the class its backend registers (its errors name the finetune.* key)."""
+    f = settings.finetune
+    try:
+        backend = BACKENDS.get(f.backend)
+    except ConfigError as e:
+        raise ConfigError(f"invalid configuration:\n  finetune.backend: {e.message}", e.fix) from None
+    if isinstance(f, backend.settings):
+        return f
+    try:
+        return backend.settings.model_validate(f.model_dump())
+    except ValidationError as e:
+        lines = format_validation_error(e).replace("\n  ", "\n  finetune.").replace("  ", "  finetune.", 1)
+        raise ConfigError(f"invalid configuration:\n{lines}", f"see conf/finetune/ ({f.backend}) or {FIX}") from None

@@ -13,7 +13,7 @@ from chareval.config.app import (
 )
 from chareval.config.base import ROLES, ModelString, Role, Strict
 from chareval.config.characters import Persona, Tactic, Theme, UserPersona
-from chareval.config.finetune import LocalLoraSettings, LoraSettings, TogetherSettings
+from chareval.config.finetune import FinetuneSettings, LocalLoraSettings, LoraSettings, TogetherSettings
 from chareval.config.models import Generation, Models, Policy, Price, RetrySettings
 from chareval.config.stages import (
     BranchSettings,
@@ -40,6 +40,7 @@ __all__ = [
     "EvaluateSettings",
     "EvaluationSettings",
     "FinetuneLoopSettings",
+    "FinetuneSettings",
     "GateSettings",
     "Generation",
     "JudgeCheckSettings",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from chareval import PROJECT_ROOT
 from chareval.config.base import MODEL_PATTERN, ModelString, Strict
 from chareval.config.characters import Persona, Theme, UserPersona
-from chareval.config.finetune import LocalLoraSettings, TogetherSettings
+from chareval.config.finetune import FinetuneSettings
 from chareval.config.models import Models
 from chareval.config.stages import (
     BranchSettings,
@@ -74,7 +74,8 @@ class AppConfig(Strict):
     models: Models
     tracking: Tracking
     evaluation: EvaluationSettings
-    finetune: Annotated[LocalLoraSettings | TogetherSettings, Field(discriminator="backend")]
+    # The backend's own settings class replaces this once its registry is read (chareval.validation).
+    finetune: FinetuneSettings
     # Stage knobs: present when that stage (or a flow that runs it) is selected.
     contexts: ContextsSettings | None = None
     conversations: ConversationsSettings | None = None
@@ -116,7 +117,10 @@ class AppConfig(Strict):
 
     def derive(self, **changes: Any) -> AppConfig:
         """A copy with some values changed, validated again (the closed loop's held-out settings)."""
-        return AppConfig.model_validate(_merge(self.model_dump(mode="json"), changes))
+        derived = AppConfig.model_validate(_merge(self.model_dump(mode="json"), changes))
+        if "finetune" not in changes:  # the backend's settings, as validated (they came in as one class)
+            derived.finetune = self.finetune
+        return derived
 
 
 def _merge(base: dict, changes: dict) -> dict:

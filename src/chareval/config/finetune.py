@@ -1,12 +1,36 @@
-"""finetune.*: the fine-tuning backend and its settings (conf/finetune/<backend>.yaml)."""
+"""finetune.*: the fine-tuning backend and its settings (conf/finetune/<file>.yaml). The composed
+config checks what every backend has (FinetuneSettings); the backend's own class, which its module
+in chareval/stages/backends registers, checks the rest (chareval.validation)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from chareval.config.base import ModelString, Strict
+
+
+class FinetuneSettings(BaseModel):
+    """What every backend's settings have; the rest is its own (extra keys wait for its class)."""
+
+    model_config = ConfigDict(extra="allow")
+    backend: str
+    base_model: str
+    # sft: conversations (finetune.jsonl); dpo: preference pairs (stage=repair's preferences.jsonl)
+    training_method: Literal["sft", "dpo"]
+
+    def served_base(self) -> str:
+        """The base model as a chat model: the closed loop's "before"."""
+        raise NotImplementedError(f"finetune={self.backend}: its settings class was not applied")
+
+    def token_limit(self) -> int:
+        """The longest example (in tokens) the backend takes whole."""
+        raise NotImplementedError(f"finetune={self.backend}: its settings class was not applied")
+
+    def cut_warning(self, longer: int, total: int, shortest: int) -> str:
+        """What the backend does with the `longer` of `total` examples above token_limit()."""
+        raise NotImplementedError(f"finetune={self.backend}: its settings class was not applied")
 
 
 class LoraSettings(Strict):
@@ -16,7 +40,8 @@ class LoraSettings(Strict):
     target_modules: str | list[str]
 
 
-class LocalLoraSettings(Strict):
+class LocalLoraSettings(FinetuneSettings):
+    model_config = ConfigDict(extra="forbid")
     backend: Literal["local_lora"]
     base_model: ModelString
     n_epochs: int = Field(ge=1, le=100)
@@ -27,8 +52,6 @@ class LocalLoraSettings(Strict):
     lora: LoraSettings
     suffix: str | None = Field(max_length=40)
     device: Literal["auto", "cpu", "cuda"]
-    # sft: conversations (finetune.jsonl); dpo: preference pairs (stage=repair's preferences.jsonl)
-    training_method: Literal["sft", "dpo"]
     dpo_beta: float | None = Field(gt=0)  # DPO only; null: 0.1 (TRL's default)
 
     @field_validator("base_model")
@@ -39,13 +62,23 @@ class LocalLoraSettings(Strict):
         return value
 
     def served_base(self) -> str:
-        """The base model as a chat model: the closed loop's "before" (it is a local/ model already)."""
-        return self.base_model
+        return self.base_model  # a local/ model already
+
+    def token_limit(self) -> int:
+        return self.max_seq_tokens
+
+    def cut_warning(self, longer: int, total: int, shortest: int) -> str:
+        return (
+            f"{longer} of {total} examples are about {shortest} tokens or more, above finetune.max_seq_tokens="
+            f"{self.max_seq_tokens}: local LoRA trains their system message and latest exchanges (earlier ones"
+            " left out); raise it to train them whole"
+        )
 
 
-class TogetherSettings(Strict):
+class TogetherSettings(FinetuneSettings):
     """finetune=together_qwen3_32b (conf/finetune/together_qwen3_32b.yaml)."""
 
+    model_config = ConfigDict(extra="forbid")
     backend: Literal["together"]
     base_model: Literal["Qwen/Qwen3-32B"]  # the seed: only Qwen/Qwen3-32B is fine-tuned on Together
     base_served_as: ModelString  # the same base model through a chat endpoint: the closed loop's "before"
@@ -57,8 +90,6 @@ class TogetherSettings(Strict):
     validation_file: str | None
     n_evals: int = Field(ge=0)
     train_on_inputs: bool | Literal["auto"]  # SFT only
-    # sft: conversations (finetune.jsonl); dpo: preference pairs (stage=repair's preferences.jsonl)
-    training_method: Literal["sft", "dpo"]
     dpo_beta: float | None = Field(gt=0)  # DPO only; null: Together's default
     rpo_alpha: float | None = Field(ge=0)  # DPO only: weight of the NLL term on the chosen reply
     simpo_gamma: float | None = Field(ge=0)  # DPO only: SimPO's margin (reference-free)
@@ -68,6 +99,16 @@ class TogetherSettings(Strict):
 
     def served_base(self) -> str:
         return self.base_served_as
+
+    def token_limit(self) -> int:
+        return self.context_length
+
+    def cut_warning(self, longer: int, total: int, shortest: int) -> str:
+        return (
+            f"{longer} of {total} examples are about {shortest} tokens or more, above the context length of"
+            f" {self.base_model} on Together (finetune.context_length={self.context_length}): stage=finetune will"
+            " refuse them before upload; use fewer turns or shorter documents"
+        )
 
     @model_validator(mode="after")
     def _dpo_knobs(self) -> TogetherSettings:

@@ -1,32 +1,15 @@
 """Flows run several stages through the public stage runner, under one parent MLflow run:
-stage=pipeline and stage=finetune_loop. Each lists its stages once (their keys and models are
-checked before any work)."""
+stage=pipeline and stage=finetune_loop. Each flow is a module here that registers itself in FLOWS
+(flows/runner.py) and lists its stages once (their keys and models are checked before any work)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from chareval.config import AppConfig
-from chareval.flows import finetune_loop, pipeline
-from chareval.flows.runner import StageRunner, Step
-from chareval.store.runs import StageRun
+from chareval.flows.runner import FLOWS, Flow, StageRunner, Step
 
-
-@dataclass(frozen=True)
-class Flow:
-    stages: Callable[[AppConfig], list[str]]  # the stages it runs, for the up-front checks
-    run: Callable[[StageRunner, StageRun], dict[str, Path]]  # with the flow's parent run
-    # What it needs beyond its stages' roles (raising ConfigError on what is wrong), checked before any
-    # work: label -> model, e.g. the closed loop's teacher and student.
-    models: Callable[[AppConfig], dict[str, str]] = lambda settings: {}
-
-
-FLOWS: dict[str, Flow] = {
-    "pipeline": Flow(pipeline.stages, pipeline.run),
-    "finetune_loop": Flow(finetune_loop.stages, finetune_loop.run, finetune_loop.models),
-}
+__all__ = ["FLOWS", "Flow", "StageRunner", "Step", "models_of", "run", "stages_of"]
 
 
 def stages_of(name: str, settings: AppConfig) -> list[str]:

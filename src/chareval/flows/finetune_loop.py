@@ -22,7 +22,7 @@ from chareval.config import AppConfig, FinetuneLoopSettings, UserPersona
 from chareval.errors import CharevalError, ConfigError
 from chareval.evaluators import compare
 from chareval.evaluators.summary import before_after
-from chareval.flows.runner import StageRunner, Step
+from chareval.flows.runner import FLOWS, Flow, StageRunner, Step
 from chareval.io import latest_by_id, read_records_jsonl, write_records_json, write_text_atomic
 from chareval.llm import LLMClient
 from chareval.schemas import Context, Evaluation
@@ -239,3 +239,6 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             + compare.describe(result["control"]["paired"])
         )
     return lines
+
+
+FLOW = FLOWS.register("finetune_loop", Flow(stages, run, models))

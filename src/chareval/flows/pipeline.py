@@ -7,7 +7,7 @@ from pathlib import Path
 
 from chareval.config import AppConfig
 from chareval.errors import ConfigError
-from chareval.flows.runner import StageRunner, Step
+from chareval.flows.runner import FLOWS, Flow, StageRunner, Step
 from chareval.store.runs import StageRun
 
 
@@ -33,3 +33,6 @@ def run(runner: StageRunner, parent: StageRun) -> dict[str, Path]:
     for stage in stages(runner.settings):
         outputs.update(runner.run(Step(stage), outputs))
     return outputs
+
+
+FLOW = FLOWS.register("pipeline", Flow(stages, run))

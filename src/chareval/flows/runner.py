@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +14,7 @@ from pathlib import Path
 from chareval.config import AppConfig
 from chareval.errors import CharevalError, ConfigError, InputError
 from chareval.llm import LLMClient, UsageMeter
+from chareval.plugins import Registry
 from chareval.schemas import Usage
 from chareval.stages import STAGES, InputSpec
 from chareval.stages.base import StageContext, StageResult
@@ -220,3 +221,18 @@ def usage_metrics(usage: Usage, latency_s: float, queue_s: float, truncated: int
         "model.latency_s": latency_s,  # the models' answer time, summed over calls
         "model.queue_s": queue_s,  # the time calls waited for an in-flight slot (not the models' time)
     }
+
+
+@dataclass(frozen=True)
+class Flow:
+    stages: Callable[[AppConfig], list[str]]  # the stages it runs, for the up-front checks
+    run: Callable[[StageRunner, StageRun], dict[str, Path]]  # with the flow's parent run
+    # What it needs beyond its stages' roles (raising ConfigError on what is wrong), checked before any
+    # work: label -> model, e.g. the closed loop's teacher and student.
+    models: Callable[[AppConfig], dict[str, str]] = lambda settings: {}
+
+
+# Every flow module (chareval/flows/<name>.py) registers its Flow here; stage=<name> runs it.
+FLOWS: Registry[Flow] = Registry(
+    "flow", "chareval.flows", helpers=("runner",), fix="a flow is a conf/stage/<name>.yaml and its module here"
+)

@@ -6,8 +6,6 @@ Adding a provider = one module + its YAML."""
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from chareval.config import Models
 from chareval.errors import ConfigError
 from chareval.llm.base import Provider
+from chareval.plugins import Registry
 from chareval.remote.keys import Endpoint, api_key
 from chareval.remote.limits import InFlightLimit
 
@@ -54,21 +53,19 @@ class ProviderSpec:
     local: bool = False  # runs in this process: one call at a time
 
 
-PROVIDERS: dict[str, ProviderSpec] = {}
+# Each module of chareval/llm/providers registers its ProviderSpec here at import.
+PROVIDERS: Registry[ProviderSpec] = Registry(
+    "provider", "chareval.llm.providers", helpers=("openai_chat",), fix="model strings are provider/model"
+)
 
 
 def register(spec: ProviderSpec) -> ProviderSpec:
-    PROVIDERS[spec.name] = spec
-    return spec
+    return PROVIDERS.register(spec.name, spec)
 
 
 def load_all() -> dict[str, ProviderSpec]:
-    """Import every provider module, so that each registers itself (their SDKs load only when used)."""
-    import chareval.llm.providers as package
-
-    for module in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{module.name}")
-    return PROVIDERS
+    """Every provider (their SDKs load only when a provider is built)."""
+    return PROVIDERS.load()
 
 
 def spec_for(model: str) -> ProviderSpec:

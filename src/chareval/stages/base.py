@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -12,6 +13,7 @@ from chareval.config import AppConfig
 from chareval.errors import ConfigError, InputError
 from chareval.io import latest_by_id, read_records_json, read_records_jsonl
 from chareval.llm import LLMClient
+from chareval.plugins import Registry
 from chareval.schemas import Context, Conversation
 from chareval.store.runs import StageRun
 from chareval.store.traces import Tracer
@@ -106,3 +108,36 @@ def error_budget(what: str, errors: list[str], total: int, key: str, limit: floa
         f"{len(errors)} of {total} {what} are errors ({fraction:.0%} > {key}={limit}); "
         f"everything is written to {run_dir}. The first: {errors[0]}"
     )
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str  # the key in the previous stage's outputs
+    file_key: str  # config key of a file path
+    run_key: str  # config key of an MLflow run id whose artifact is used
+    artifact: str  # that artifact's file name
+    unless: str | None = None  # a config key that, when set, makes the input unnecessary
+
+
+@dataclass(frozen=True)
+class Stage:
+    run: Callable[[StageContext, dict[str, Path]], StageResult]
+    needs: InputSpec | None = None
+    # Files it writes in the run folder: logged even when the stage fails part-way.
+    writes: tuple[str, ...] = ()
+    # Model roles it calls: their API keys are checked before any work starts.
+    roles: tuple[str, ...] = ()
+    judges: bool = False  # it calls the judge models (judge_model= / evaluation.judges)
+    teacher: bool = False  # it calls models.teacher (default: the assistant)
+    # Its knobs: the AppConfig key (conf/stage/<stage>.yaml puts them there) and their class.
+    knobs: tuple[str, type] | None = None
+    # Inputs it reads when given (a file, a run, or an earlier stage of the flow), e.g. prepare's verdicts.
+    optional: tuple[InputSpec, ...] = ()
+
+
+# Every module of chareval/stages that runs a stage registers its Stage here (at its end).
+STAGES: Registry[Stage] = Registry(
+    "stage",
+    "chareval.stages",
+    fix="stage= takes a conf/stage/<name>.yaml; a new stage is a module that registers itself",
+)

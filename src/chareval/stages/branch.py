@@ -14,7 +14,7 @@ from chareval.config import BranchSettings, ConversationsSettings
 from chareval.errors import CharevalError, ConfigError
 from chareval.io import finished_ids, read_records_jsonl
 from chareval.schemas import Conversation, Evaluation, Usage
-from chareval.stages.base import StageContext, StageResult, error_budget, read_conversations
+from chareval.stages.base import STAGES, InputSpec, Stage, StageContext, StageResult, error_budget, read_conversations
 from chareval.stages.conversations import attack_metrics, play, play_all, traced
 from chareval.stages.prompts import with_characters
 from chareval.stages.selection import SLIP_EVALUATOR, Verdict, verdicts
@@ -137,3 +137,16 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         f"({len(skipped)} not branched, {len(errors)} with errors) -> {out}",
         failure=failure,
     )
+
+
+STAGE = STAGES.register(
+    "branch",
+    Stage(  # the conversations stage's knobs come with it (conf/stage/branch.yaml)
+        run,
+        InputSpec("conversations", "input_file", "conversations_run", names.CONVERSATIONS),
+        writes=(names.CONVERSATIONS,),
+        roles=("assistant", "user"),
+        knobs=("branch", BranchSettings),
+        optional=(InputSpec("evaluations", "evaluations_file", "evaluate_run", names.EVALUATIONS),),
+    ),
+)

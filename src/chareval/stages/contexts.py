@@ -26,7 +26,7 @@ from chareval.io import (
 )
 from chareval.llm import ChatMessage, derive_seed
 from chareval.schemas import Context, ContextAngles, ContextDraft, ErrorRecord
-from chareval.stages.base import StageContext, StageResult, error_budget, progress
+from chareval.stages.base import STAGES, Stage, StageContext, StageResult, error_budget, progress
 from chareval.stages.parallel import run_parallel
 from chareval.store import names
 from chareval.store.assets import use_contexts_dataset, use_prompts
@@ -243,3 +243,14 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
             ctx.run_dir,
         ),
     )
+
+
+STAGE = STAGES.register(
+    "contexts",
+    Stage(
+        run,
+        writes=(names.CONTEXTS, names.CONTEXT_ERRORS),
+        roles=("contexts",),
+        knobs=("contexts", ContextsSettings),
+    ),
+)

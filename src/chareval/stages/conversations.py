@@ -20,7 +20,16 @@ from chareval.io import (
 from chareval.llm import LLMResponse, derive_seed
 from chareval.schemas import Context, Conversation, Message, Speaker, Usage
 from chareval.stages import attacker
-from chareval.stages.base import StageContext, StageResult, error_budget, progress, read_contexts
+from chareval.stages.base import (
+    STAGES,
+    InputSpec,
+    Stage,
+    StageContext,
+    StageResult,
+    error_budget,
+    progress,
+    read_contexts,
+)
 from chareval.stages.parallel import run_parallel
 from chareval.stages.prompts import (
     assistant_system_prompt,
@@ -361,3 +370,15 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         summary=f"{len(final)} conversations ({n_errors} with errors) -> {out}",
         failure=failure,
     )
+
+
+STAGE = STAGES.register(
+    "conversations",
+    Stage(
+        run,
+        InputSpec("contexts", "context_file", "contexts_run", names.CONTEXTS),
+        writes=(names.CONVERSATIONS,),
+        roles=("assistant", "user"),
+        knobs=("conversations", ConversationsSettings),
+    ),
+)

@@ -25,7 +25,16 @@ from chareval.io import (
 )
 from chareval.llm import ChatMessage, derive_seed
 from chareval.schemas import Conversation, Evaluation
-from chareval.stages.base import StageContext, StageResult, error_budget, progress, read_conversations
+from chareval.stages.base import (
+    STAGES,
+    InputSpec,
+    Stage,
+    StageContext,
+    StageResult,
+    error_budget,
+    progress,
+    read_conversations,
+)
 from chareval.stages.parallel import run_parallel
 from chareval.stages.prompts import with_characters
 from chareval.stages.selection import SLIP_EVALUATOR, verdicts
@@ -323,3 +332,15 @@ def table(records: list[Evaluation]) -> dict[str, list]:
         "error",
     ]
     return {c: [getattr(r, c) for r in records] for c in columns}
+
+
+STAGE = STAGES.register(
+    "evaluate",
+    Stage(
+        run,
+        InputSpec("conversations", "input_file", "conversations_run", names.CONVERSATIONS),
+        writes=(names.EVALUATIONS, names.SUMMARY, names.BREACH_CURVE, names.BREACH_PICTURE),
+        judges=True,
+        knobs=("evaluate", EvaluateSettings),
+    ),
+)

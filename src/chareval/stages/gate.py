@@ -19,7 +19,7 @@ from chareval.errors import ConfigError, InputError
 from chareval.evaluators import compare
 from chareval.io import latest_by_id, read_records_jsonl, write_text_atomic
 from chareval.schemas import Evaluation
-from chareval.stages.base import StageContext, StageResult
+from chareval.stages.base import STAGES, Stage, StageContext, StageResult
 from chareval.store import names
 from chareval.store.read import fetch_run_artifact
 
@@ -155,3 +155,13 @@ def table(report: dict[str, dict[str, Any]]) -> list[str]:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+
+
+STAGE = STAGES.register(
+    "gate",
+    Stage(  # its inputs are baseline= and candidate= (files or evaluate run ids)
+        run,
+        writes=(names.GATE,),
+        knobs=("gate", GateSettings),
+    ),
+)

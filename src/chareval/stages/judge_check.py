@@ -11,7 +11,7 @@ from chareval.config import JudgeCheckSettings
 from chareval.errors import ConfigError, InputError
 from chareval.io import file_sha256, latest_by_id, read_records_jsonl, write_text_atomic
 from chareval.schemas import Evaluation, JudgeCase
-from chareval.stages.base import StageContext, StageResult
+from chareval.stages.base import STAGES, Stage, StageContext, StageResult
 from chareval.stages.evaluate import build_evaluators, judge_all, version_rubrics
 from chareval.store import names
 from chareval.store.traces import human_labelled
@@ -106,3 +106,14 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         metrics=metrics,
         summary="judge accuracy on the labelled set:\n" + "\n".join(lines),
     )
+
+
+STAGE = STAGES.register(
+    "judge_check",
+    Stage(
+        run,
+        writes=(names.JUDGE_CHECK, names.EVALUATIONS),
+        judges=True,
+        knobs=("judge_check", JudgeCheckSettings),
+    ),
+)

@@ -6,12 +6,12 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from chareval.config import PrepareSettings, TogetherSettings
+from chareval.config import PrepareSettings
 from chareval.errors import CharevalError, ConfigError, InputError
 from chareval.finetune.data_format import conversation_to_example, estimate_tokens, validate_file
 from chareval.io import latest_by_id, read_records_jsonl, write_jsonl_atomic
 from chareval.schemas import Conversation, Evaluation
-from chareval.stages.base import StageContext, StageResult, read_conversations
+from chareval.stages.base import STAGES, InputSpec, Stage, StageContext, StageResult, read_conversations
 from chareval.stages.selection import select, verdicts
 from chareval.store import names
 
@@ -20,34 +20,13 @@ log = logging.getLogger(__name__)
 
 def warn_of_cuts(ctx: StageContext, examples: list[dict]) -> int:
     """How many examples the chosen backend will not take whole (estimated), with a warning that says
-    what it will do with them: Together refuses a line above the model's context length before upload;
-    local LoRA leaves out their earlier exchanges (the system message and last exchange always stay)."""
+    what it will do with them (each backend's settings say: Together refuses a line above the model's
+    context length before upload; local LoRA leaves out earlier exchanges)."""
     f = ctx.settings.finetune
-    limit = f.context_length if isinstance(f, TogetherSettings) else f.max_seq_tokens
     sizes = [estimate_tokens(e) for e in examples]
-    longer = [n for n in sizes if n > limit]
-    if not longer:
-        return 0
-    if isinstance(f, TogetherSettings):
-        log.warning(
-            "%d of %d examples are about %d tokens or more, above the context length of %s on Together"
-            " (finetune.context_length=%d): stage=finetune will refuse them before upload; use fewer turns or"
-            " shorter documents",
-            len(longer),
-            len(sizes),
-            min(longer),
-            f.base_model,
-            limit,
-        )
-    else:
-        log.warning(
-            "%d of %d examples are about %d tokens or more, above finetune.max_seq_tokens=%d: local LoRA trains"
-            " their system message and latest exchanges (earlier ones left out); raise it to train them whole",
-            len(longer),
-            len(sizes),
-            min(longer),
-            limit,
-        )
+    longer = [n for n in sizes if n > f.token_limit()]
+    if longer:
+        log.warning("%s", f.cut_warning(len(longer), len(sizes), min(longer)))
     return len(longer)
 
 
@@ -159,3 +138,15 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         | {f"prepare.selected.{rule}": float(n) for rule, n in rules.items()},
         summary=f"{len(examples)} fine-tuning examples ({sum(skipped.values())} skipped) -> {out}",
     )
+
+
+STAGE = STAGES.register(
+    "prepare",
+    Stage(
+        run,
+        InputSpec("conversations", "input_file", "conversations_run", names.CONVERSATIONS),
+        writes=(names.FINETUNE_DATA, names.PREPARE_SELECTION),
+        knobs=("prepare", PrepareSettings),
+        optional=(InputSpec("evaluations", "evaluations_file", "evaluate_run", names.EVALUATIONS),),
+    ),
+)

@@ -16,7 +16,16 @@ from chareval.finetune.data_format import conversation_to_example, preference_ex
 from chareval.io import JsonlAppender, finished_ids, latest_by_id, read_records_jsonl, write_jsonl_atomic
 from chareval.llm import derive_seed
 from chareval.schemas import Conversation, Evaluation, Message, Repair, Usage
-from chareval.stages.base import StageContext, StageResult, error_budget, progress, read_conversations
+from chareval.stages.base import (
+    STAGES,
+    InputSpec,
+    Stage,
+    StageContext,
+    StageResult,
+    error_budget,
+    progress,
+    read_conversations,
+)
 from chareval.stages.evaluate import ask_judge, build_evaluators
 from chareval.stages.parallel import run_parallel
 from chareval.stages.prompts import assistant_view, with_characters
@@ -219,3 +228,17 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         ),
         failure=failure,
     )
+
+
+STAGE = STAGES.register(
+    "repair",
+    Stage(
+        run,
+        InputSpec("conversations", "input_file", "conversations_run", names.CONVERSATIONS),
+        writes=(names.REPAIRS, names.PREFERENCES, names.REPAIRED_FINETUNE),
+        judges=True,
+        teacher=True,
+        knobs=("repair", RepairSettings),
+        optional=(InputSpec("evaluations", "evaluations_file", "evaluate_run", names.EVALUATIONS),),
+    ),
+)

@@ -84,8 +84,9 @@ class RunView:
 
     def judges(self) -> list[str]:
         """As AppConfig.judges(): judge_model=, else evaluation.judges, else models.judge."""
-        if self.param("judge_model"):
-            return [self.param("judge_model")]
+        single = self.param("judge_model")
+        if single:
+            return [single]
         listed = self.param("evaluation.judges")
         return listed.split(",") if listed else [j for j in [self.param("models.judge")] if j]
 
@@ -337,8 +338,8 @@ def conversation_sets(uri: str, run_id: str) -> list[ConversationSet]:
         return [_from_conversations_run(uri, picked)]
     if picked.stage == "evaluate":
         return [_from_evaluate_run(uri, picked)]
-    if picked.stage == "judge_check" and input_artifact(uri, picked.run_id):
-        dataset = input_artifact(uri, picked.run_id)
+    dataset = input_artifact(uri, picked.run_id) if picked.stage == "judge_check" else None
+    if dataset:
         return [ConversationSet("labelled cases", picked.run_id, dataset, (picked.run_id,), None, picked, cases=True)]
     return []
 
