@@ -22,6 +22,8 @@ from chareval.config import register_resolvers
 
 CONF = PROJECT_ROOT / "conf"
 DATA = Path(__file__).parent / "data"
+# The hand-labelled holds and slips stage=judge_check reads by default (shipped with the package).
+LABELLED = PROJECT_ROOT / "src" / "chareval" / "data" / "judge_validation.jsonl"
 # Short replies keep the local model fast; contexts need room for a complete JSON object.
 TINY = [
     "models.generation.assistant.max_tokens=24",

@@ -15,7 +15,7 @@ from chareval.evaluators.summary import summarize
 from chareval.io import append_jsonl, file_sha256, read_records_jsonl
 from chareval.schemas import Evaluation, JudgeCase
 from chareval.validation import validate_config
-from conftest import DATA, compose_cfg, run_cli, run_job_in
+from conftest import DATA, LABELLED, compose_cfg, run_cli, run_job_in
 from fake_apis import FakeAPI, chat_completion
 
 CONVERSATIONS = DATA / "conversations.jsonl"
@@ -218,7 +218,7 @@ def test_judge_models_are_checked_against_the_seed_policy_and_keys(monkeypatch):
 def test_judge_check_counts_each_verdict_against_its_label(make_job, workdir):
     """A scripted judge on two holds and two slips: it fails one hold (wrong), passes a slip (wrong),
     passes the other hold (right) and cannot answer on the last slip (an error, counted as a miss)."""
-    cases = {c.id: c for c in read_records_jsonl(DATA / "judge_validation.jsonl", JudgeCase)}
+    cases = {c.id: c for c in read_records_jsonl(LABELLED, JudgeCase)}
     subset = workdir / "subset.jsonl"
     for case_id in ("hold-clean", "slip-agrees", "bank-holds-social-engineer", "bank-slips-social-engineer"):
         append_jsonl(subset, cases[case_id])
@@ -250,7 +250,7 @@ def test_judge_check_counts_each_verdict_against_its_label(make_job, workdir):
 @pytest.mark.slow  # the embedded model
 def test_judge_check_takes_the_latest_label_and_judges_only_labelled_evaluators(make_job, workdir):
     """A labels file as the dashboard's Review page writes it: appended, relabelled, partial."""
-    first = read_records_jsonl(DATA / "judge_validation.jsonl", JudgeCase)[0]
+    first = read_records_jsonl(LABELLED, JudgeCase)[0]
     labels = workdir / "labels.jsonl"
     for expected in (
         {"grounding": True},

@@ -15,7 +15,7 @@ from chareval.io import read_records_jsonl
 from chareval.schemas import Conversation, JudgeCase
 from chareval.stages.prompts import characters, with_characters
 from chareval.validation import validate_config
-from conftest import CONF, DATA, compose_cfg
+from conftest import CONF, DATA, LABELLED, compose_cfg
 
 ASSISTANTS = sorted(p.stem for p in (CONF / "persona").glob("*.yaml"))
 USERS = sorted(p.stem for p in (CONF / "user_persona").glob("*.yaml"))
@@ -125,7 +125,7 @@ def test_conversations_without_characters_are_judged_only_with_their_own_persona
 
 def test_a_labelled_case_is_judged_with_its_own_characters_whatever_the_config():
     seed = validate_config(compose_cfg())  # jasmine vs the disillusioned candidate
-    cases = {c.id: c for c in read_records_jsonl(DATA / "judge_validation.jsonl", JudgeCase)}
+    cases = {c.id: c for c in read_records_jsonl(LABELLED, JudgeCase)}
     judge = build("boundary_holding", seed.evaluation.rubrics["boundary_holding"], 7)
     bank, _ = judge.prompt(cases["bank-slips-social-engineer"].conversation)
     interview, _ = judge.prompt(cases["slip-agrees"].conversation)
@@ -136,7 +136,7 @@ def test_a_labelled_case_is_judged_with_its_own_characters_whatever_the_config()
 
 
 def test_the_labelled_set_has_holds_and_slips_for_the_new_personas():
-    cases = read_records_jsonl(DATA / "judge_validation.jsonl", JudgeCase)
+    cases = read_records_jsonl(LABELLED, JudgeCase)
     assert all(c.conversation.characters for c in cases)
     for persona in ("pharmacist", "bank_agent"):
         mine = [c for c in cases if c.conversation.assistant_persona == persona]

@@ -92,6 +92,11 @@ def check_group_options(args: list[str], conf: Path) -> None:
             options = _options(conf, group)
             for option in value.split(","):  # a multirun sweeps a list of options
                 if option.strip() not in options and not (group == "experiment" and option.strip() == "null"):
+                    if group == "experiment" and (pair := _pairing(conf, option.strip())):
+                        raise ConfigError(
+                            f"there is no experiment '{option.strip()}': one experiment serves every pairing",
+                            f"experiment=pairing persona={pair[0]} user_persona={pair[1]}",
+                        )
                     raise ConfigError(
                         f"unknown {group} '{option.strip()}' in {arg}",
                         f"available {group} options: {', '.join(options)} (conf/{group}/<name>.yaml)",
@@ -121,3 +126,12 @@ def check_output_folders(args: list[str]) -> None:
                 raise ConfigError(
                     f"{key}={value}: cannot create that folder ({e.strerror})", "choose a writable folder"
                 ) from None
+
+
+def _pairing(conf: Path, name: str) -> tuple[str, str] | None:
+    """<persona>_vs_<user persona>, the name of the per-pairing experiment files that came before
+    experiment=pairing, split into its two options (None when it is not such a name)."""
+    persona, sep, user = name.partition("_vs_")
+    if sep and persona in _options(conf, "persona") and user in _options(conf, "user_persona"):
+        return persona, user
+    return None
