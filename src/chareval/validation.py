@@ -11,6 +11,7 @@ from chareval.config import FIX, AppConfig, FinetuneSettings, format_validation_
 from chareval.errors import ConfigError
 from chareval.evaluators.registry import load_all as evaluators
 from chareval.llm import registry as providers
+from chareval.stages import STAGES
 from chareval.stages.backends import BACKENDS
 
 
@@ -22,6 +23,7 @@ def validate_config(cfg: DictConfig) -> AppConfig:
 
 def check(settings: AppConfig) -> None:
     settings.finetune = backend_settings(settings)
+    stage_knobs(settings)
     try:
         providers.check_models(settings.models)
         for judge in settings.judges():
@@ -52,3 +54,20 @@ def backend_settings(settings: AppConfig) -> FinetuneSettings:
     except ValidationError as e:
         lines = format_validation_error(e).replace("\n  ", "\n  finetune.").replace("  ", "  finetune.", 1)
         raise ConfigError(f"invalid configuration:\n{lines}", f"see conf/finetune/ ({f.backend}) or {FIX}") from None
+
+
+def stage_knobs(settings: AppConfig) -> None:
+    """The knobs of a stage that has no field of its own on AppConfig, checked by the settings class
+    its module registers; a top-level key no stage claims is an error."""
+    claimed = {spec.knobs[0]: spec.knobs[1] for spec in STAGES.values() if spec.knobs}
+    for key, raw in list((settings.model_extra or {}).items()):
+        kind = claimed.get(key)
+        if kind is None:
+            raise ConfigError(f"invalid configuration:\n  {key}: unknown key", FIX)
+        if isinstance(raw, kind):
+            continue
+        try:
+            setattr(settings, key, kind.model_validate(raw))
+        except ValidationError as e:
+            lines = format_validation_error(e).replace("\n  ", f"\n  {key}.").replace("  ", f"  {key}.", 1)
+            raise ConfigError(f"invalid configuration:\n{lines}", f"see conf/stage/{key}.yaml or {FIX}") from None

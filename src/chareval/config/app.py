@@ -6,7 +6,7 @@ import re
 from typing import Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from chareval import PROJECT_ROOT
 from chareval.config.base import MODEL_PATTERN, ModelString, Strict
@@ -45,6 +45,11 @@ class Paths(Strict):
 
 
 class AppConfig(Strict):
+    # A stage added since (a module of chareval/stages that registers itself with its settings class)
+    # brings its knobs as a key of its own; chareval.validation checks each such key against the
+    # class its stage registers, and refuses any other.
+    model_config = ConfigDict(extra="allow")
+
     turns: int = Field(ge=1, le=100)
     num_contexts: int = Field(ge=1)
     num_conversations: int = Field(ge=1)
@@ -118,8 +123,10 @@ class AppConfig(Strict):
     def derive(self, **changes: Any) -> AppConfig:
         """A copy with some values changed, validated again (the closed loop's held-out settings)."""
         derived = AppConfig.model_validate(_merge(self.model_dump(mode="json"), changes))
-        if "finetune" not in changes:  # the backend's settings, as validated (they came in as one class)
-            derived.finetune = self.finetune
+        # Settings validated by their registry's class (the backend's, a newer stage's knobs) stay so.
+        for key in ("finetune", *(self.model_extra or {})):
+            if key not in changes:
+                setattr(derived, key, getattr(self, key))
         return derived
 
 
