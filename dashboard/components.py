@@ -15,6 +15,7 @@ import streamlit as st
 
 from chareval.schemas import Context, Conversation, Evaluation, Repair
 from dashboard import data, derive
+from dashboard.settings import Settings
 
 PAGES = {
     "runs": "app_pages/runs.py",
@@ -26,7 +27,7 @@ PAGES = {
 }
 
 
-def settings():
+def settings() -> Settings:
     return st.session_state["settings"]
 
 
@@ -126,7 +127,7 @@ def judge_run_picker(cs: data.ConversationSet, key: str = "judged") -> str | Non
         return None
     if len(cs.judged_by) == 1:
         return cs.judged_by[0]
-    runs = {i: data.run(uri(), i) for i in cs.judged_by}
+    runs: dict[str, data.RunView | None] = {i: data.run(uri(), i) for i in cs.judged_by}
     current = selection(key)
     default = current if current in runs else cs.judged_by[0]
     choice = st.selectbox(
@@ -134,7 +135,7 @@ def judge_run_picker(cs: data.ConversationSet, key: str = "judged") -> str | Non
         list(runs),
         index=list(runs).index(default),
         key=f"picker.{key}.{current}",
-        format_func=lambda i: f"{runs[i].describe()} · judges: {', '.join(runs[i].judges())}" if runs[i] else i,
+        format_func=lambda i: _verdicts_label(runs[i]) or i,
     )
     if choice != default:
         remember(key, choice)
@@ -280,3 +281,7 @@ def repair_panel(repair: Repair) -> None:
                 hide_index=True,
                 width="stretch",
             )
+
+
+def _verdicts_label(run: data.RunView | None) -> str | None:
+    return f"{run.describe()} · judges: {', '.join(run.judges())}" if run else None

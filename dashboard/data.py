@@ -16,6 +16,7 @@ from chareval.store import read
 from chareval.store.read import (  # the types and pure helpers the pages use, re-exported
     FLOWS,
     MAKES_CONVERSATIONS,
+    PAGE_SIZE,
     ConversationSet,
     RunFilter,
     RunView,
@@ -26,7 +27,7 @@ from chareval.store.read import (  # the types and pure helpers the pages use, r
 )
 from chareval.store.traces import log_feedback
 
-__all__ = ["FLOWS", "MAKES_CONVERSATIONS", "ConversationSet", "RunFilter", "RunView", "facets", "quote"]
+__all__ = ["FLOWS", "MAKES_CONVERSATIONS", "PAGE_SIZE", "ConversationSet", "RunFilter", "RunView", "facets", "quote"]
 
 _cached = st.cache_data(show_spinner=False)
 

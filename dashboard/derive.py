@@ -46,7 +46,7 @@ def conversation_rows(
             row
             | {
                 "error": c.error or "",
-                "mean score": mean([e.score for e in verdicts]),
+                "mean score": mean([e.score for e in verdicts if e.score is not None]),
                 "failed evaluators": ", ".join(failed),
                 "judgment errors": sum(1 for e in judged.get(c.id, []) if e.error),
             }

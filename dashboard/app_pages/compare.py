@@ -210,9 +210,10 @@ def two_runs() -> None:
     if loop and a_run:
         paired_differences(a_run)
     summaries = [data.json_artifact(uri(), j, names.SUMMARY) if j else None for j in (a_judged, b_judged)]
-    if all(summaries):
+    a_summary, b_summary = summaries
+    if a_summary and b_summary:
         st.subheader("Per evaluator: A, B and B - A")
-        st.dataframe(derive.delta_rows(*summaries), hide_index=True, width="stretch")
+        st.dataframe(pd.DataFrame(derive.delta_rows(a_summary, b_summary)), hide_index=True, width="stretch")
     else:
         st.caption("both sides need an evaluate run for per-evaluator deltas")
     pairs = derive.pair_conversations(data.set_conversations(uri(), a), data.set_conversations(uri(), b))

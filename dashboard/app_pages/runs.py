@@ -56,7 +56,8 @@ facets = data.facets(runs)
 
 
 def pick(column: Any, label: str, key: str) -> str | None:
-    options = sorted(set(facets[key]) | ({chosen(key)} if chosen(key) else set()))
+    picked = chosen(key)
+    options = sorted(set(facets[key]) | ({picked} if picked else set()))
     return column.selectbox(label, options, index=None, placeholder="any", accept_new_options=True, key=f"runs.{key}")
 
 
@@ -75,7 +76,7 @@ with st.container(border=True):
         key="runs.stage",
     )
     c[2].selectbox("Status", STATUSES, index=None, placeholder="any", key="runs.status")
-    c[3].date_input("Started between", value=(), key="runs.dates")
+    c[3].date_input("Started between", value=[], key="runs.dates")
     c = st.columns([1.4, 1.6, 0.7, 1, 1.8, 1.2])
     pick(c[0], "Persona", "persona")
     pick(c[1], "User persona", "user_persona")
@@ -150,9 +151,9 @@ if c[1].button("Older", disabled=next_token is None, icon=":material/chevron_rig
     tokens.append(next_token)
     st.rerun()
 
-chosen = [runs[i].run_id for i in event.selection.rows]
-if len(chosen) == 1:
-    remember("run", chosen[0])
+selected = [runs[i].run_id for i in event.selection.rows]
+if len(selected) == 1:
+    remember("run", selected[0])
     picked = runs[event.selection.rows[0]]
     st.markdown(f"**Open** `{picked.run_id}` ({picked.step}):")
     links = st.columns(4)
@@ -167,10 +168,10 @@ if len(chosen) == 1:
         strict=True,
     ):
         column.page_link(PAGES[page], label=label, query_params={"run": picked.run_id})
-elif len(chosen) > 1:
+elif len(selected) > 1:
     st.page_link(
         PAGES["compare"],
-        label=f"Compare these {len(chosen)} runs",
+        label=f"Compare these {len(selected)} runs",
         icon=":material/compare_arrows:",
-        query_params={"runs": ",".join(chosen)},
+        query_params={"runs": ",".join(selected)},
     )

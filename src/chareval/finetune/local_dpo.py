@@ -10,6 +10,7 @@ import json
 import random
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from chareval.config import LocalLoraSettings
 from chareval.errors import ConfigError
@@ -61,7 +62,7 @@ def train_dpo(
     class Steps(TrainerCallback):
         """Each step's loss and reward margin (chosen minus rejected), reported as chareval's on_step."""
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
                 on_step(state.global_step - 1, {k: float(logs[k]) for k in ("loss", "rewards/margins") if k in logs})

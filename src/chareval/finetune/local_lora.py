@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from chareval.config import LocalLoraSettings
 from chareval.errors import ConfigError
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 IGNORE = -100  # label value the loss skips
 
 
-def _require_libraries():
+def _require_libraries() -> None:
     try:
         import peft  # noqa: F401
         import torch  # noqa: F401
@@ -46,7 +47,7 @@ def device(choice: str) -> str:
     return choice
 
 
-def _ids(tokenizer, messages: list[dict], generation_prompt: bool = False) -> list[int]:
+def _ids(tokenizer: Any, messages: list[dict], generation_prompt: bool = False) -> list[int]:
     plain = [{"role": m["role"], "content": m["content"]} for m in messages]
     encoded = tokenizer.apply_chat_template(
         plain, tokenize=True, add_generation_prompt=generation_prompt, return_dict=True
@@ -54,7 +55,7 @@ def _ids(tokenizer, messages: list[dict], generation_prompt: bool = False) -> li
     return list(encoded["input_ids"])
 
 
-def _labelled(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+def _labelled(tokenizer: Any, messages: list[dict]) -> tuple[list[int], list[int]]:
     """Token ids of the conversation, and labels that keep only the assistant's messages (those not
     marked weight 0): what Together's train_on_inputs=auto does for conversational data."""
     ids = _ids(tokenizer, messages)
@@ -86,7 +87,7 @@ class Encoded:
         return bool(self.dropped_messages or self.cut_tokens)
 
 
-def encode(tokenizer, messages: list[dict], max_tokens: int, model_limit: int | None = None) -> Encoded:
+def encode(tokenizer: Any, messages: list[dict], max_tokens: int, model_limit: int | None = None) -> Encoded:
     """The example in at most max_tokens tokens, or more when it must. A longer one keeps its system
     message and its latest turns: whole earlier exchanges (a user message and the assistant's reply)
     are left out first. The system message and the last exchange are never given up for
@@ -120,7 +121,7 @@ def encode(tokenizer, messages: list[dict], max_tokens: int, model_limit: int | 
     return Encoded(ids[:kept] + ids[kept + cut :], labels[:kept] + labels[kept + cut :], dropped, cut, True)
 
 
-def labelled_loss(model, ids, labels):
+def labelled_loss(model: Any, ids: Any, labels: Any) -> tuple[Any, int]:
     """The summed cross-entropy of the labelled next tokens, and how many there are. Only the
     labelled positions go through the output layer: the full logits (every position x a 49,152-token
     vocabulary) were most of the memory and time of a step. One unpadded sequence needs no attention
@@ -147,7 +148,7 @@ class TrainResult:
     base_folder: Path
 
 
-def _read_examples(tokenizer, train_file: Path, max_tokens: int, model_limit: int | None) -> list[Encoded]:
+def _read_examples(tokenizer: Any, train_file: Path, max_tokens: int, model_limit: int | None) -> list[Encoded]:
     rows = [json.loads(line) for line in train_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     encoded = [encode(tokenizer, row["messages"], max_tokens, model_limit) for row in rows]
     examples = [e for e in encoded if e.learned_tokens]
@@ -186,7 +187,7 @@ def _read_examples(tokenizer, train_file: Path, max_tokens: int, model_limit: in
     return examples
 
 
-def save_adapter(model, out_dir: Path, gguf: Path) -> tuple[Path, Path | None]:
+def save_adapter(model: Any, out_dir: Path, gguf: Path) -> tuple[Path, Path | None]:
     """The PEFT adapter under out_dir/adapter, and the same adapter for llama.cpp (None: it cannot
     take this one, and transformers serves it)."""
     adapter_dir = out_dir / "adapter"

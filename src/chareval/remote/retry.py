@@ -8,7 +8,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
@@ -192,5 +192,5 @@ def call_with_retries(
 
 
 @contextlib.contextmanager
-def _no_limit():
+def _no_limit() -> Iterator[Slot]:
     yield Slot(queue_s=0.0, started=time.monotonic())

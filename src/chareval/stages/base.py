@@ -130,7 +130,7 @@ class Stage:
     judges: bool = False  # it calls the judge models (judge_model= / evaluation.judges)
     teacher: bool = False  # it calls models.teacher (default: the assistant)
     # Its knobs: the AppConfig key (conf/stage/<stage>.yaml puts them there) and their class.
-    knobs: tuple[str, type] | None = None
+    knobs: tuple[str, type[BaseModel]] | None = None
     # Inputs it reads when given (a file, a run, or an earlier stage of the flow), e.g. prepare's verdicts.
     optional: tuple[InputSpec, ...] = ()
 

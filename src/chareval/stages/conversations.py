@@ -17,7 +17,7 @@ from chareval.io import (
     read_records_jsonl,
     write_jsonl_atomic,
 )
-from chareval.llm import LLMResponse, derive_seed
+from chareval.llm import ChatMessage, LLMResponse, derive_seed
 from chareval.schemas import Context, Conversation, Message, Speaker, Usage
 from chareval.stages import attacker
 from chareval.stages.base import (
@@ -60,7 +60,7 @@ def _knobs(ctx: StageContext) -> ConversationsSettings:
     return ctx.knobs("conversations", ConversationsSettings)
 
 
-def _reply(ctx: StageContext, role: Speaker, system: str, view, seed: int) -> LLMResponse:
+def _reply(ctx: StageContext, role: Speaker, system: str, view: list[ChatMessage], seed: int) -> LLMResponse:
     response = ctx.client.ask(role, system, view, seed=seed)
     if not response.text and _knobs(ctx).retry_empty_reply:
         response = ctx.client.ask(role, system, view, seed=derive_seed(seed, "retry-empty"))

@@ -27,7 +27,7 @@ class UnsupportedAdapter(ModelError):
     """llama.cpp cannot take this adapter: it is served by transformers instead."""
 
 
-def _permute_rows(weights, n_head: int):
+def _permute_rows(weights: Any, n_head: int) -> Any:
     """llama.cpp's row order for a rotary projection (convert_hf_to_gguf's LlamaModel.permute)."""
     rows = weights.shape[0]
     return weights.reshape(n_head, 2, rows // n_head // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)

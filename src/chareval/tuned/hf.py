@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from chareval.io import file_sha256
 
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 MARKER = "chareval_source.json"  # written last: a folder without it is an unfinished conversion
 
 
-def dequantize(gguf: Path):
+def dequantize(gguf: Path) -> tuple[Any, Any]:
     """The GGUF's weights as a float32 transformers model, and its tokenizer (the slow path)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -71,13 +72,13 @@ def context_length(folder: Path) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def load_tokenizer(folder: Path):
+def load_tokenizer(folder: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-def load_base(folder: Path, on: str):
+def load_base(folder: Path, on: str) -> Any:
     """A fresh float32 copy of the converted weights (each LoRA wraps its own copy)."""
     import torch
     from transformers import AutoModelForCausalLM

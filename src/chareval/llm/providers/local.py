@@ -89,7 +89,7 @@ def load_llama(
     chat_format: str | None,
     lora_path: str | None = None,
     flash_attn: bool = False,
-):
+) -> Any:
     """Load a GGUF once per process (with a GGUF LoRA adapter applied on top, for local_lora models)."""
     from llama_cpp import Llama
 
@@ -149,7 +149,7 @@ class LocalLlamaProvider:
             "repeat_penalty": self.settings.repeat_penalty,
         }
 
-    def _llama(self):
+    def _llama(self) -> Any:
         s = self.settings
         lora = str(self.lora) if self.lora else None
         return load_llama(str(self.path), s.n_ctx, s.n_threads, s.chat_format, lora, s.flash_attn)

@@ -44,7 +44,7 @@ def gguf_adapter(record: FineTunedModel) -> Path | None:
 
 
 @load_once
-def load_adapted(gguf: str, adapter_dir: str, device: str, base_folder: str | None):
+def load_adapted(gguf: str, adapter_dir: str, device: str, base_folder: str | None) -> tuple[Any, Any]:
     """The transformers fallback: the de-quantized base (its cached conversion when there is one)
     with the PEFT adapter on top."""
     from peft import PeftModel

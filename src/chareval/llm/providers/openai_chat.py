@@ -162,6 +162,6 @@ class OpenAIChatProvider:
         )
 
 
-def _reasoning_tokens(usage) -> int:
+def _reasoning_tokens(usage: Any) -> int:
     details = getattr(usage, "completion_tokens_details", None) if usage else None
     return int(getattr(details, "reasoning_tokens", 0) or 0) if details else 0

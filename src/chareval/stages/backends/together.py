@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from chareval.config import TogetherSettings
 from chareval.errors import InputError
@@ -16,6 +17,9 @@ from chareval.stages.backends import BACKENDS, Backend, key_settings
 from chareval.stages.base import StageContext
 from chareval.tuned.catalog import Catalog, job_key, now
 
+if TYPE_CHECKING:
+    from chareval.finetune.together_backend import TogetherFinetuner
+
 log = logging.getLogger(__name__)
 
 
@@ -23,7 +27,9 @@ def _unowned(record: FineTunedModel | None) -> FineTunedModel | None:
     return record if record is not None and record.account is None else None
 
 
-def _start_job(ctx: StageContext, tuner, registry: Catalog, train_file: Path, key: str, sha: str) -> FineTunedModel:
+def _start_job(
+    ctx: StageContext, tuner: TogetherFinetuner, registry: Catalog, train_file: Path, key: str, sha: str
+) -> FineTunedModel:
     """Upload the file(s), create the job and register it under this account."""
     from chareval.finetune.together_backend import status_of
 
@@ -94,7 +100,7 @@ def run(ctx: StageContext, train_file: Path | None) -> tuple[FineTunedModel, dic
         else:
             record = _start_job(ctx, tuner, registry, train_file, key, sha)
 
-    def show(job, new_events: list[str]) -> None:
+    def show(job: Any, new_events: list[str]) -> None:
         for line in new_events:
             log.info("  %s", line)
         progress = getattr(job, "progress", None)
