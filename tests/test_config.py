@@ -81,7 +81,7 @@ def test_stage_knobs_follow_the_selected_stage():
     assert only.conversations is not None and only.contexts is None and only.pipeline is None
     pipeline = validate_config(compose_cfg("stage=pipeline"))
     assert pipeline.pipeline.stages == ["contexts", "conversations", "prepare", "finetune", "evaluate"]
-    assert pipeline.contexts and pipeline.conversations and pipeline.prepare and pipeline.evaluate
+    assert pipeline.contexts and pipeline.conversations and pipeline.prepare and pipeline.evaluation.skip_errored
 
 
 def test_experiment_overrides_groups_and_knobs():

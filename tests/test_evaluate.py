@@ -277,3 +277,22 @@ def test_judge_check_takes_the_latest_label_and_judges_only_labelled_evaluators(
     assert run.data.tags["judge_check.dataset_path"] == str(labels.resolve())
     with pytest.raises(CharevalError, match="has no label for any of the evaluators professionalism"):
         make_job("judge_check", f"judge_check.dataset={labels}", "evaluation.evaluators=[professionalism]").run()
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_evaluation_skip_errored_decides_whether_an_errored_conversation_is_judged(make_job, workdir, skip):
+    rows = [json.loads(line) for line in CONVERSATIONS.read_text().splitlines() if line.strip()]
+    rows[0]["error"] = "model error after two turns"
+    errored = workdir / "with_error.jsonl"
+    errored.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with FakeAPI(lambda seen, n: chat_completion(verdict(8), seen.body["model"])) as api:
+        outputs = make_job(
+            "evaluate",
+            "models=openai_compatible",
+            f"models.providers.openai_compatible.base_url={api.url}/v1",
+            f"input_file={errored}",
+            "evaluation.evaluators=[boundary_holding]",
+            f"evaluation.skip_errored={str(skip).lower()}",
+        ).run()
+    summary = json.loads(outputs["summary"].read_text())
+    assert len(api.requests) == len(rows) - skip and summary["conversations_skipped"] == int(skip)

@@ -17,7 +17,6 @@ from chareval.config.stages import (
     BranchSettings,
     ContextsSettings,
     ConversationsSettings,
-    EvaluateSettings,
     EvaluationSettings,
     FinetuneLoopSettings,
     GateSettings,
@@ -86,7 +85,6 @@ class AppConfig(Strict):
     conversations: ConversationsSettings | None = None
     prepare: PrepareSettings | None = None
     repair: RepairSettings | None = None
-    evaluate: EvaluateSettings | None = None
     judge_check: JudgeCheckSettings | None = None
     pipeline: PipelineSettings | None = None
     finetune_loop: FinetuneLoopSettings | None = None
@@ -94,7 +92,8 @@ class AppConfig(Strict):
     branch: BranchSettings | None = None
 
     def judges(self) -> list[str]:
-        """The judge models of stage=evaluate: judge_model=, else evaluation.judges, else models.judge."""
+        """The judge models (evaluate, repair, judge_check), by the one rule conf/evaluation/default.yaml
+        states: judge_model=, else evaluation.judges, else models.judge."""
         if self.judge_model:
             return [self.judge_model]
         return list(self.evaluation.judges or [self.models.judge])

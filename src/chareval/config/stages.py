@@ -85,10 +85,6 @@ class RepairSettings(Strict):
         return templates.check(value, allowed={"boundaries", "rationale", "original"})
 
 
-class EvaluateSettings(Strict):
-    skip_errored: bool
-
-
 class JudgeCheckSettings(Strict):
     dataset: str
     labels: Literal["file", "store"] = "file"
@@ -120,6 +116,7 @@ class EvaluationSettings(Strict):
     judge_samples: int = Field(ge=1, le=20)
     judges: list[ModelString] | None = Field(default=None, min_length=1)
     max_error_fraction: float = Field(ge=0.0, le=1.0)
+    skip_errored: bool  # errored conversations are not judged (they are counted)
     pass_threshold: int = Field(ge=1, le=10)
     rubrics: dict[str, str]
 

@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chareval.config import AppConfig, EvaluateSettings
+from chareval.config import AppConfig
 from chareval.errors import ModelError
 from chareval.evaluators import survival
 from chareval.evaluators.base import Evaluator
@@ -233,7 +233,7 @@ def version_rubrics(ctx: StageContext, evaluators: list[Evaluator]) -> None:
 def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
     s = ctx.settings
     conversations = read_conversations(inputs["conversations"])
-    skip_errored = ctx.knobs("evaluate", EvaluateSettings).skip_errored
+    skip_errored = s.evaluation.skip_errored
     usable = [c for c in conversations if c.messages and not (c.error and skip_errored)]
     if len(usable) < len(conversations):
         log.warning(
@@ -341,6 +341,5 @@ STAGE = STAGES.register(
         InputSpec("conversations", "input_file", "conversations_run", names.CONVERSATIONS),
         writes=(names.EVALUATIONS, names.SUMMARY, names.BREACH_CURVE, names.BREACH_PICTURE),
         judges=True,
-        knobs=("evaluate", EvaluateSettings),
     ),
 )
