@@ -10,6 +10,7 @@ from typing import Any
 from chareval.evaluators.stats import mean, wilson95
 from chareval.evaluators.summary import before_after
 from chareval.schemas import Context, Conversation, Evaluation, Message
+from chareval.store import names
 
 
 def valid(evaluations: list[Evaluation]) -> list[Evaluation]:
@@ -203,10 +204,12 @@ def compare_rows(runs: list) -> list[dict[str, Any]]:
     CI is the stage's own (t over conversations); the pass-rate interval is Wilson's, from pass_rate and n."""
     rows = []
     for r in runs:
-        names = sorted({k.split(".")[1] for k in r.metrics if k.startswith("judge.") and k.endswith(".mean")})
-        for name in names:
+        evaluators = sorted(
+            {k.split(".")[1] for k in r.metrics if k.startswith(names.JUDGE_PREFIX) and k.endswith(".mean")}
+        )
+        for name in evaluators:
             m = {
-                key: r.metrics.get(f"judge.{name}.{key}")
+                key: r.metrics.get(names.judge_metric(name, key))
                 for key in ("mean", "ci_low", "ci_high", "pass_rate", "n", "n_errors")
             }
             low, high = wilson95(m["pass_rate"], int(m["n"] or 0))
@@ -224,7 +227,7 @@ def compare_rows(runs: list) -> list[dict[str, Any]]:
                     "pass_high": high,
                     "n": m["n"],
                     "errors": m["n_errors"],
-                    "cost_usd": r.metrics.get("cost_usd"),
+                    "cost_usd": r.metrics.get(names.COST_USD),
                 }
             )
     return rows
@@ -256,9 +259,9 @@ def delta_rows(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, 
     for name in before.get("evaluators", {}):
         row: dict[str, Any] = {"evaluator": name}
         for key in ("mean", "pass_rate"):
-            row[f"A {key}"] = metrics.get(f"before.judge.{name}.{key}")
-            row[f"B {key}"] = metrics.get(f"after.judge.{name}.{key}")
-            row[f"delta {key}"] = metrics.get(f"delta.judge.{name}.{key}")
+            row[f"A {key}"] = metrics.get(names.BEFORE + names.judge_metric(name, key))
+            row[f"B {key}"] = metrics.get(names.AFTER + names.judge_metric(name, key))
+            row[f"delta {key}"] = metrics.get(names.DELTA + names.judge_metric(name, key))
         rows.append(row)
     return rows
 

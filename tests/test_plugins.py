@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from chareval import PROJECT_ROOT
 from chareval.app import Job
 from chareval.config import Strict
 from chareval.errors import ConfigError
@@ -78,3 +79,18 @@ def test_a_new_stages_knobs_are_checked_by_its_class_and_an_unclaimed_key_is_ref
         validate_config(compose_cfg("+echo.greeting=hi", "+echo.times=two"))
     with pytest.raises(ConfigError, match="nobody: unknown key"):
         validate_config(compose_cfg("+nobody.x=1"))
+
+
+def test_every_provider_with_settings_has_its_yaml_in_the_defaults():
+    defaults = (PROJECT_ROOT / "conf" / "config.yaml").read_text()
+    for name, spec in PROVIDERS.items():
+        if spec.settings is not None:
+            assert (PROJECT_ROOT / "conf" / "provider" / f"{name}.yaml").is_file(), name
+            assert f"- provider@models.providers.{name}: {name}" in defaults, name
+
+
+def test_every_backend_has_a_finetune_option_and_every_option_a_backend():
+    import yaml
+
+    options = {yaml.safe_load(p.read_text())["backend"] for p in (PROJECT_ROOT / "conf" / "finetune").glob("*.yaml")}
+    assert options == set(BACKENDS.names())

@@ -7,6 +7,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from chareval.store import names
 from dashboard import data
 from dashboard.components import empty, escape, pick_row, settings, uri
 
@@ -60,17 +61,17 @@ if not loops:
     empty("This model has not been through the closed loop.", "python src/run.py experiment=finetune_loop")
 else:
     loop = loops[0]
-    names = sorted({k.split(".")[2] for k in loop.metrics if k.startswith("delta.judge.")})
+    evaluators = sorted({k.split(".")[2] for k in loop.metrics if k.startswith(names.DELTA + names.JUDGE_PREFIX)})
     table = [
         {
             "evaluator": n,
             **{
-                f"{when} {key}": loop.metrics.get(f"{when}.judge.{n}.{key}")
+                f"{when} {key}": loop.metrics.get(f"{when}.{names.judge_metric(n, key)}")
                 for key in ("mean", "pass_rate")
                 for when in ("before", "after", "delta")
             },
         }
-        for n in names
+        for n in evaluators
     ]
     st.caption(escape(f"loop run {loop.run_id} · {loop.started:%Y-%m-%d %H:%M} · held-out contexts, same judges"))
     st.dataframe(table, hide_index=True, width="stretch")

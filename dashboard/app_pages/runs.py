@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from chareval import PROJECT_ROOT
+from chareval.store import names
 from dashboard import data
 from dashboard.components import PAGES, empty, remember, settings, table_key, uri
 
@@ -22,7 +23,7 @@ ERRORS = ("contexts.n_errors", "conversations.n_errors", "evaluate.n_errors")
 
 st.title("Runs")
 
-names = data.experiments(uri())
+experiment_names = data.experiments(uri())
 state = st.session_state
 
 
@@ -35,7 +36,7 @@ def chosen(key: str) -> str | None:
 dates = state.get("runs.dates") or ()
 since, until = (tuple(dates) + (None, None))[:2]
 flt = data.RunFilter(
-    tuple(i for i, n in names.items() if n in (chosen("experiment") or [])),
+    tuple(i for i, n in experiment_names.items() if n in (chosen("experiment") or [])),
     chosen("stage"),
     chosen("status"),
     chosen("persona"),
@@ -67,7 +68,7 @@ STAGES_AND_FLOWS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "stage").glob
 
 with st.container(border=True):
     c = st.columns([2, 1.2, 1, 1.6])
-    c[0].multiselect("Experiment", sorted(names.values()), placeholder="all", key="runs.experiment")
+    c[0].multiselect("Experiment", sorted(experiment_names.values()), placeholder="all", key="runs.experiment")
     c[1].selectbox(
         "Stage or flow",
         [*STAGES_AND_FLOWS, "sweep"],
@@ -86,7 +87,7 @@ with st.container(border=True):
     c[5].toggle("Top-level only", key="runs.top", help="pipelines, loops, sweeps and stages run on their own")
 
 if not runs:
-    if len(names) and flt != data.RunFilter():
+    if len(experiment_names) and flt != data.RunFilter():
         st.info("No run matches these filters.", icon=":material/filter_alt_off:")
     else:
         empty(
@@ -109,13 +110,13 @@ def row(r: data.RunView) -> dict[str, Any]:
         "models": r.choice("models"),
         "assistant": r.param("models.assistant"),
     }
-    for key in sorted(k for k in m if k.startswith("judge.") and k.endswith((".mean", ".pass_rate"))):
+    for key in sorted(k for k in m if k.startswith(names.JUDGE_PREFIX) and k.endswith((".mean", ".pass_rate"))):
         _, evaluator, stat = key.split(".")
         out[f"{evaluator} {'mean' if stat == 'mean' else 'pass'}"] = m[key]
     out |= {column: m.get(metric) for column, metric in COUNTS.items()}
     out["errors"] = sum(m[k] for k in ERRORS if k in m) if any(k in m for k in ERRORS) else None
     out["tokens"] = (m.get("tokens.input") or 0) + (m.get("tokens.output") or 0) if "tokens.input" in m else None
-    out["cost $"] = m.get("cost_usd")
+    out["cost $"] = m.get(names.COST_USD)
     out["wall s"] = m.get("wall_time_s")
     out["MLflow"] = settings().run_link(r.experiment_id, r.run_id)
     out["run id"] = r.run_id

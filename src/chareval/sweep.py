@@ -82,7 +82,7 @@ def record_outcome(
         run_dir=hydra.runtime.output_dir,
         run_id=job.log.top_run_id if job else None,
         choices=job_choices(cfg, dict(hydra.runtime.choices), list(hydra.overrides.task)),
-        metrics=(job.log.metrics | {"cost_usd": job.log.usage.cost_usd}) if job else {},
+        metrics=(job.log.metrics | {names.COST_USD: job.log.usage.cost_usd}) if job else {},
         sweep=os.environ.get(INVOCATION_ENV),
         busy_pid=busy_pid,
     )

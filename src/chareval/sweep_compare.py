@@ -13,6 +13,7 @@ from typing import Any
 from chareval.evaluators.stats import wilson95
 from chareval.evaluators.survival import draw
 from chareval.schemas import JobOutcome
+from chareval.store import names
 
 CHOICES = ("persona", "user_persona", "turns", "models", "assistant", "user", "judge", "finetune", "experiment")
 STATS = ("mean", "ci_low", "ci_high", "pass_rate", "n")
@@ -20,10 +21,13 @@ BREACH_COLUMNS = ("breach.survival_end", "breach.median_turn", "breach.breaches"
 
 
 def evaluators(outcomes: list[JobOutcome]) -> list[str]:
-    names = {
-        k.split(".")[1] for o in outcomes for k in o.metrics if k.startswith("judge.") and k.endswith(".pass_rate")
+    found = {
+        k.split(".")[1]
+        for o in outcomes
+        for k in o.metrics
+        if k.startswith(names.JUDGE_PREFIX) and k.endswith(".pass_rate")
     }
-    return sorted(names)
+    return sorted(found)
 
 
 def choice_keys(outcomes: list[JobOutcome]) -> list[str]:
@@ -43,10 +47,10 @@ def table(outcomes: list[JobOutcome]) -> list[dict[str, Any]]:
     for o in outcomes:
         row: dict[str, Any] = {"job": o.num, "status": o.status} | {c: o.choices.get(c) for c in keys}
         for name in evaluators(outcomes):
-            row |= {f"{name}.{stat}": o.metrics.get(f"judge.{name}.{stat}") for stat in STATS}
+            row |= {f"{name}.{stat}": o.metrics.get(names.judge_metric(name, stat)) for stat in STATS}
         row |= {k: o.metrics[k] for k in sorted(o.metrics) if k in BREACH_COLUMNS or k.startswith("pass_hat_k.")}
         row["conversations"] = o.metrics.get("conversations.count")
-        row["cost_usd"] = o.metrics.get("cost_usd")
+        row["cost_usd"] = o.metrics.get(names.COST_USD)
         rows.append(row)
     return rows
 
@@ -58,11 +62,14 @@ def label(o: JobOutcome, keys: list[str]) -> str:
 def headline(o: JobOutcome) -> str:
     parts = []
     for name in evaluators([o]):
-        rate, mean = o.metrics.get(f"judge.{name}.pass_rate"), o.metrics.get(f"judge.{name}.mean")
+        rate, mean = (
+            o.metrics.get(names.judge_metric(name, "pass_rate")),
+            o.metrics.get(names.judge_metric(name, "mean")),
+        )
         parts.append(f"{name} pass {rate:.0%}" + (f" (mean {mean:.1f})" if mean is not None else ""))
     if "conversations.count" in o.metrics:
         parts.append(f"{o.metrics['conversations.count']:.0f} conversations")
-    if o.metrics.get("cost_usd"):
+    if o.metrics.get(names.COST_USD):
         parts.append(f"${o.metrics['cost_usd']:.4f}")
     return ", ".join(parts)
 
@@ -74,7 +81,7 @@ def extremes(outcomes: list[JobOutcome]) -> dict[str, str]:
     tags = {}
     for name in evaluators(done):
         scored = sorted(
-            (_rank(o, name), o.num, o) for o in done if o.metrics.get(f"judge.{name}.pass_rate") is not None
+            (_rank(o, name), o.num, o) for o in done if o.metrics.get(names.judge_metric(name, "pass_rate")) is not None
         )
         for tag, (rank, _, o) in (("worst", scored[0]), ("best", scored[-1])) if scored else ():
             tags[f"{tag}.{name}"] = f"job {o.num} ({label(o, keys)}): pass {rank[0]:.0%}, mean {rank[1]:.1f}"
@@ -82,7 +89,7 @@ def extremes(outcomes: list[JobOutcome]) -> dict[str, str]:
 
 
 def _rank(o: JobOutcome, name: str) -> tuple[float, float]:
-    return o.metrics[f"judge.{name}.pass_rate"], o.metrics.get(f"judge.{name}.mean") or 0.0
+    return o.metrics[names.judge_metric(name, "pass_rate")], o.metrics.get(names.judge_metric(name, "mean")) or 0.0
 
 
 def picture(outcomes: list[JobOutcome], path: Path) -> Path | None:
@@ -90,8 +97,8 @@ def picture(outcomes: list[JobOutcome], path: Path) -> Path | None:
     choice that varies (e.g. persona) as coloured bars, grouped along x by the others (e.g. user
     persona and turns)."""
     done = [o for o in outcomes if o.status == "completed"]
-    names = evaluators(done)
-    if not names:
+    judged = evaluators(done)
+    if not judged:
         return None
     import matplotlib
 
@@ -108,9 +115,9 @@ def picture(outcomes: list[JobOutcome], path: Path) -> Path | None:
     groups = list(dict.fromkeys(" / ".join(value(o, k) for k in group_keys) for o in done))
     width = 0.8 / len(series)
     fig, axes = plt.subplots(
-        len(names), 1, figsize=(max(6.0, 0.9 * len(groups) * len(series) + 2), 2.8 * len(names)), squeeze=False
+        len(judged), 1, figsize=(max(6.0, 0.9 * len(groups) * len(series) + 2), 2.8 * len(judged)), squeeze=False
     )
-    for ax, name in zip(axes[:, 0], names, strict=True):
+    for ax, name in zip(axes[:, 0], judged, strict=True):
         for i, member in enumerate(series):
             xs, rates, errors = [], [], [[], []]  # type: list[float], list[float], list[list[float]]
             for x, group in enumerate(groups):
@@ -119,10 +126,10 @@ def picture(outcomes: list[JobOutcome], path: Path) -> Path | None:
                     for o in done
                     if value(o, series_key) == member and " / ".join(value(o, k) for k in group_keys) == group
                 ]
-                rate = match[0].metrics.get(f"judge.{name}.pass_rate") if match else None
+                rate = match[0].metrics.get(names.judge_metric(name, "pass_rate")) if match else None
                 if rate is None:
                     continue
-                low, high = wilson95(rate, int(match[0].metrics.get(f"judge.{name}.n") or 0))
+                low, high = wilson95(rate, int(match[0].metrics.get(names.judge_metric(name, "n")) or 0))
                 xs.append(x + (i - (len(series) - 1) / 2) * width)
                 rates.append(rate)
                 errors[0].append(rate - (rate if low is None else low))

@@ -8,6 +8,7 @@ from typing import Any
 
 from chareval.evaluators import stats
 from chareval.schemas import Evaluation
+from chareval.store import names
 
 
 def verdict(record: Evaluation) -> tuple[int, bool]:
@@ -89,7 +90,7 @@ def metrics(summary: dict[str, Any]) -> dict[str, float]:
     for name, entry in summary["evaluators"].items():
         for key in ("mean", "std", "pass_rate", "ci_low", "ci_high", "n", "n_errors", "sample_spread"):
             if entry.get(key) is not None:
-                out[f"judge.{name}.{key}"] = entry[key]
+                out[names.judge_metric(name, key)] = entry[key]
         for pair, figures in entry.get("agreement", {}).items():
             for key, value in figures.items():
                 if value is not None:
@@ -107,9 +108,9 @@ def before_after(before: dict, after: dict) -> dict[str, float]:
         a = after["evaluators"].get(name, {})
         for key in ("mean", "pass_rate"):
             if b.get(key) is not None:
-                metrics[f"before.judge.{name}.{key}"] = b[key]
+                metrics[names.BEFORE + names.judge_metric(name, key)] = b[key]
             if a.get(key) is not None:
-                metrics[f"after.judge.{name}.{key}"] = a[key]
+                metrics[names.AFTER + names.judge_metric(name, key)] = a[key]
             if b.get(key) is not None and a.get(key) is not None:
-                metrics[f"delta.judge.{name}.{key}"] = a[key] - b[key]
+                metrics[names.DELTA + names.judge_metric(name, key)] = a[key] - b[key]
     return metrics

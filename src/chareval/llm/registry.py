@@ -2,7 +2,9 @@
 a ProviderSpec: its name, the schema of its settings (models.providers.<name>, whose values live in
 conf/provider/<name>.yaml), its key and base-URL variables, any rule it has on the models config,
 and how to build it. Config checks, key checks, concurrency, retries and construction all read it.
-Adding a provider = one module + its YAML."""
+Adding a provider = one module + its YAML, which
+conf/config.yaml's defaults bring in by one line (Hydra must know a provider's keys to take
+command-line overrides of them, e.g. models.providers.<name>.base_url=...)."""
 
 from __future__ import annotations
 

@@ -219,10 +219,10 @@ def write_rubrics(evaluators: list[Evaluator], folder: Path) -> Path:
     return folder
 
 
-def build_evaluators(settings: AppConfig, names: list[str]) -> list[Evaluator]:
+def build_evaluators(settings: AppConfig, wanted: list[str]) -> list[Evaluator]:
     """The named evaluators, each with its rubric from the config."""
     evaluation = settings.evaluation
-    return [build(name, evaluation.rubrics[name], evaluation.pass_threshold) for name in names]
+    return [build(name, evaluation.rubrics[name], evaluation.pass_threshold) for name in wanted]
 
 
 def version_rubrics(ctx: StageContext, evaluators: list[Evaluator]) -> None:

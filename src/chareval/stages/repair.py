@@ -123,11 +123,11 @@ def repair_one(
     return record
 
 
-def rejudge(ctx: StageContext, repaired: Conversation, names: list[str]) -> list[Evaluation]:
+def rejudge(ctx: StageContext, repaired: Conversation, wanted: list[str]) -> list[Evaluation]:
     """The repaired prefix judged by the evaluators that judged the original, every judge and sample."""
     s = ctx.settings
     known = set(s.evaluation.rubrics)
-    evaluators = build_evaluators(s, [n for n in names if n in known])
+    evaluators = build_evaluators(s, [n for n in wanted if n in known])
     conversation = with_characters(repaired, s.persona, s.user_persona)
     judged = [
         ask_judge(ctx, conversation, evaluator, judge, sample)

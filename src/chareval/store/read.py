@@ -178,23 +178,23 @@ def _ms(day: date) -> int:
 
 def search(uri: str, flt: RunFilter, page_token: str | None = None) -> tuple[list[RunView], str | None]:
     """One page of runs matching the filter, newest first, and the token of the next page."""
-    names = experiments(uri)
-    ids = list(flt.experiment_ids) or list(names)
+    known = experiments(uri)
+    ids = list(flt.experiment_ids) or list(known)
     if not ids:
         return [], None
     page = client(uri).search_runs(
         ids, flt.expression(), max_results=PAGE_SIZE, order_by=["attributes.start_time DESC"], page_token=page_token
     )
-    return [_view(r, names) for r in page], page.token
+    return [_view(r, known) for r in page], page.token
 
 
 def find(uri: str, expression: str, limit: int = FIND_LIMIT) -> list[RunView]:
     """Runs of every experiment matching an MLflow filter expression, newest first."""
-    names = experiments(uri)
-    if not names:
+    known = experiments(uri)
+    if not known:
         return []
-    runs = client(uri).search_runs(list(names), expression, max_results=limit, order_by=["attributes.start_time DESC"])
-    return [_view(r, names) for r in runs]
+    runs = client(uri).search_runs(list(known), expression, max_results=limit, order_by=["attributes.start_time DESC"])
+    return [_view(r, known) for r in runs]
 
 
 def recent(uri: str) -> list[RunView]:
