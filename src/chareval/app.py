@@ -3,8 +3,11 @@ before any work, the MLflow store chosen, then the stage or flow run through the
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -12,10 +15,13 @@ from omegaconf import DictConfig
 
 from chareval import flows
 from chareval.config import AppConfig
+from chareval.errors import ConfigError
 from chareval.fingerprint import check_or_record
 from chareval.flows.runner import RunLog, StageRunner
 from chareval.io import hold_run_dir, write_text_atomic
 from chareval.llm import DiskCache, LLMClient
+from chareval.llm.budget import Spending, ledger_for
+from chareval.llm.plan import Planner
 from chareval.llm.registry import require_keys
 from chareval.remote.keys import load_env_file
 from chareval.stages import STAGES
@@ -23,6 +29,7 @@ from chareval.stages.attacker import models_needed as attack_models
 from chareval.stages.backends import BACKENDS
 from chareval.store import names
 from chareval.store.runs import (
+    INVOCATION_ENV,
     SWEEP_RUN_ENV,
     close_abandoned_runs,
     find_sweep_run,
@@ -53,9 +60,26 @@ class Job:
         self.choices = choices or {}
         s = self.settings
         load_env_file(s.paths.root)
-        self.client = LLMClient(
-            s.models, DiskCache(Path(s.paths.cache) / "llm") if s.cache else None, registry=s.paths.registry
+        # dry_run: the stages run on stand-in answers, in a scratch folder, with no MLflow run.
+        self.planner = Planner(s.models, s.plan) if s.dry_run else None
+        if s.dry_run:
+            s.tracking = s.tracking.model_copy(update={"enabled": False})
+        resume = (
+            f"rerun the same sweep with hydra.sweep.dir={sweep_dir}"
+            if sweep_dir
+            else f"rerun the same command with hydra.run.dir={self.run_dir}"
         )
+        ledger = ledger_for(sweep_dir, os.environ.get(INVOCATION_ENV), self.run_dir.name)
+        self.client = LLMClient(
+            s.models,
+            DiskCache(Path(s.paths.cache) / "llm") if s.cache else None,
+            registry=s.paths.registry,
+            planner=self.planner,
+            spending=Spending(s.budget, s.models, s.plan, resume=resume, cached=s.cache, ledger=ledger)
+            if s.budget.limited
+            else None,
+        )
+        self.missing_keys: str | None = None  # a dry run's: what a real run would stop on
         self._check_before_any_work()
         self.tracking_uri = resolve_uri(s.tracking.uri, s.paths.root)
         self.experiment_id = None
@@ -78,6 +102,7 @@ class Job:
             parent_run_id=parent_run_id,
         )
         self.config_yaml = resolved_yaml(cfg)
+        self.plan: dict[str, Any] | None = None  # what a dry run found
 
     @classmethod
     def from_hydra(cls, cfg: DictConfig) -> Job:
@@ -105,10 +130,15 @@ class Job:
             needs["models.teacher"] = s.models.teacher_model()
         needs |= flows.models_of(self.stage, s)
         needs |= attack_models(s, stages)
-        require_keys(s.models, needs)
-        endpoint = BACKENDS.get(s.finetune.backend).endpoint
-        if "finetune" in stages and endpoint:
-            endpoint.require_key(f"finetune={s.finetune.backend}")
+        try:
+            require_keys(s.models, needs)
+            endpoint = BACKENDS.get(s.finetune.backend).endpoint
+            if "finetune" in stages and endpoint:
+                endpoint.require_key(f"finetune={s.finetune.backend}")
+        except ConfigError as e:
+            if not s.dry_run:  # a plan needs no key: it says what the real run will need
+                raise
+            self.missing_keys = e.message
         for model in needs.values():
             self.client.provider(model)
 
@@ -119,6 +149,8 @@ class Job:
 
     def run(self) -> dict[str, Path]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.planner is not None:
+            return self._plan()
         with hold_run_dir(self.run_dir):
             check_or_record(self.run_dir, self.settings)
             if self.experiment_id is not None:
@@ -127,3 +159,22 @@ class Job:
                     self.runner.tags[names.RESUMES] = ",".join(closed)
             write_text_atomic(self.run_dir / "config.yaml", self.config_yaml)
             return flows.run(self.stage, self.runner)
+
+    def _plan(self) -> dict[str, Path]:
+        """dry_run=true: the stages on stand-in answers in a scratch folder (deleted after), and
+        plan.json in the run folder."""
+        assert self.planner is not None
+        write_text_atomic(self.run_dir / "config.yaml", self.config_yaml)
+        with tempfile.TemporaryDirectory(prefix="chareval-dry-run-") as scratch:
+            self.runner.run_dir = Path(scratch)
+            flows.run(self.stage, self.runner)
+        self.runner.run_dir = self.run_dir
+        plan = self.planner.totals() | {
+            "stage": self.stage,
+            "missing_keys": self.missing_keys,
+            "budget": self.settings.budget.model_dump(),
+        }
+        path = self.run_dir / names.PLAN
+        write_text_atomic(path, json.dumps(plan, indent=2) + "\n")
+        self.plan = plan
+        return {"plan": path}

@@ -18,7 +18,7 @@ FILE = "fingerprint.json"
 # (endpoint, concurrency, retries), error budgets, polling; the theme's name (only its texts are used: a
 # run folder made before themes had names still resumes).
 NOT_IN_RECORDS = re.compile(
-    r"^(paths|tracking)\.|^(cache|num_contexts|num_conversations|job_id|output_file|theme\.name)$|^models\.retry\."
+    r"^(paths|tracking|budget|plan)\.|^(cache|dry_run|num_contexts|num_conversations|job_id|output_file|theme\.name)$|^models\.retry\."
     r"|\.(max_in_flight|base_url|api_key_env)$|max_error_fraction$|^finetune\.(wait|poll_interval_s)$"
 )
 
@@ -30,7 +30,7 @@ def fingerprint(settings: AppConfig) -> dict[str, str]:
 
 # The files of the run folder that are not records: a folder holding only these resumes nothing, so
 # it refuses nothing (a first run that failed on a bad input leaves them behind).
-BOOKKEEPING = {FILE, "run.log", "config.yaml", ".chareval.lock", "job.json"}
+BOOKKEEPING = {FILE, "run.log", "config.yaml", ".chareval.lock", "job.json", "plan.json"}
 BOOKKEEPING_DIRS = {".hydra", ".chareval"}
 # Hydra writes these at the start of every run, before chareval can look at the folder; a refused
 # resume puts back the ones the folder's records were made with (kept here when they were accepted).

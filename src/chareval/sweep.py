@@ -18,6 +18,7 @@ from chareval.io import write_text_atomic
 from chareval.schemas import JobOutcome
 from chareval.store import names
 from chareval.store.runs import (
+    INVOCATION_ENV,
     SWEEP_RUN_ENV,
     git_commit,
     resolve_uri,
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 OUTCOME_FILE = "job.json"
 # A job refused because another process holds its folder writes here: job.json is that process's.
 REFUSED_FILE = "job.refused.json"
-INVOCATION_ENV = "CHAREVAL_SWEEP_INVOCATION"  # which launch of a sweep a job belongs to
 # The choices a comparison shows, beside the config-group choices. judge_model= (stage=evaluate's
 # one judge) wins over models.judge, as it does in the stage.
 SETTINGS = {

@@ -15,6 +15,7 @@ from chareval.config.base import ROLES, ModelString, Role, Strict
 from chareval.config.characters import Persona, Tactic, Theme, UserPersona
 from chareval.config.finetune import FinetuneSettings, LocalLoraSettings, LoraSettings, TogetherSettings
 from chareval.config.models import Generation, Models, Policy, Price, RetrySettings
+from chareval.config.spend import Budget, PlanSettings
 from chareval.config.stages import (
     BranchSettings,
     ContextsSettings,
@@ -33,6 +34,8 @@ __all__ = [
     "ROLES",
     "Role",
     "AppConfig",
+    "Budget",
+    "PlanSettings",
     "BranchSettings",
     "ContextsSettings",
     "ConversationsSettings",

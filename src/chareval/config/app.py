@@ -13,6 +13,7 @@ from chareval.config.base import MODEL_PATTERN, ModelString, Strict
 from chareval.config.characters import Persona, Theme, UserPersona
 from chareval.config.finetune import FinetuneSettings
 from chareval.config.models import Models
+from chareval.config.spend import Budget, PlanSettings
 from chareval.config.stages import (
     BranchSettings,
     ContextsSettings,
@@ -54,6 +55,10 @@ class AppConfig(Strict):
     num_conversations: int = Field(ge=1)
     seed: int
     cache: bool
+    # Print what the command would do (calls, tokens, cost, cache hits) and write plan.json; no model call.
+    dry_run: bool
+    budget: Budget
+    plan: PlanSettings
     # How the simulated user plays: its persona's prompt every turn, or an attacker that picks a
     # tactic (conf/tactic/) before each turn from how the assistant answered.
     user_strategy: Literal["persona", "adaptive"]

@@ -135,7 +135,7 @@ def seat(runner: StageRunner, model: str, **changes: Any) -> Seat:
     settings = with_assistant(runner.settings, model, **changes)
     if model == runner.settings.models.assistant:  # the client asks by role: the job's own serves
         return Seat(settings, runner.client)
-    return Seat(settings, LLMClient(settings.models, runner.client.cache, registry=runner.settings.paths.registry))
+    return Seat(settings, runner.client.for_models(settings.models))
 
 
 def run(runner: StageRunner, parent: StageRun) -> dict[str, Path]:

@@ -14,7 +14,9 @@ from chareval.config import Models, Role
 from chareval.errors import ConfigError, StructuredOutputError
 from chareval.llm import registry
 from chareval.llm.base import ChatMessage, LLMRequest, LLMResponse, Provider
+from chareval.llm.budget import Spending
 from chareval.llm.cache import DiskCache
+from chareval.llm.plan import Planner
 from chareval.remote.limits import InFlightLimit
 from chareval.schemas import Usage
 from chareval.store.traces import Tracer
@@ -64,15 +66,31 @@ class UsageMeter:
 
 
 class LLMClient:
-    def __init__(self, models: Models, cache: DiskCache | None, registry: str | None = None):
+    def __init__(
+        self,
+        models: Models,
+        cache: DiskCache | None,
+        registry: str | None = None,
+        *,
+        planner: Planner | None = None,
+        spending: Spending | None = None,
+    ):
         self.models = models
         self.registry = registry  # the fine-tuned models registry, for local_lora/<name>
         self.cache = cache
+        # dry_run=true: calls the cache cannot answer are counted and answered by stand-ins.
+        self.planner = planner
+        self.spending = spending  # budget.*: what the job has spent, against its limit
         self.meter = UsageMeter()
         self.tracer = Tracer()  # set per stage run by the stage runner (off until then)
         self._providers: dict[str, Provider] = {}
         self.limits: dict[str, InFlightLimit] = {}
         self._lock = threading.Lock()
+
+    def for_models(self, models: Models) -> LLMClient:
+        """A client for another set of models (the closed loop's student) that shares this one's
+        cache, plan and budget: they belong to the command, not to a seat."""
+        return LLMClient(models, self.cache, self.registry, planner=self.planner, spending=self.spending)
 
     def provider(self, model: str) -> Provider:
         with self._lock:
@@ -93,8 +111,8 @@ class LLMClient:
         queued at the other provider) does not leave a slot idle (a local model: one item)."""
         limits = {}
         for model in models:
-            provider = self.provider(model)
-            limits[model.split("/", 1)[0]] = provider.max_in_flight()
+            provider = self._provider_or_none(model) if self.planner else self.provider(model)
+            limits[model.split("/", 1)[0]] = provider.max_in_flight() if provider else 1
         total = sum(limits.values()) or 1
         return total if total == 1 else 2 * total
 
@@ -175,21 +193,40 @@ class LLMClient:
         return response
 
     def _answer(self, request: LLMRequest, role: str) -> LLMResponse:
-        provider = self.provider(request.model)
+        provider = self._provider_or_none(request.model) if self.planner else self.provider(request.model)
         cache = self.cache
-        key = DiskCache.key(provider.identity(), request) if cache else None
+        key = DiskCache.key(provider.identity(), request) if cache and provider else None
         if cache and key:
             hit = cache.get(key)
             if hit is not None:
                 self.meter.add(role, Usage(cached_calls=1))
+                if self.planner:
+                    self.planner.cached(role, request)
                 self._note_truncation(hit, request, role)
                 return hit.model_copy(update={"cached": True})
-        response = provider.complete(request)
+        if self.planner:  # a stand-in, never cached: it is not an answer
+            return self.planner.answer(role, request, provider)
+        assert provider is not None
+        reservation = self.spending.reserve(role, request, provider) if self.spending else (0.0, 0)
+        response = None
+        try:
+            response = provider.complete(request)
+        finally:
+            if self.spending:
+                self.spending.settle(reservation, response.usage if response else None)
         self.meter.add(role, response.usage, response.latency_s, response.queue_s)
         self._note_truncation(response, request, role)
         if cache and key:
             cache.put(key, response)
         return response
+
+    def _provider_or_none(self, model: str) -> Provider | None:
+        """A dry run's provider, for its cache identity; None for one that does not exist yet (the
+        model the closed loop is about to fine-tune), whose calls the cache cannot have answered."""
+        try:
+            return self.provider(model)
+        except ConfigError:
+            return None
 
     def _note_truncation(self, response: LLMResponse, request: LLMRequest, role: str) -> None:
         if response.hit_token_limit and self.meter.add_truncated(role):

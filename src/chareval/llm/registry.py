@@ -53,6 +53,11 @@ class ProviderSpec:
     # A rule this provider puts on the models config (e.g. Anthropic's thinking budget): raises ValueError.
     check: Callable[[Models, Any], None] | None = None
     local: bool = False  # runs in this process: one call at a time
+    free: bool = False  # no bill (the mock); a local provider is free too: dry_run prices its calls at $0
+
+    @property
+    def billed(self) -> bool:
+        return not (self.free or self.local)
 
 
 # Each module of chareval/llm/providers registers its ProviderSpec here at import.

@@ -3,6 +3,7 @@ of fine-tuned models (paths.registry) so that later stages can use it as models.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -16,6 +17,8 @@ log = logging.getLogger(__name__)
 
 
 def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
+    if ctx.client.planner is not None:
+        return planned(ctx, inputs.get("finetune"))
     record, metrics = BACKENDS.get(ctx.settings.finetune.backend).run(ctx, inputs.get("finetune"))
     ctx.mlflow.set_tags(
         {
@@ -60,3 +63,18 @@ STAGE = STAGES.register(
         writes=(names.FINETUNE_JOB, names.ADAPTER),
     ),
 )
+
+
+def planned(ctx: StageContext, train_file: Path | None) -> StageResult:
+    """dry_run=true: the job it would start, counted, and a stand-in model for the stages after it
+    (the closed loop's tuned student), whose calls the plan counts as uncached."""
+    assert ctx.client.planner is not None
+    backend = ctx.settings.finetune.backend
+    examples = sum(1 for line in train_file.open(encoding="utf-8") if line.strip()) if train_file else 0
+    ctx.client.planner.finetune_jobs.append({"backend": backend, "examples": examples})
+    job_file = ctx.run_dir / names.FINETUNE_JOB
+    # The backend's name is the provider that serves its models (local_lora/<name>, together/<name>).
+    write_text_atomic(job_file, json.dumps({"model": f"{backend}/dry-run-tuned", "status": "dry_run"}) + "\n")
+    return StageResult(
+        outputs={"finetune_job": job_file}, summary=f"would fine-tune on {examples} examples ({backend})"
+    )

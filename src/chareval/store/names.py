@@ -82,4 +82,5 @@ REPAIRS = "repairs.jsonl"
 PREFERENCES = "preferences.jsonl"
 REPAIRED_FINETUNE = "repaired_finetune.jsonl"
 BEFORE_AFTER = "before_after.json"
+PLAN = "plan.json"  # dry_run=true: what the command would do
 INPUTS = "inputs"  # the folder of the files a stage read, each under its own name

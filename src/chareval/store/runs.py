@@ -23,6 +23,7 @@ from chareval.store import names
 log = logging.getLogger(__name__)
 
 SWEEP_RUN_ENV = "CHAREVAL_SWEEP_RUN_ID"
+INVOCATION_ENV = "CHAREVAL_SWEEP_INVOCATION"  # which launch of a sweep a job belongs to
 
 
 # Param values longer than this are logged as a hash (the full text is in the config artifact):

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import Field
 
 from chareval.llm.base import LLMRequest, LLMResponse
+from chareval.llm.examples import example
 from chareval.llm.registry import BuildContext, ProviderSettings, ProviderSpec, register
 from chareval.schemas import Usage
 
@@ -77,32 +78,4 @@ class MockProvider:
         )
 
 
-def example(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> Any:
-    """The smallest instance of a JSON schema (objects, arrays, enums, strings, numbers, booleans)."""
-    defs = defs if defs is not None else schema.get("$defs", {})
-    if "$ref" in schema:
-        return example(defs[schema["$ref"].rsplit("/", 1)[-1]], defs)
-    if "enum" in schema:
-        return schema["enum"][-1]
-    if "const" in schema:
-        return schema["const"]
-    if "anyOf" in schema:
-        return example(next((s for s in schema["anyOf"] if s.get("type") != "null"), schema["anyOf"][0]), defs)
-    kind = schema.get("type")
-    if kind == "object":
-        return {name: example(sub, defs) for name, sub in schema.get("properties", {}).items()}
-    if kind == "array":
-        return [
-            example(schema.get("items", {}), defs)
-            for _ in range(schema.get("minItems", 0) or (1 if schema.get("items") else 0))
-        ]
-    if kind == "string":
-        return "mock text"[: schema.get("maxLength", 9)] or "x"
-    if kind in ("integer", "number"):
-        return schema.get("minimum", 1)
-    if kind == "boolean":
-        return True
-    return None
-
-
-register(ProviderSpec("mock", MockProvider, MockSettings))
+register(ProviderSpec("mock", MockProvider, MockSettings, free=True))
