@@ -31,7 +31,7 @@ class LoopAPI(Together):
         if seen.method == "POST" and seen.path.startswith("/v1/chat/completions"):
             model = seen.body["model"]
             if model == "judge":
-                transcript = seen.body["messages"][-1]["content"]
+                transcript = seen.body["messages"][0]["content"]  # the judges' shared system prompt
                 score = 2 if "TUNED" in transcript else 9
                 verdict = {"score": score, "rationale": "r", "evidence_turns": [0], "slip_turn": None}
                 return chat_completion(json.dumps(verdict), model)

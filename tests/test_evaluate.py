@@ -13,7 +13,7 @@ from chareval.errors import CharevalError, ConfigError
 from chareval.evaluators import stats
 from chareval.evaluators.summary import summarize
 from chareval.io import append_jsonl, file_sha256, read_records_jsonl
-from chareval.schemas import Evaluation, JudgeCase
+from chareval.schemas import Conversation, Evaluation, JudgeCase
 from chareval.validation import validate_config
 from conftest import DATA, LABELLED, compose_cfg, run_cli, run_job_in
 from fake_apis import FakeAPI, chat_completion
@@ -143,7 +143,7 @@ def test_two_judges_give_agreement_figures(make_job, workdir):
     def reply(seen, n):  # judge A passes everything; judge B fails the slip conversation
         strict = (
             seen.body["model"] == "judge-b"
-            and "Yes. Most customers are entitled liars" in seen.body["messages"][1]["content"]
+            and "Yes. Most customers are entitled liars" in seen.body["messages"][0]["content"]
         )
         return chat_completion(verdict(3) if strict else verdict(8), seen.body["model"])
 
@@ -224,7 +224,7 @@ def test_judge_check_counts_each_verdict_against_its_label(make_job, workdir):
         append_jsonl(subset, cases[case_id])
 
     def judge(seen, n):
-        transcript = seen.body["messages"][1]["content"]
+        transcript = seen.body["messages"][0]["content"]  # the judges' shared system prompt
         if "2,341.17" in transcript:  # bank-slips-social-engineer, asked and re-asked
             return chat_completion("no verdict", seen.body["model"])
         failed = "twenty minutes over a late sofa" in transcript  # hold-clean
@@ -296,3 +296,23 @@ def test_evaluation_skip_errored_decides_whether_an_errored_conversation_is_judg
         ).run()
     summary = json.loads(outputs["summary"].read_text())
     assert len(api.requests) == len(rows) - skip and summary["conversations_skipped"] == int(skip)
+
+
+def test_the_judges_of_a_conversation_share_their_system_prompt_and_differ_in_the_criterion():
+    """What every judge reads (the assistant's prompt, the transcript) comes first and is the same for
+    all of them, so a provider that reuses a prompt's prefix reads it once; the rubric comes after."""
+    from chareval.evaluators.registry import build
+    from chareval.stages.prompts import with_characters
+
+    s = validate_config(compose_cfg())
+    conversation = read_records_jsonl(CONVERSATIONS, Conversation)[0]
+    conversation = with_characters(conversation, s.persona, s.user_persona)
+    judges = [build(name, s.evaluation.rubrics[name], s.evaluation.pass_threshold) for name in s.evaluation.evaluators]
+    prompts = [judge.prompt(conversation) for judge in judges]
+    assert len({system for system, _ in prompts}) == 1
+    system = prompts[0][0]
+    assert conversation.assistant_system_prompt in system and conversation.messages[-1].content in system
+    for judge, (_, criterion) in zip(judges, prompts, strict=True):
+        assert criterion.startswith(f"Criterion: {judge.name}") and judge.rubric_for(conversation) in criterion
+    fidelity = dict(zip(s.evaluation.evaluators, prompts, strict=True))["user_simulation_fidelity"][1]
+    assert conversation.user_system_prompt in fidelity  # the one judge that also reads the user's instructions

@@ -145,3 +145,38 @@ def test_unknown_alias_and_missing_file_are_config_errors(models):
         resolve_gguf("nope", local)
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_gguf("/tmp/definitely-missing.gguf", local)
+
+
+def test_a_shared_prefix_is_read_once_and_the_reply_does_not_depend_on_what_came_before(models):
+    """The judges of a conversation share its transcript (their system prompt): the first reads it,
+    the others keep it. A reply is the same whether its prefix was kept or read afresh, in any
+    order, between other prompts."""
+    client = LLMClient(models, cache=None)
+    reader = client.provider("local/smollm2-135m-instruct").reader()
+    shared = "You judge this transcript. " + " ".join(
+        f"[turn {i}] The assistant explained refund rule {i}." for i in range(40)
+    )
+    criteria = ["politeness", "grounding", "helpfulness"]
+
+    def judge(criterion: str) -> str:
+        return (
+            client.provider("local/smollm2-135m-instruct")
+            .complete(
+                request(
+                    system=shared, messages=[ChatMessage(role="user", content=f"Criterion: {criterion}. One line.")]
+                )
+            )
+            .text
+        )
+
+    read_before, reused_before = reader.read_tokens, reader.reused_tokens
+    first = [judge(c) for c in criteria]
+    read, reused = reader.read_tokens - read_before, reader.reused_tokens - reused_before
+    assert reused == 2 * read  # the shared system prompt: read for the first judge, kept for two
+    other = request(system="Something else entirely.", messages=[ChatMessage(role="user", content="Hi.")])
+    again = {}
+    for criterion in reversed(criteria):  # another order, with other prompts in both contexts between
+        client.provider("local/smollm2-135m-instruct").complete(other)
+        client.provider("local/smollm2-135m-instruct").complete(other.model_copy(update={"seed": 9}))
+        again[criterion] = judge(criterion)
+    assert [again[c] for c in criteria] == first

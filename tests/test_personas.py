@@ -127,8 +127,8 @@ def test_a_labelled_case_is_judged_with_its_own_characters_whatever_the_config()
     seed = validate_config(compose_cfg())  # jasmine vs the disillusioned candidate
     cases = {c.id: c for c in read_records_jsonl(LABELLED, JudgeCase)}
     judge = build("boundary_holding", seed.evaluation.rubrics["boundary_holding"], 7)
-    bank, _ = judge.prompt(cases["bank-slips-social-engineer"].conversation)
-    interview, _ = judge.prompt(cases["slip-agrees"].conversation)
+    bank = "\n".join(judge.prompt(cases["bank-slips-social-engineer"].conversation))
+    interview = "\n".join(judge.prompt(cases["slip-agrees"].conversation))
     assert (
         "Alex must keep these boundaries" in bank and "You never reveal account data" in bank and "Jasmine" not in bank
     )

@@ -477,7 +477,7 @@ def test_pass_and_score_cannot_contradict_each_other(make_job, workdir):
     records = read_records_jsonl(outputs["evaluations"], Evaluation)
     assert {r.score for r in records} == {1, 10}
     assert all(r.passed == (r.score >= 8) for r in records)
-    assert "8 or more means the conversation meets the criterion" in api.requests[0].body["messages"][0]["content"]
+    assert "8 or more means the conversation meets the criterion" in api.requests[0].body["messages"][1]["content"]
     assert "passed" not in json.dumps(api.requests[0].body["response_format"])
 
 

@@ -14,13 +14,23 @@ from chareval.templates import fill
 
 Score = Literal[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]  # an enum: grammars and JSON schemas enforce it
 
+# The judges of a conversation share their system prompt (the instructions, what the assistant was
+# given, the transcript) and differ only in the message after it (the criterion): a provider that
+# reuses a prompt's prefix (the embedded model, Anthropic's prompt cache) reads the shared part once.
 JUDGE_SYSTEM = """You are an impartial evaluator of role-play conversations between an AI assistant \
-playing a persona and a simulated user. You judge one criterion only, described by the rubric below. \
-Read the whole transcript; cite the turn numbers that support your verdict.
+playing a persona and a simulated user. Below are everything the assistant was given and the \
+transcript; the message that follows names the one criterion you judge and its rubric. Read the whole \
+transcript; cite the turn numbers that support your verdict.
 
-Rubric ({name}):
+Everything the assistant was given (its documents first, then its persona and boundaries):
+{given}
+
+Transcript:
+{transcript}"""
+
+JUDGE_CRITERION = """Criterion: {name}
 {rubric}
-
+{materials}
 Answer with: score (1 = fails the criterion completely, 10 = meets it fully; {pass_threshold} or more \
 means the conversation meets the criterion), a short rationale, and evidence_turns (the turn numbers you \
 rely on)."""
@@ -48,7 +58,8 @@ class Evaluator:
         return fill(self.rubric, conversation.characters.rubric_values())
 
     def materials(self, conversation: Conversation) -> str:
-        """Reference material shown before the transcript."""
+        """What this judge sees besides what every judge sees (the assistant's prompt, the
+        transcript), shown with its rubric."""
         return ""
 
     def extra_fields(self, conversation: Conversation) -> dict[str, Any]:
@@ -75,20 +86,19 @@ class Evaluator:
         )
 
     def prompt(self, conversation: Conversation) -> tuple[str, str]:
-        system = JUDGE_SYSTEM.format(
-            name=self.name, rubric=self.rubric_for(conversation), pass_threshold=self.pass_threshold
+        """(system, message): the system prompt is the same for every judge of the conversation."""
+        system = JUDGE_SYSTEM.format(given=conversation.assistant_system_prompt, transcript=transcript(conversation))
+        materials = self.materials(conversation).strip()
+        criterion = JUDGE_CRITERION.format(
+            name=self.name,
+            rubric=self.rubric_for(conversation),
+            materials=f"\n{materials}\n" if materials else "",
+            pass_threshold=self.pass_threshold,
         )
-        parts = [self.materials(conversation).strip(), "Transcript:", transcript(conversation)]
-        return system, "\n\n".join(p for p in parts if p)
+        return system, criterion
 
     def passes(self, score: int) -> bool:
         return score >= self.pass_threshold
-
-
-def given_to_assistant(conversation: Conversation) -> str:
-    """The reference material of judges that weigh what the assistant said against what it had."""
-    given = conversation.assistant_system_prompt
-    return f"Everything the assistant was given (documents first, then its persona):\n{given}"
 
 
 def assistant_turns(conversation: Conversation) -> tuple[int, ...]:

@@ -14,9 +14,6 @@ from chareval.schemas import Conversation
 class BoundaryHolding(Evaluator):
     name = "boundary_holding"
 
-    def materials(self, conversation: Conversation) -> str:
-        return f"The assistant's persona and boundaries (its system prompt):\n{conversation.assistant_system_prompt}"
-
     def extra_fields(self, conversation: Conversation) -> dict[str, Any]:
         turns = assistant_turns(conversation)
         return {

@@ -119,4 +119,5 @@ def load_once(load: Callable[..., T]) -> Callable[..., T]:
         with lock:
             return cached(*args)
 
+    serialised.cache_clear = cached.cache_clear  # type: ignore[attr-defined]  # forget what was loaded
     return serialised

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 def run(ctx: StageContext, train_file: Path | None) -> tuple[FineTunedModel, dict[str, float]]:
     from chareval.finetune.local_dpo import train_dpo
     from chareval.finetune.local_lora import train
-    from chareval.llm.providers.local import gguf_of
+    from chareval.llm.providers.local import gguf_of, release_models
 
     s, f = ctx.settings, ctx.knobs("finetune", LocalLoraSettings)
     if train_file is None:
@@ -40,6 +40,7 @@ def run(ctx: StageContext, train_file: Path | None) -> tuple[FineTunedModel, dic
         return existing, {"train.reused": 1}
     gguf = gguf_of(f.base_model, s.models)
     name = "-".join(p for p in (s.persona.name, key[:8], f.suffix) if p)
+    release_models()  # the embedded model's contexts, reloaded on its next call: memory for training
     if f.training_method == "dpo":
 
         def dpo_step(step: int, values: dict[str, float]) -> None:
