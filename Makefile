@@ -30,15 +30,15 @@ browser:
 		|| echo "could not install chromium: the dashboard's browser test will be skipped"; \
 	else echo "chromium/chromedriver missing and no root to install them: the dashboard's browser test will be skipped"; fi
 
-# Every test, after the lint, type and layer checks (configured in pyproject.toml): all but the
-# `serial` ones on every core (the tests that share the dashboard's store on one worker), then the
-# serial ones (they time signals and concurrency) alone. Before/after figures: CONTRIBUTING.md.
+# Every test, after the lint, type and layer checks (configured in pyproject.toml), one at a time:
+# most of the slow tier is CPU-bound (llama.cpp and torch use every core) and some tests time
+# signals and concurrency; on 2 cores xdist made it slower (docs/benchmarks.md).
 test: setup browser lint
-	$(PY) -m pytest -n auto --dist loadgroup -m "not serial" $(PYTEST_ARGS)
-	$(PY) -m pytest -m serial $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The inner loop: no embedded model, no LoRA, no browser, no subprocess (the `mock` provider and
-# fake HTTP APIs instead), on every core; under three minutes on 2 cores.
+# fake HTTP APIs instead), on every core; under three minutes on 2 cores. `make test` still runs
+# everything.
 test-fast: setup
 	$(PY) -m pytest -m "not slow" -n auto -q $(PYTEST_ARGS)
 

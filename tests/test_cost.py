@@ -153,3 +153,25 @@ def test_a_sweep_budget_is_shared_by_its_jobs(workdir, fake):
     assert alone.returncode != 0
     assert all("budget.max_tokens=400" in o["error"] and "sweep's jobs" not in o["error"] for o in outcomes("alone"))
     assert requests(fake) - spent_by_the_sweep > spent_by_the_sweep
+
+
+@pytest.mark.slow
+def test_a_dry_run_sweep_plans_each_job_and_makes_no_mlflow_run(tmp_path, fake):
+    done = run_cli(
+        "-m",
+        "stage=conversations",
+        f"context_file={PROJECT_ROOT / 'tests' / 'data' / 'contexts.json'}",
+        "models=seed",
+        "num_conversations=2",
+        "turns=1,3",
+        "dry_run=true",
+        f"paths.outputs={tmp_path / 'outputs'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+        env=fake.env,
+    )
+    assert done.returncode == 0, done.stderr
+    plans = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/plan.json"))]
+    assert [p["calls"] for p in plans] == [2, 2 * 3]  # turns=1: the assistant once; turns=3: a, u, a
+    assert "dry run of 2 jobs" in done.stdout and "8 model calls" in done.stdout
+    assert requests(fake) == 0 and not (tmp_path / "mlruns").exists()

@@ -17,8 +17,7 @@ from conftest import run_cli
 from dashboard.components import escape
 from dashboard_store import HOSTILE, HOSTILE_RATIONALE, all_runs
 
-# The store is built with the embedded model, once per session: its tests share one xdist worker.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dashboard_store")]
+pytestmark = pytest.mark.slow  # the store is built with the embedded model
 
 APP = str(PROJECT_ROOT / "dashboard" / "app.py")
 

@@ -25,7 +25,6 @@ from dashboard_store import HOSTILE
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = [
     pytest.mark.slow,  # a real browser on a store built with the embedded model
-    pytest.mark.xdist_group("dashboard_store"),  # built once a session: on the worker that has it
     pytest.mark.skipif(
         not (CHROMIUM and CHROMEDRIVER),
         reason="needs Debian's chromium and chromium-driver (make test installs them with apt-get when run as root)",

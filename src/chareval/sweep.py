@@ -5,6 +5,7 @@ job failed, and the command prints a per-job summary and exits non-zero when one
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -145,7 +146,7 @@ class SweepCallback(Callback):
         os.environ[INVOCATION_ENV] = uuid.uuid4().hex
         for stale in Path(config.hydra.sweep.dir).glob(f"*/{REFUSED_FILE}"):
             stale.unlink()  # an earlier launch's refusals: this launch tries those jobs again
-        if not config.tracking.enabled:
+        if not config.tracking.enabled or config.dry_run:  # a dry run makes no MLflow run
             return
         root = config.paths.root
         experiment_id = use_store(resolve_uri(config.tracking.uri, root), config.tracking.experiment)
@@ -167,6 +168,10 @@ class SweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        if config.dry_run:
+            os.environ.pop(INVOCATION_ENV, None)
+            print_plans(sweep_dir)
+            return
         outcomes = read_outcomes(sweep_dir, os.environ.pop(INVOCATION_ENV, None))
         failed = [o for o in outcomes if o.status != "completed"]
         files = write_comparison(outcomes, sweep_dir) if outcomes else []
@@ -176,6 +181,17 @@ class SweepCallback(Callback):
         print_summary(outcomes, sweep_dir, files, run_id)
         if failed:
             raise SystemExit(2)  # after every job ran and everything is recorded
+
+
+def print_plans(sweep_dir: Path) -> None:
+    """A dry-run sweep's total: what its jobs would ask and cost (each job printed its own table)."""
+    plans = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(sweep_dir.glob(f"*/{names.PLAN}"))]
+    calls, requests = sum(p["calls"] for p in plans), sum(p["requests"] for p in plans)
+    cost, most = sum(p["cost_usd"] for p in plans), sum(p["max_cost_usd"] for p in plans)
+    print(
+        f"\nchareval sweep: dry run of {len(plans)} jobs -> {sweep_dir}\n  {calls} model calls, {calls - requests} "
+        f"answered by the cache: {requests} requests, about ${cost:.4f} (at most ${most:.4f}); each job's plan.json"
+    )
 
 
 def _close_sweep_run(run_id: str, outcomes: list[JobOutcome], files: list[Path], failed: bool) -> None:
