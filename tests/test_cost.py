@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from chareval import PROJECT_ROOT
+from chareval.errors import ConfigError
 from conftest import run_cli
 
 sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
@@ -175,3 +176,13 @@ def test_a_dry_run_sweep_plans_each_job_and_makes_no_mlflow_run(tmp_path, fake):
     assert [p["calls"] for p in plans] == [2, 2 * 3]  # turns=1: the assistant once; turns=3: a, u, a
     assert "dry run of 2 jobs" in done.stdout and "8 model calls" in done.stdout
     assert requests(fake) == 0 and not (tmp_path / "mlruns").exists()
+
+
+def test_a_plan_needs_no_api_key_and_names_the_ones_a_real_run_needs(make_job, workdir, monkeypatch):
+    for key in ("ANTHROPIC_API_KEY", "OPENROUTER_API_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    plan = json.loads(make_job("pipeline", *ARGS, "dry_run=true", run_dir=workdir / "plan").run()["plan"].read_text())
+    assert plan["calls"] == 1 + N + 2 * N + N + EVALUATORS * N
+    assert "ANTHROPIC_API_KEY" in plan["missing_keys"] and "OPENROUTER_API_KEY" in plan["missing_keys"]
+    with pytest.raises(ConfigError, match="ANTHROPIC_API_KEY"):  # the real run stops before any work
+        make_job("pipeline", *ARGS, run_dir=workdir / "real")
