@@ -20,12 +20,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "src")]
 
-from chareval.llm.providers.mock import example  # noqa: E402
+# A plan of context angles gets 100 distinct ones, as a capable model would write (the stage takes
+# what it asked for); everything else the schema's smallest valid value.
+from chareval.llm.examples import stand_in as instance  # noqa: E402
 from fake_apis import (  # noqa: E402
     FakeAPI,
     RateLimit,
@@ -35,15 +36,6 @@ from fake_apis import (  # noqa: E402
     anthropic_stream,
     chat_completion,
 )
-
-
-def instance(schema: dict) -> Any:
-    """The mock provider's smallest valid value for the schema; a plan of context angles gets 100
-    distinct ones, as a capable model would write (the stage takes what it asked for)."""
-    value = example(schema)
-    if "angles" in schema.get("properties", {}):
-        value["angles"] = [f"benchmark angle {i + 1}" for i in range(100)]
-    return value
 
 
 def answer_text(body: dict) -> str:

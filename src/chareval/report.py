@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from chareval.store import names
 from chareval.store.runs import default_uri
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def describe_plan(plan: dict[str, Any], run_dir: Path) -> str:
         lines.append(f"  the estimate passes the budget ({budget}): the run would stop part-way, resumable")
     if plan["missing_keys"]:
         lines.append(f"  a real run would stop first: {plan['missing_keys']}")
-    lines.append(f"  plan: {run_dir / 'plan.json'}   (tokens are estimates: docs/cost-and-budgets.md)")
+    lines.append(f"  plan: {run_dir / names.PLAN}   (tokens are estimates: docs/cost-and-budgets.md)")
     return "\n".join(lines)
 
 

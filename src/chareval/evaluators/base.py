@@ -16,7 +16,7 @@ Score = Literal[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]  # an enum: grammars and JSON sch
 
 # The judges of a conversation share their system prompt (the instructions, what the assistant was
 # given, the transcript) and differ only in the message after it (the criterion): a provider that
-# reuses a prompt's prefix (the embedded model, Anthropic's prompt cache) reads the shared part once.
+# reuses a prompt's prefix (the embedded model: llm/providers/prefix.py) reads the shared part once.
 JUDGE_SYSTEM = """You are an impartial evaluator of role-play conversations between an AI assistant \
 playing a persona and a simulated user. Below are everything the assistant was given and the \
 transcript; the message that follows names the one criterion you judge and its rubric. Read the whole \

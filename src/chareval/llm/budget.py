@@ -54,7 +54,8 @@ class Ledger:
 
 
 class Spending:
-    """The job's spending against its budget; shared by every client of the job."""
+    """The job's spending against its budget (made only when budget.* sets a limit); shared by every
+    client of the job."""
 
     def __init__(
         self,
@@ -79,8 +80,6 @@ class Spending:
 
     def reserve(self, role: str, request: LLMRequest, provider: Provider) -> tuple[float, int]:
         """Before a call: its estimate (llm.plan's) held against the budget, or BudgetExceeded."""
-        if not self.budget.limited:
-            return 0.0, 0
         expected = estimate(role, request, provider, self.plan)
         cost, tokens = expected.cost_usd(self.models.prices.get(request.model)), expected.tokens
         with self._lock:
@@ -101,17 +100,13 @@ class Spending:
 
     def settle(self, reservation: tuple[float, int], usage: Usage | None) -> None:
         """After a call (usage None: it failed, nothing is known to be billed)."""
-        if not self.budget.limited:
-            return
         with self._lock:
             self._reserved_usd -= reservation[0]
             self._reserved_tokens -= reservation[1]
             if usage is not None:
                 self.spent += usage
-                spent = self.spent
-            else:
-                return
-        if self.ledger:
+            spent = self.spent
+        if self.ledger and usage is not None:
             self.ledger.write(spent)
 
     def _exceeded(self, limit: str, spent: str, next_call: str, role: str, request: LLMRequest) -> BudgetExceeded:

@@ -111,7 +111,7 @@ class LLMClient:
         queued at the other provider) does not leave a slot idle (a local model: one item)."""
         limits = {}
         for model in models:
-            provider = self._provider_or_none(model) if self.planner else self.provider(model)
+            provider = self._provider_for(model)
             limits[model.split("/", 1)[0]] = provider.max_in_flight() if provider else 1
         total = sum(limits.values()) or 1
         return total if total == 1 else 2 * total
@@ -193,7 +193,7 @@ class LLMClient:
         return response
 
     def _answer(self, request: LLMRequest, role: str) -> LLMResponse:
-        provider = self._provider_or_none(request.model) if self.planner else self.provider(request.model)
+        provider = self._provider_for(request.model)
         cache = self.cache
         key = DiskCache.key(provider.identity(), request) if cache and provider else None
         if cache and key:
@@ -220,9 +220,11 @@ class LLMClient:
             cache.put(key, response)
         return response
 
-    def _provider_or_none(self, model: str) -> Provider | None:
-        """A dry run's provider, for its cache identity; None for one that does not exist yet (the
-        model the closed loop is about to fine-tune), whose calls the cache cannot have answered."""
+    def _provider_for(self, model: str) -> Provider | None:
+        """The model's provider. In a dry run, None for one that does not exist yet (the model the
+        closed loop is about to fine-tune): the cache cannot have answered its calls."""
+        if not self.planner:
+            return self.provider(model)
         try:
             return self.provider(model)
         except ConfigError:

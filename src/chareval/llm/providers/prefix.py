@@ -15,12 +15,9 @@ shares most with (else the one used least recently)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 TEMPLATE_FORMAT = "chat_template.default"  # llama-cpp-python's name for the GGUF's own template
 
@@ -41,7 +38,7 @@ class PrefixReader:
         self._count = slots
         self._clock = 0
         self._formatter: Any = None
-        self.reused_tokens = 0  # prompt tokens not read again, for the benchmark
+        self.reused_tokens = 0  # prompt tokens kept from an earlier call rather than read again
         self.read_tokens = 0
 
     def _slot_list(self) -> list[Slot]:
@@ -70,14 +67,15 @@ class PrefixReader:
             raise ValueError(f"Requested tokens ({total}) exceed context window of {slots[0].llm.n_ctx()}")
         slot = max(slots, key=lambda s: (_shared(s.chain, chunks), -s.used))
         keep = _shared(slot.chain, chunks)
+        kept = sum(len(c) for c in chunks[:keep])
         llm = slot.llm
-        llm.n_tokens = sum(len(c) for c in chunks[:keep])  # eval() drops what the context held beyond
         if keep == 0:
             llm.reset()
+        llm.n_tokens = kept  # eval() drops what the context held beyond
         for chunk in chunks[keep:]:
             llm.eval(chunk)
-        self.reused_tokens += sum(len(c) for c in chunks[:keep])
-        self.read_tokens += sum(len(c) for c in chunks[keep:])
+        self.reused_tokens += kept
+        self.read_tokens += total - kept
         slot.chain, slot.used = chunks, self._clock
         return llm
 
