@@ -5,10 +5,11 @@ SDKs (`models=seed`, both providers at in-flight limit C), and prints for each s
 the critical-path bound, their ratio, the client's CPU per call and the peak RSS; then the wall time
 of a fully cached rerun of the same stages as one command (`src/run.py stage=pipeline ...`), which
 must make no request. With --rate-limit R the server refuses what is above R requests a second
-(429 with retry-after) and the run reports the throughput it achieved against R.
+(429 with retry-after) and the run reports the throughput it achieved against R. By default it
+measures all of it twice, with traces on and off (tracking.traces), and prints the ratios.
 
     .venv/bin/python benchmarks/throughput.py [--n 200] [--turns 5] [--concurrency 32] [--latency-ms 100]
-                                               [--rate-limit R] [--no-traces] [--json results.json]
+                                               [--rate-limit R] [--traces both|on|off] [--json results.json]
 
 The bound of a stage is the time of the calls it must make one after another before it can fan
 out (the contexts' planning calls), plus max(its longest chain of dependent calls x latency, for
@@ -58,7 +59,7 @@ def stats(url: str) -> dict[str, int]:
         return json.load(response)
 
 
-def overrides(args: argparse.Namespace, work: Path) -> list[str]:
+def overrides(args: argparse.Namespace, work: Path, traces: bool) -> list[str]:
     """The same settings for the in-process stages and the cached rerun's command."""
     c = args.concurrency
     return [
@@ -70,7 +71,7 @@ def overrides(args: argparse.Namespace, work: Path) -> list[str]:
         f"turns={args.turns}",
         f"paths.outputs={work}/outputs",
         f"tracking.uri=sqlite:///{work}/mlruns/mlflow.db",
-        f"tracking.traces={'false' if args.no_traces else 'true'}",
+        f"tracking.traces={str(traces).lower()}",
     ]
 
 
@@ -84,7 +85,8 @@ def server_env(url: str) -> dict[str, str]:
 
 
 def run_stage(stage: str, extra: list[str], run_dir: Path) -> tuple[float, float, Job]:
-    """Wall and CPU time of the stage's run, not of setting the job up (the first one imports MLflow)."""
+    """Wall and CPU time of the stage's run, not of setting the job up (the first one imports MLflow).
+    The wall time includes the job's wait, at its end, for the trace writer (job.traces_written_s)."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"stage={stage}", *extra])
     job = Job(cfg, stage=stage, run_dir=run_dir, choices={"stage": stage})
@@ -106,26 +108,45 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--concurrency", type=int, default=32, help="max_in_flight of both providers")
     parser.add_argument("--latency-ms", type=float, default=100.0)
     parser.add_argument("--rate-limit", type=int, default=None, help="the server's requests a second (429 above)")
-    parser.add_argument("--no-traces", action="store_true", help="tracking.traces=false (what tracing costs)")
+    parser.add_argument("--traces", choices=("both", "on", "off"), default="both", help="tracking.traces")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the outputs, cache and store here")
     args = parser.parse_args(argv)
     register_resolvers()
-    latency = args.latency_ms / 1000
-    server, url = start_server(args.latency_ms, args.rate_limit)
-    os.environ.update(server_env(url))
-    results: dict = {"settings": vars(args) | {"json": None, "workdir": None}, "stages": {}}
     # The SDKs are imported by the first call a process makes to each API (about 2.5 s for both):
     # once per process, reported on its own rather than charged to whichever stage comes first.
     started = time.perf_counter()
     import anthropic  # noqa: F401
     import openai  # noqa: F401
 
-    results["sdk_import_s"] = round(time.perf_counter() - started, 2)
+    sdk_import_s = round(time.perf_counter() - started, 2)
+    modes = {"both": [True, False], "on": [True], "off": [False]}[args.traces]
+    measured = {traces: measure(args, traces) | {"sdk_import_s": sdk_import_s} for traces in modes}
+    for figures in measured.values():
+        print_table(figures)
+    # The first mode's figures at the top level; with both, the other mode's beside them, and the ratios.
+    results = measured[modes[0]]
+    if len(modes) == 2:
+        results["traces_off"] = off = measured[False]
+        results["on_vs_off"] = {
+            stage: round(r["wall_s"] / off["stages"][stage]["wall_s"], 2) for stage, r in results["stages"].items()
+        } | {"cached_rerun": round(results["cached_rerun"]["wall_s"] / off["cached_rerun"]["wall_s"], 2)}
+        print("traces on / off, wall time: " + ", ".join(f"{k} {v:.2f}x" for k, v in results["on_vs_off"].items()))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def measure(args: argparse.Namespace, traces: bool) -> dict:
+    """Every stage, then the cached rerun, against a fresh server, cache and store."""
+    latency = args.latency_ms / 1000
+    server, url = start_server(args.latency_ms, args.rate_limit)
+    os.environ.update(server_env(url))
+    results: dict = {"settings": vars(args) | {"json": None, "workdir": None, "traces": traces}, "stages": {}}
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            work = args.workdir.resolve() if args.workdir else Path(tmp)
-            common = overrides(args, work)
+            work = (args.workdir.resolve() / ("traces-on" if traces else "traces-off")) if args.workdir else Path(tmp)
+            common = overrides(args, work, traces)
             assistant_calls = math.ceil(args.turns / 2) * args.n
             # The seed's contexts model replies in up to 16,000 tokens: the angles are planned in
             # calls of angles_per_call(16000) one after the other, then every context at once.
@@ -166,6 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
                     # The smallest each provider's adaptive in-flight limit went (rate limits shrink it).
                     "lowest_limit": {name: limit.lowest for name, limit in job.client.limits.items()},
                     "calls_per_s": round(sum(calls.values()) / wall, 1),
+                    "traces_written_s": round(job.traces_written_s, 3),
                 }
             results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
             results["max_in_flight_seen"] = stats(url)["max_in_flight"]
@@ -191,9 +213,6 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         server.stdin.close()  # type: ignore[union-attr]
         server.wait(timeout=10)
-    print_table(results)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
     return results
 
 
@@ -203,15 +222,17 @@ def print_table(results: dict) -> None:
         f"\nN={s['n']} conversations x T={s['turns']} turns, in-flight limit {s['concurrency']}, "
         f"latency {s['latency_ms']:.0f} ms"
         + (f", rate limit {s['rate_limit']}/s" if s["rate_limit"] else "")
-        + (", traces off" if s["no_traces"] else ", traces on")
+        + (", traces on" if s["traces"] else ", traces off")
     )
-    header = ("stage", "calls", "wall s", "bound s", "ratio", "CPU ms/call", "calls/s", "retries")
-    print(f"{header[0]:<14}" + "".join(f"{h:>{w}}" for h, w in zip(header[1:], (7, 9, 9, 7, 13, 9, 9), strict=True)))
+    header = ("stage", "calls", "wall s", "bound s", "ratio", "CPU ms/call", "calls/s", "retries", "traces s")
+    widths = (7, 9, 9, 7, 13, 9, 9, 10)
+    print(f"{header[0]:<14}" + "".join(f"{h:>{w}}" for h, w in zip(header[1:], widths, strict=True)))
     for stage, r in results["stages"].items():
         print(
             f"{stage:<14}{sum(r['calls'].values()):>7}{r['wall_s']:>9.2f}{r['bound_s']:>9.2f}{r['ratio']:>7.2f}"
-            f"{r['client_cpu_ms_per_call']:>13.2f}{r['calls_per_s']:>9.1f}{r['retries']:>9}"
+            f"{r['client_cpu_ms_per_call']:>13.2f}{r['calls_per_s']:>9.1f}{r['retries']:>9}{r['traces_written_s']:>10.2f}"
         )
+    print("(traces s: of the wall time, how long the stage waited at its end for its traces to be written)")
     if s["rate_limit"]:
         for stage, r in results["stages"].items():
             print(

@@ -25,7 +25,7 @@ from chareval.store.read import (  # the types and pure helpers the pages use, r
     labels_sha,
     quote,
 )
-from chareval.store.traces import log_feedback
+from chareval.store.trace_writer import log_feedback
 
 __all__ = ["FLOWS", "MAKES_CONVERSATIONS", "PAGE_SIZE", "ConversationSet", "RunFilter", "RunView", "facets", "quote"]
 

@@ -39,6 +39,17 @@ def stage_run(outputs_dir: Path, stage: str):
     return run
 
 
+def evaluate_two_judges(make_job, workdir: Path) -> dict[str, Path]:
+    """Two judges on the conversations in workdir/conv, on the mock provider."""
+    return make_job(
+        "evaluate",
+        "models=mock",
+        f"input_file={workdir / 'conv' / 'conversations.jsonl'}",
+        "evaluation.evaluators=[professionalism,grounding]",
+        run_dir=workdir / "eval",
+    ).run()
+
+
 def conversations_in(folder: Path) -> list[Conversation]:
     return sorted(read_records_jsonl(folder / "conversations.jsonl", Conversation), key=lambda c: c.id)
 
@@ -54,6 +65,38 @@ def test_traces_false_logs_no_trace_and_true_logs_one_per_conversation(make_job,
     conversation_traces = traces("conversation")
     assert len(conversation_traces) == 2
     assert {c.trace_id for c in conversations_in(workdir / "on")} == {t.info.trace_id for t in conversation_traces}
+
+
+def test_traces_and_verdicts_are_written_by_the_writer_process_not_the_one_making_the_calls(
+    make_job, workdir, monkeypatch
+):
+    """The stage's process cannot write a trace or a verdict here (its store refuses), yet both are
+    in the store when the job returns: the writer process wrote them, with MLflow's own code."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a trace or a verdict written by the process making the model calls")
+
+    for write in ("start_trace", "log_spans", "create_assessment"):
+        monkeypatch.setattr(SqlAlchemyStore, write, refuse)
+    make_job("conversations", *MOCK, run_dir=workdir / "conv").run()
+    evaluate_two_judges(make_job, workdir)
+    (first, second) = sorted(traces("conversation"), key=lambda t: t.info.tags["conversation"])
+    assert first.info.state.value == "OK" and first.info.request_metadata["mlflow.trace.session"]
+    assert len([s for s in first.data.spans if s.span_type == "LLM"]) == 3
+    verdicts = {a.name for a in MlflowClient().get_trace(second.info.trace_id).info.assessments}
+    assert verdicts == {"professionalism", "grounding"}
+
+
+def test_a_dead_trace_writer_is_one_warning_and_nothing_waits_on_it(caplog):
+    from chareval.store.trace_writer import TraceWriter
+
+    writer = TraceWriter()
+    writer._process.kill()
+    writer.flush()  # returns: nothing waits on a writer that is gone
+    assert writer._process.wait(timeout=10) != 0
+    (warning,) = [r.getMessage() for r in caplog.records if "trace writer stopped" in r.getMessage()]
+    assert "not in MLflow" in warning and "resume" in warning
 
 
 def test_resume_does_not_trace_a_finished_conversation_twice(make_job, workdir):
@@ -261,13 +304,7 @@ def test_verdicts_on_conversations_traced_into_another_store_warn_once_and_are_k
     other.mkdir()
     shutil.copy(blank_mlflow_db, other / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{other / 'mlflow.db'}")
-    outputs = make_job(
-        "evaluate",
-        "models=mock",
-        f"input_file={workdir / 'conv' / 'conversations.jsonl'}",
-        "evaluation.evaluators=[professionalism,grounding]",
-        run_dir=workdir / "eval",
-    ).run()
+    outputs = evaluate_two_judges(make_job, workdir)
     assert len(outputs["evaluations"].read_text().splitlines()) == 4  # every verdict is in the file
     warnings = [r.getMessage() for r in caplog.records if "cannot attach" in r.getMessage()]
     assert len(warnings) == 1 and "in another MLflow store" in warnings[0]

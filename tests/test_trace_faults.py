@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from collections import Counter
 
@@ -77,7 +78,15 @@ def test_kill_9_mid_stage_leaves_no_trace_in_progress_and_no_verdict_twice(tmp_p
     run_dir = tmp_path / "run"
     verdict = json.dumps({"score": 7, "rationale": "ok", "evidence_turns": [0], "slip_turn": None})
 
+    # The last model call of the first run is held at the server, so that the kill finds one item
+    # unfinished (its earlier calls answered and traced) and the others finished.
+    hold_at = {"conversations": 8, "evaluate": 5}[stage]  # 3 x 3 turns, 2 x 3 judges
+    held, release = threading.Event(), threading.Event()
+
     def reply(seen, n):
+        if n == hold_at:
+            held.set()
+            release.wait(timeout=120)
         structured = "response_format" in seen.body or "tools" in seen.body
         return chat_completion(verdict if structured else f"reply {n}", seen.body["model"])
 
@@ -109,14 +118,15 @@ def test_kill_9_mid_stage_leaves_no_trace_in_progress_and_no_verdict_twice(tmp_p
         first = start_cli(*args, env=env)
         deadline = time.monotonic() + 120
 
-        def midway() -> bool:  # a record written, and an item's trace in the store, unfinished
+        def midway() -> bool:  # a record written, and the held item's trace in the store, unfinished
             written = out.exists() and out.read_text().count("\n") >= 1
             return written and any(t.info.state.value == "IN_PROGRESS" for t in traces(uri))
 
-        while not midway() and time.monotonic() < deadline:
+        while not (held.is_set() and midway()) and time.monotonic() < deadline:
             time.sleep(0.05)
         first.send_signal(signal.SIGKILL)
         first.wait()
+        release.set()
         assert any(t.info.state.value == "IN_PROGRESS" for t in traces(uri))  # what the kill leaves
         second = start_cli(*args, env=env)
         assert second.wait(timeout=300) == 0

@@ -40,6 +40,7 @@ from chareval.store.runs import (
     resolved_yaml,
     use_store,
 )
+from chareval.store.trace_writer import flush_shared
 from chareval.validation import validate_config
 
 
@@ -103,6 +104,7 @@ class Job:
         )
         self.config_yaml = resolved_yaml(cfg)
         self.plan: dict[str, Any] | None = None  # what a dry run found
+        self.traces_written_s = 0.0  # how long the job waited at its end for its traces to be written
 
     @classmethod
     def from_hydra(cls, cfg: DictConfig) -> Job:
@@ -158,7 +160,11 @@ class Job:
                 if closed:  # the resumed job's runs say which runs they take over from
                     self.runner.tags[names.RESUMES] = ",".join(closed)
             write_text_atomic(self.run_dir / "config.yaml", self.config_yaml)
-            return flows.run(self.stage, self.runner)
+            try:
+                return flows.run(self.stage, self.runner)
+            finally:
+                # Every trace in the store before the run folder is let go (a resume mends them).
+                self.traces_written_s = flush_shared()
 
     def _plan(self) -> dict[str, Path]:
         """dry_run=true: the stages on stand-in answers in a scratch folder (deleted after), and

@@ -146,9 +146,8 @@ class StageRunner:
             try:
                 result = spec.run(StageContext(settings, run_dir, client, run), inputs)
             finally:
-                # Traces are written in the background: all of them before the run closes (and
-                # before a later stage attaches feedback to them).
-                client.tracer.flush()
+                # Its traces are still being written by another process (the job waits for them
+                # at its end); a later stage's feedback on them is written after them.
                 client.tracer = Tracer()
                 meter = client.meter
                 self.log.usage += meter.total()

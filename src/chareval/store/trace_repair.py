@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from chareval.store import names
+from chareval.store.trace_writer import flush_shared
 
 log = logging.getLogger(__name__)
 INTERRUPTED = "interrupted"
@@ -51,8 +52,11 @@ def experiment_of(run_id: str) -> str:
 
 
 def earlier_runs(run_dir: Path, experiment_id: str, current: str | None) -> list[str]:
-    """Every run of this run folder but the current one (killed, failed or finished)."""
+    """Every run of this run folder but the current one (killed, failed or finished), once the
+    traces this process has sent are written (an earlier run of the folder may be this process's)."""
     from mlflow.tracking import MlflowClient
+
+    flush_shared()
 
     folder = str(run_dir).replace("'", "")
     runs = MlflowClient().search_runs([experiment_id], f"tags.`{names.RUN_DIR}` = '{folder}'", max_results=1000)

@@ -4,12 +4,12 @@
 A stage opens a trace per unit of work (a conversation, a context, a judgment) and every model call
 made inside it is an LLM span of that trace; a call outside any unit is a trace of its own. Each
 trace is linked to its stage's MLflow run. Requests carry no API key (providers add it when they
-send), so no span can hold one. Off (every method a no-op, mlflow not even imported) when the
-tracer has no run: tracking.enabled=false or tracking.traces=false."""
+send), so no span can hold one. The spans are made here and written by another process
+(store/trace_writer.py), as is the feedback. Off (every method a no-op, mlflow not even imported)
+when the tracer has no run: tracking.enabled=false or tracking.traces=false."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from chareval.schemas import Conversation, JudgeCase
 from chareval.store import names
+from chareval.store.trace_writer import flush_shared, log_feedback, route_to_writer, shared_writer
 
 if TYPE_CHECKING:
     from chareval.llm.base import LLMRequest, LLMResponse
@@ -108,6 +109,8 @@ class Tracer:
     def __init__(self, run_id: str | None = None):
         self.run_id = run_id
         self._warned = threading.Event()
+        # The writer process, or None where MLflow writes the traces in this process itself.
+        self._writer = shared_writer() if run_id is not None and route_to_writer() else None
 
     @property
     def on(self) -> bool:
@@ -218,18 +221,27 @@ class Tracer:
             )
 
     def flush(self) -> None:
-        """Write the traces still queued (trace logging is asynchronous): feedback can only be
-        attached to a trace the store has."""
-        if self.on:
-            import mlflow
+        """Wait until the traces and feedback made so far are in the store (they are written by
+        another process, or by a thread of MLflow's)."""
+        if not self.on:
+            return
+        if self._writer is not None:
+            self._writer.flush()
+            return
+        import mlflow
 
-            mlflow.flush_trace_async_logging()
+        mlflow.flush_trace_async_logging()
 
     def feedback(self, trace_id: str, name: str, **assessment: Any) -> None:
-        """One assessment on a trace (see log_feedback). A trace this store does not have (the
-        conversations were traced into another store) is warned about once: the verdicts stay in
-        the run's files either way."""
+        """One assessment on a trace (see log_feedback), written after the trace it is attached to.
+        A trace this store does not have (the conversations were traced into another store) is
+        warned about once: the verdicts stay in the run's files either way."""
         if not self.on:
+            return
+        if self._writer is not None:
+            import mlflow
+
+            self._writer.put(("feedback", mlflow.get_tracking_uri(), trace_id, name, assessment))
             return
         try:
             log_feedback(trace_id, name, **assessment)
@@ -245,32 +257,6 @@ class Tracer:
                 )
 
 
-def log_feedback(
-    trace_id: str,
-    name: str,
-    *,
-    source: tuple[str, str],
-    value: Any = None,
-    rationale: str | None = None,
-    metadata: dict[str, Any] | None = None,
-    error: str | None = None,
-) -> None:
-    """mlflow.log_feedback on the current store; `source` = (LLM_JUDGE | HUMAN, who), `error` for a
-    judgment that has no verdict. Metadata values are kept as text (JSON for lists and numbers)."""
-    import mlflow
-    from mlflow.entities import AssessmentError, AssessmentSource
-
-    mlflow.log_feedback(
-        trace_id=trace_id,
-        name=name,
-        value=None if error else value,
-        rationale=rationale,
-        source=AssessmentSource(source_type=source[0], source_id=source[1]),
-        metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()},
-        error=AssessmentError(error_code="JUDGE_ERROR", error_message=error) if error else None,
-    )
-
-
 def human_labelled(experiment_id: str) -> list[JudgeCase]:
     """The conversations of an experiment that people labelled (HUMAN feedback on their traces, e.g.
     from the dashboard's Review page), as judge-check cases: the latest label per evaluator, the
@@ -278,6 +264,7 @@ def human_labelled(experiment_id: str) -> list[JudgeCase]:
     conversations of different runs (all numbered conv-001, ...) stay apart."""
     import mlflow
 
+    flush_shared()  # conversations this process traced
     found = mlflow.search_traces(
         locations=[experiment_id],
         filter_string=f"tags.`{names.TRACE_KIND}` = 'conversation'",

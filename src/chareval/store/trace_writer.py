@@ -1,0 +1,355 @@
+"""Traces and feedback written to the MLflow store by a process of their own.
+
+MLflow writes each trace to its store from a thread of the process that made it: 20-40 ms of CPU a
+trace (its SQLAlchemy store), under the same GIL as the model calls, which made a stage at 100 ms a
+call 2-7x slower with traces on. Here MLflow still makes the spans in this process (its span API,
+about 0.5 ms a span; trace ids are known at once, as records and feedback need them), but its
+exporter hands every finished span and trace to a writer process, `python -m
+chareval.store.trace_writer`, which writes them with MLflow's own exporter code, in batches, on
+another core. Feedback goes the same way, so a verdict is written after the trace it is attached to.
+
+The writer ignores Ctrl-C (the command that started it finishes its work and then closes it) and
+writes everything it was sent before it exits, also when that command dies without closing it
+(kill -9): the spans of an unfinished item reach the store, and a resume closes that trace as
+interrupted (trace_repair). What the dead command had queued and not yet sent is lost, as MLflow's
+in-process queue would lose it."""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import json
+import logging
+import os
+import pickle
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
+
+# The messages (tuples, pickled in batches, each batch framed by its length):
+#   ("spans", uri, experiment_id, [span dicts])   spans as they end (an unfinished trace keeps them)
+#   ("trace", uri, trace info dict)               a trace whose root span ended
+#   ("feedback", uri, trace_id, name, assessment)  one assessment (log_feedback's arguments)
+#   ("flush", n)                                   answered "ack n" once everything before it is written
+#   ("close",)                                     write everything, then exit
+# The writer answers on its stdout: "ack <n>" and "warn <message>" lines.
+FRAME = 4
+# The writer writes what it was sent at most this long after it came, all of it in one store call per
+# kind: MLflow's store spends some 20 ms on a call to log spans, however few, and ~1 ms a span more.
+WRITE_EVERY_S = 0.5
+
+
+def log_feedback(
+    trace_id: str,
+    name: str,
+    *,
+    source: tuple[str, str],
+    value: Any = None,
+    rationale: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> None:
+    """mlflow.log_feedback on the current store; `source` = (LLM_JUDGE | HUMAN, who), `error` for a
+    judgment that has no verdict. Metadata values are kept as text (JSON for lists and numbers)."""
+    import mlflow
+    from mlflow.entities import AssessmentError, AssessmentSource
+
+    mlflow.log_feedback(
+        trace_id=trace_id,
+        name=name,
+        value=None if error else value,
+        rationale=rationale,
+        source=AssessmentSource(source_type=source[0], source_id=source[1]),
+        metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()},
+        error=AssessmentError(error_code="JUDGE_ERROR", error_message=error) if error else None,
+    )
+
+
+class TraceWriter:
+    """This process's end of the writer process: messages are queued (the callers never wait on
+    the store) and a thread sends them in batches."""
+
+    def __init__(self) -> None:
+        src = str(Path(__file__).resolve().parents[2])
+        env = os.environ | {"PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "chareval.store.trace_writer"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        self._queue: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self._tokens = itertools.count(1)
+        self._acked = 0
+        self._stopped = False
+        self._changed = threading.Condition()
+        threading.Thread(target=self._send, name="chareval-trace-sender", daemon=True).start()
+        threading.Thread(target=self._receive, name="chareval-trace-receiver", daemon=True).start()
+
+    def put(self, message: tuple) -> None:
+        if not self._stopped:
+            self._queue.put(message)
+
+    def flush(self) -> None:
+        """Wait until the writer has written everything sent before this call."""
+        token = next(self._tokens)
+        self.put(("flush", token))
+        with self._changed:
+            self._changed.wait_for(lambda: self._acked >= token or self._stopped)
+
+    def close(self) -> None:
+        """Write everything, then end the writer process."""
+        self.put(("close",))
+        self._process.wait()
+
+    def _send(self) -> None:
+        stream = self._process.stdin
+        assert stream is not None
+        while True:
+            batch = [self._queue.get()]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                stream.write(len(data).to_bytes(FRAME, "big") + data)
+                stream.flush()
+                if batch[-1][0] == "close":
+                    stream.close()
+                    return
+            except (OSError, ValueError):  # the writer is gone; _receive says so
+                return
+
+    def _receive(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            kind, _, rest = line.decode(errors="replace").rstrip("\n").partition(" ")
+            if kind == "ack":
+                with self._changed:
+                    self._acked = int(rest)
+                    self._changed.notify_all()
+            elif kind == "warn":
+                log.warning("%s", rest)
+        code = self._process.wait()
+        if code:
+            log.warning(
+                "the trace writer stopped (exit code %s): later traces and verdicts are not in MLflow; the run's "
+                "files have them all, and a resume of the same command traces the conversations again",
+                code,
+            )
+        with self._changed:  # after the warning: whoever waited on the writer goes on knowing why
+            self._stopped = True
+            self._changed.notify_all()
+
+
+_shared: TraceWriter | None = None
+_shared_lock = threading.Lock()
+
+
+def flush_shared() -> float:
+    """Wait until this process's traces and feedback are in the store (before reading them, and at
+    the end of a command); the seconds it waited."""
+    if _shared is None:
+        return 0.0
+    started = time.perf_counter()
+    _shared.flush()
+    return time.perf_counter() - started
+
+
+def shared_writer() -> TraceWriter:
+    """One writer process for this process (every store it traces to), closed at exit."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = TraceWriter()
+            atexit.register(_shared.close)
+        return _shared
+
+
+def route_to_writer() -> bool:
+    """Make MLflow's exporter in this process hand spans and traces to the writer process instead of
+    writing them itself. False (traces stay in this process, as MLflow writes them) if MLflow's
+    tracer is not built as this expects (another MLflow version)."""
+    import mlflow
+    from mlflow.tracing.export.mlflow_v3 import MlflowV3SpanExporter
+    from mlflow.tracing.provider import _get_span_processor, _get_tracer
+
+    class ForwardingExporter(MlflowV3SpanExporter):
+        """MLflow's exporter with its two writes sent to the writer (the rest, which spans and
+        traces to export and when, is MLflow's)."""
+
+        def __init__(self, uri: str, writer: TraceWriter):
+            super().__init__(tracking_uri=uri)
+            self.uri = uri
+            self._writer = writer
+
+        def _should_enable_async_logging(self) -> bool:
+            return False  # a hand-off to a queue needs no thread of its own
+
+        def _log_spans(self, experiment_id: str, spans: list, workspace: str | None = None) -> None:
+            self._writer.put(("spans", self.uri, experiment_id, [s.to_dict() for s in spans]))
+
+        def _log_trace(self, trace: Any, prompts: Any, workspace: str | None = None) -> None:
+            # chareval links prompt versions to runs, never to traces: `prompts` is always empty.
+            self._writer.put(("trace", self.uri, trace.info.to_dict()))
+
+    uri = mlflow.get_tracking_uri()
+    _get_tracer(__name__)  # MLflow builds its tracer provider, and the exporter, on first use
+    processor = _get_span_processor()
+    exporter = getattr(processor, "span_exporter", None)
+    if getattr(exporter, "uri", None) == uri:
+        return True
+    if not isinstance(exporter, MlflowV3SpanExporter) or not hasattr(processor, "_batch_delegate"):
+        log.warning(
+            "MLflow %s traces in this process (its tracer is not built as chareval expects)", mlflow.__version__
+        )
+        return False
+    if processor._batch_delegate is not None:  # MLflow's batching thread, which would write in this process
+        processor._batch_delegate.shutdown()
+        processor._batch_delegate = None
+    processor.span_exporter = ForwardingExporter(uri, shared_writer())
+    return True
+
+
+# ---- the writer process ----------------------------------------------------------------------------
+
+
+class Store:
+    """What the writer has been sent and not yet written, and the writing of it."""
+
+    def __init__(self, out: IO[str]):
+        self.out = out
+        self.spans: dict[tuple[str, str], list[Any]] = {}  # (uri, experiment) -> spans to write
+        self.traces: list[tuple[str, dict]] = []  # (uri, trace info) to write after the spans
+        self.assessments: list[tuple] = []  # (uri, trace id, name, assessment) to write after the traces
+        self.spans_of: dict[str, list[Any]] = {}  # trace id -> its spans, until the trace is written
+        self.exporters: dict[str, Any] = {}
+        self.warned: set[str] = set()
+
+    def take(self, message: tuple) -> bool:
+        """Handle one message; False once the writer should exit."""
+        from mlflow.entities import Span
+
+        kind = message[0]
+        if kind == "spans":
+            _, uri, experiment_id, dicts = message
+            spans = [Span.from_dict(d) for d in dicts]
+            self.spans.setdefault((uri, experiment_id), []).extend(spans)
+            for span in spans:
+                self.spans_of.setdefault(span.trace_id, []).append(span)
+        elif kind == "trace":
+            self.traces.append((message[1], message[2]))
+        elif kind == "feedback":
+            self.assessments.append(message[1:])
+        else:  # flush or close
+            self.write()
+            if kind == "flush":
+                self.answer(f"ack {message[1]}")
+        return kind != "close"
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.spans or self.traces or self.assessments)
+
+    def write(self) -> None:
+        """Spans first (one store call for many traces), then each finished trace (MLflow's own
+        exporter code, called as its worker thread would call it), then the feedback, which needs
+        its trace in the store."""
+        from mlflow.entities import Trace, TraceData, TraceInfo
+
+        for (uri, experiment_id), spans in self.spans.items():
+            self.exporter(uri)._log_spans(experiment_id, spans)
+        self.spans.clear()
+        for uri, info in self.traces:
+            trace_info = TraceInfo.from_dict(info)
+            spans = self.spans_of.pop(trace_info.trace_id, [])
+            self.exporter(uri)._log_trace(Trace(info=trace_info, data=TraceData(spans=spans)), prompts=[])
+        self.traces.clear()
+        for uri, trace_id, name, assessment in self.assessments:
+            self.feedback(uri, trace_id, name, assessment)
+        self.assessments.clear()
+
+    def feedback(self, uri: str, trace_id: str, name: str, assessment: dict[str, Any]) -> None:
+        """A trace this store does not have (the conversations were traced into another store) is
+        warned about once: the verdicts stay in the run's files either way."""
+        import mlflow
+
+        if mlflow.get_tracking_uri() != uri:
+            mlflow.set_tracking_uri(uri)
+        try:
+            log_feedback(trace_id, name, **assessment)
+        except Exception as e:
+            if uri not in self.warned:
+                self.warned.add(uri)
+                first_line = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+                self.answer(
+                    f"warn cannot attach {name} feedback to trace {trace_id} (is it in another MLflow store?): "
+                    f"{first_line}; the verdicts are in the run's files"
+                )
+
+    def exporter(self, uri: str) -> Any:
+        from mlflow.tracing.export.mlflow_v3 import MlflowV3SpanExporter
+
+        if uri not in self.exporters:
+            self.exporters[uri] = MlflowV3SpanExporter(tracking_uri=uri)
+        return self.exporters[uri]
+
+    def answer(self, line: str) -> None:
+        try:
+            self.out.write(line.replace("\n", " ") + "\n")
+            self.out.flush()
+        except OSError:  # the traced process is gone; what it sent is still written
+            pass
+
+
+def read_batches(stream: IO[bytes], into: queue.SimpleQueue) -> None:
+    """Frames from the traced process; None at the end of its stream."""
+    while True:
+        head = stream.read(FRAME)
+        body = stream.read(int.from_bytes(head, "big")) if len(head) == FRAME else b""
+        if not body:
+            into.put(None)
+            return
+        into.put(pickle.loads(body))
+
+
+def serve() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the traced process, which then closes us
+    batches: queue.SimpleQueue[list[tuple] | None] = queue.SimpleQueue()
+    threading.Thread(target=read_batches, args=(sys.stdin.buffer, batches), daemon=True).start()
+    store = Store(sys.stdout)
+    due: float | None = None  # when what arrived first and is not written yet must be written
+    while True:
+        try:
+            batch = batches.get(timeout=None if due is None else max(0.0, due - time.monotonic()))
+        except queue.Empty:
+            store.write()
+            due = None
+            continue
+        if batch is None:  # the traced process died without closing us: keep what it sent
+            store.write()
+            return
+        for message in batch:
+            if not store.take(message):
+                return
+        if not store.pending:
+            due = None
+        elif due is None:
+            due = time.monotonic() + WRITE_EVERY_S
+
+
+if __name__ == "__main__":
+    serve()
+    # Everything is written. os._exit, not a return: the reading thread may still hold stdin, and
+    # the interpreter's shutdown would abort on it.
+    sys.stdout.flush()
+    os._exit(0)
