@@ -322,11 +322,32 @@ def read_batches(stream: IO[bytes], into: queue.SimpleQueue) -> None:
         into.put(pickle.loads(body))
 
 
+def relay_library_logs(store: Store) -> None:
+    """MLflow's and its libraries' warnings go to the traced process, which logs them as its own
+    (run.log, the console): once each, one line, no traceback, redacted, as there."""
+    import mlflow  # noqa: F401 (it sets up its logger on import; the relay replaces its handler)
+
+    from chareval.log_filters import LibraryNoiseFilter, RedactingFilter
+
+    class Relay(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            store.answer(f"warn {record.name}: {record.getMessage()}")
+
+    relay = Relay(logging.WARNING)
+    relay.addFilter(RedactingFilter())
+    relay.addFilter(LibraryNoiseFilter())
+    for name in ("", "mlflow"):
+        logger = logging.getLogger(name)
+        logger.handlers = [relay]
+        logger.setLevel(logging.WARNING)
+
+
 def serve() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the traced process, which then closes us
     batches: queue.SimpleQueue[list[tuple] | None] = queue.SimpleQueue()
     threading.Thread(target=read_batches, args=(sys.stdin.buffer, batches), daemon=True).start()
     store = Store(sys.stdout)
+    relay_library_logs(store)
     due: float | None = None  # when what arrived first and is not written yet must be written
     while True:
         try:
