@@ -72,6 +72,20 @@ def log_feedback(
     )
 
 
+def try_feedback(trace_id: str, name: str, assessment: dict[str, Any]) -> str | None:
+    """log_feedback, or the warning to give when it fails: the trace is not in this store (the
+    conversations were traced into another one). The verdicts stay in the run's files either way."""
+    try:
+        log_feedback(trace_id, name, **assessment)
+        return None
+    except Exception as e:
+        first_line = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        return (
+            f"cannot attach {name} feedback to trace {trace_id} (is it in another MLflow store?): {first_line}; "
+            "the verdicts are in the run's files"
+        )
+
+
 class TraceWriter:
     """This process's end of the writer process: messages are queued (the callers never wait on
     the store) and a thread sends them in batches."""
@@ -279,22 +293,15 @@ class Store:
         self.assessments.clear()
 
     def feedback(self, uri: str, trace_id: str, name: str, assessment: dict[str, Any]) -> None:
-        """A trace this store does not have (the conversations were traced into another store) is
-        warned about once: the verdicts stay in the run's files either way."""
+        """One assessment; a store that cannot take them is warned about once."""
         import mlflow
 
         if mlflow.get_tracking_uri() != uri:
             mlflow.set_tracking_uri(uri)
-        try:
-            log_feedback(trace_id, name, **assessment)
-        except Exception as e:
-            if uri not in self.warned:
-                self.warned.add(uri)
-                first_line = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-                self.answer(
-                    f"warn cannot attach {name} feedback to trace {trace_id} (is it in another MLflow store?): "
-                    f"{first_line}; the verdicts are in the run's files"
-                )
+        warning = try_feedback(trace_id, name, assessment)
+        if warning and uri not in self.warned:
+            self.warned.add(uri)
+            self.answer(f"warn {warning}")
 
     def exporter(self, uri: str) -> Any:
         from mlflow.tracing.export.mlflow_v3 import MlflowV3SpanExporter

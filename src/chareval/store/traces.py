@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from chareval.schemas import Conversation, JudgeCase
 from chareval.store import names
-from chareval.store.trace_writer import flush_shared, log_feedback, route_to_writer, shared_writer
+from chareval.store.trace_writer import flush_shared, route_to_writer, shared_writer, try_feedback
 
 if TYPE_CHECKING:
     from chareval.llm.base import LLMRequest, LLMResponse
@@ -243,18 +243,10 @@ class Tracer:
 
             self._writer.put(("feedback", mlflow.get_tracking_uri(), trace_id, name, assessment))
             return
-        try:
-            log_feedback(trace_id, name, **assessment)
-        except Exception as e:
-            if not self._warned.is_set():
-                self._warned.set()
-                log.warning(
-                    "cannot attach %s feedback to trace %s (is it in another MLflow store?): %s; "
-                    "the verdicts are in the run's files",
-                    name,
-                    trace_id,
-                    str(e).splitlines()[0][:200],
-                )
+        warning = try_feedback(trace_id, name, assessment)
+        if warning and not self._warned.is_set():
+            self._warned.set()
+            log.warning("%s", warning)
 
 
 def human_labelled(experiment_id: str) -> list[JudgeCase]:
