@@ -189,10 +189,10 @@ def shared_writer() -> TraceWriter:
         return _shared
 
 
-def route_to_writer() -> bool:
+def route_to_writer() -> TraceWriter | None:
     """Make MLflow's exporter in this process hand spans and traces to the writer process instead of
-    writing them itself. False (traces stay in this process, as MLflow writes them) if MLflow's
-    tracer is not built as this expects (another MLflow version)."""
+    writing them itself; that writer. None (traces stay in this process, as MLflow writes them) if
+    MLflow's tracer is not built as this expects (another MLflow version)."""
     import mlflow
     from mlflow.tracing.export.mlflow_v3 import MlflowV3SpanExporter
     from mlflow.tracing.provider import _get_span_processor, _get_tracer
@@ -221,17 +221,18 @@ def route_to_writer() -> bool:
     processor = _get_span_processor()
     exporter = getattr(processor, "span_exporter", None)
     if getattr(exporter, "uri", None) == uri:
-        return True
+        return shared_writer()
     if not isinstance(exporter, MlflowV3SpanExporter) or not hasattr(processor, "_batch_delegate"):
         log.warning(
             "MLflow %s traces in this process (its tracer is not built as chareval expects)", mlflow.__version__
         )
-        return False
+        return None
     if processor._batch_delegate is not None:  # MLflow's batching thread, which would write in this process
         processor._batch_delegate.shutdown()
         processor._batch_delegate = None
-    processor.span_exporter = ForwardingExporter(uri, shared_writer())
-    return True
+    writer = shared_writer()
+    processor.span_exporter = ForwardingExporter(uri, writer)
+    return writer
 
 
 # ---- the writer process ----------------------------------------------------------------------------

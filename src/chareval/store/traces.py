@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from chareval.schemas import Conversation, JudgeCase
 from chareval.store import names
-from chareval.store.trace_writer import flush_shared, route_to_writer, shared_writer, try_feedback
+from chareval.store.trace_writer import flush_shared, route_to_writer, try_feedback
 
 if TYPE_CHECKING:
     from chareval.llm.base import LLMRequest, LLMResponse
@@ -110,7 +110,7 @@ class Tracer:
         self.run_id = run_id
         self._warned = threading.Event()
         # The writer process, or None where MLflow writes the traces in this process itself.
-        self._writer = shared_writer() if run_id is not None and route_to_writer() else None
+        self._writer = route_to_writer() if run_id is not None else None
 
     @property
     def on(self) -> bool:
