@@ -64,8 +64,11 @@ class PeakSampler:
         self._thread.join()
 
     def peak_mb(self, start: float = 0.0, end: float = float("inf")) -> float:
+        """The peak between start and end, counting the last sample before start: a stage shorter
+        than the sampling interval (prepare) has no sample of its own on a busy machine."""
+        before = [rss for t, rss in self.samples if t < start][-1:]
         inside = [rss for t, rss in self.samples if start <= t <= end]
-        return round(max(inside, default=0) / 2**20)
+        return round(max(before + inside, default=0) / 2**20)
 
 
 def run_pipeline(root: Path, work: Path, extra: list[str]) -> dict:

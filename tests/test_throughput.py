@@ -6,6 +6,7 @@ asserted here."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -183,3 +184,16 @@ def test_the_startup_benchmark_times_each_command_it_lists(tmp_path):
         "importing the anthropic SDK",
     }
     assert all(seconds > 0 for seconds in figures.values())
+
+
+def test_a_stage_shorter_than_the_sampling_interval_gets_the_memory_sampled_just_before_it():
+    sys.path.append(str(PROJECT_ROOT / "benchmarks"))
+    from embedded import PeakSampler
+
+    sampler = PeakSampler(os.getpid())
+    sampler.stop()
+    sampler.samples = [(10.0, 200 * 2**20), (10.05, 300 * 2**20), (10.1, 250 * 2**20)]
+    assert sampler.peak_mb(10.06, 10.08) == 300  # no sample inside: the one before it
+    assert sampler.peak_mb(10.0, 10.1) == 300
+    assert sampler.peak_mb(10.09, 10.2) == 300  # the last one before, and the one inside
+    assert sampler.peak_mb(9.0, 9.5) == 0  # before the command started: nothing

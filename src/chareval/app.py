@@ -163,8 +163,10 @@ class Job:
             try:
                 return flows.run(self.stage, self.runner)
             finally:
-                # Every trace in the store before the run folder is let go (a resume mends them).
-                self.traces_written_s = flush_shared()
+                # Every trace in the store before the run folder is let go (a resume mends them). A
+                # job with traces off sent the writer nothing, so it has nothing to wait for.
+                if self.settings.tracking.traces:
+                    self.traces_written_s = flush_shared()
 
     def _plan(self) -> dict[str, Path]:
         """dry_run=true: the stages on stand-in answers in a scratch folder (deleted after), and
