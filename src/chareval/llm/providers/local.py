@@ -98,11 +98,15 @@ def load_llama(
     from llama_cpp import Llama
 
     started = time.perf_counter()
+    # The CPUs this process may run on (taskset, a container's cpuset), not the machine's count that
+    # llama-cpp-python takes by default for reading prompts: threads beyond them spin against each other.
+    threads = n_threads or usable_cpus()
     try:
         llm = Llama(
             model_path=path,
             n_ctx=n_ctx,
-            n_threads=n_threads or os.cpu_count(),
+            n_threads=threads,
+            n_threads_batch=threads,
             chat_format=chat_format,
             lora_path=lora_path,
             flash_attn=flash_attn,
@@ -124,6 +128,12 @@ def load_llama(
         time.perf_counter() - started,
     )
     return llm
+
+
+def usable_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):  # Linux; os.process_cpu_count() from Python 3.13
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 # One reader per model file and settings in the process: it alone knows what its contexts hold.
