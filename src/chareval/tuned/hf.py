@@ -49,6 +49,8 @@ def converted(gguf: Path, cache_dir: Path) -> Path:
     model, tokenizer = dequantize(gguf)
     partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
+    if (folder / MARKER).is_file():  # another process finished the same conversion meanwhile: keep theirs
+        return folder
     shutil.rmtree(folder, ignore_errors=True)  # a folder without the marker was left by an older layout or by hand
     model.save_pretrained(str(partial))
     tokenizer.save_pretrained(str(partial))
