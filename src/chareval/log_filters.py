@@ -41,6 +41,8 @@ class LibraryNoiseFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith(NOISY):
             return True
+        if record.name.startswith("urllib3") and record.getMessage().startswith("Retrying"):
+            return False  # a retry is not a failure; each says its retry counts, so none repeats another
         line = record.getMessage().strip().splitlines()[0][:300] if record.getMessage().strip() else ""
         with self._lock:
             if (record.name, line) in self._seen:
