@@ -30,11 +30,11 @@ browser:
 		|| echo "could not install chromium: the dashboard's browser test will be skipped"; \
 	else echo "chromium/chromedriver missing and no root to install them: the dashboard's browser test will be skipped"; fi
 
-# Every test, after the lint, type and layer checks (configured in pyproject.toml), one at a time:
-# most of the slow tier is CPU-bound (llama.cpp and torch use every core) and some tests time
-# signals and concurrency; on 2 cores xdist made it slower (docs/benchmarks.md).
+# Every test, after the lint, type and layer checks (configured in pyproject.toml), on every core
+# (pytest-xdist): a module's tests on one worker, each worker on cores of its own, the slow modules
+# first (tests/conftest.py; docs/benchmarks.md has the figures). PYTEST_ARGS="-n 0" runs one at a time.
 test: setup browser lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n auto $(PYTEST_ARGS)
 
 # The inner loop: no embedded model, no LoRA, no browser, no subprocess (the `mock` provider and
 # fake HTTP APIs instead), on every core; under three minutes on 2 cores. `make test` still runs

@@ -36,11 +36,47 @@ TINY = [
 FIRST_STAGES = "pipeline.stages=[contexts,conversations,prepare]"
 
 # The embedded model converted for transformers (chareval.tuned.hf.converted, ~25 s to make) is shared by the
-# tests that fine-tune, through a link in each test's cache folder; keyed by the GGUF's checksum, so
-# it is never stale. test_embedded_lora.py converts into a cache of its own, to test the conversion.
+# tests that fine-tune (and the dashboard's store), through a link in each test's cache folder; keyed
+# by the GGUF's checksum, so it is never stale. The embedded benchmark's test times a fresh one.
 SHARED_HF_MODELS = Path(tempfile.gettempdir()) / "chareval-tests" / "hf_models"
 
 register_resolvers()
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker runs on cores of its own (llama.cpp and torch size their
+    thread pools by the cores a process may use): two workers' threads spinning on the same cores
+    cost more than they gain."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker and hasattr(os, "sched_setaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))
+        if count <= len(cpus):
+            share, index = len(cpus) // count, int(worker.removeprefix("gw"))
+            os.sched_setaffinity(0, cpus[index * share : (index + 1) * share])
+
+
+# Modules that share a session fixture too costly to make twice: under xdist they run on one worker.
+SHARED_WORKER = {"tests/test_dashboard_browser.py": "tests/test_dashboard.py"}  # the dashboard's store
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """A module's tests on one worker, so that its module-scoped fixtures are made once (xdist's own
+    loadgroup does not group with pytest 9 here: its nodeid suffix is lost)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return SHARED_WORKER.get(module, module)
+
+    return ByModule(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The modules with slow tests first, so that the fast ones fill in at the end instead of one
+    long module running alone on one worker."""
+    slow = {item.module for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module not in slow)
 
 
 def share_hf_models(outputs: Path) -> None:

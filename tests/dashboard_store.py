@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 
 from chareval.io import read_records_jsonl
 from chareval.schemas import Conversation
-from conftest import DATA, TINY, run_cli
+from conftest import DATA, TINY, run_cli, share_hf_models
 from fake_apis import FakeAPI, Reply, chat_completion
 
 HOSTILE = DATA / "hostile_conversations.jsonl"
@@ -73,11 +73,15 @@ def build(tmp: Path) -> Store:
     outputs = tmp / "outputs"
     env = {"MLFLOW_TRACKING_URI": uri}
     common = [f"paths.outputs={outputs}", *TINY]
+    share_hf_models(outputs)
     _cli(
         "stage=pipeline",
         *common,
         "evaluation.evaluators=[boundary_holding]",
-        "finetune.n_epochs=2",
+        # Two steps of one example each: the loss curve has two points, at half the training's cost.
+        "finetune.n_epochs=1",
+        "finetune.batch_size=1",
+        "finetune.gradient_checkpointing=false",
         f"hydra.run.dir={tmp / 'runs' / 'pipeline'}",
         env=env,
     )

@@ -14,6 +14,7 @@ from chareval.finetune.local_lora import IGNORE, encode, labelled_loss, train
 from chareval.llm.providers.local import load_llama, packaged_gguf
 from chareval.tuned import hf as hf_models
 from chareval.tuned.hf import MARKER, converted, load_base, load_tokenizer
+from conftest import share_hf_models
 
 pytestmark = pytest.mark.slow  # the real model in transformers and llama.cpp
 
@@ -39,7 +40,11 @@ def _exchange(i: int) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
+    """A cache folder whose conversions are the session's (conftest.SHARED_HF_MODELS): the conversion
+    is made by whichever test needs it first, and timed fresh by the embedded benchmark's test."""
+    folder = tmp_path_factory.mktemp("outputs")
+    share_hf_models(folder)
+    return folder / "cache"
 
 
 @pytest.fixture(scope="module")

@@ -204,7 +204,7 @@ def test_the_loop_defaults_teach_until_the_slip_with_a_cooperative_control():
 
 def test_examples_whose_system_message_exceeds_half_the_window_train_with_the_default_settings(tmp_path):
     """The pipeline makes the system message (the persona and the documents the model wrote), so its
-    length is no reason to refuse: three examples with ~1,200-token system messages, max_seq_tokens=1024
+    length is no reason to refuse: two examples with ~1,200-token system messages, max_seq_tokens=1024
     (the default settings but for one epoch: the loss going down is another test's)."""
     documents = "\n\n".join(
         f"Document {i}: Brightside Home Goods returns policy, section {i}. Customers may return unopened items"
@@ -220,7 +220,7 @@ def test_examples_whose_system_message_exceeds_half_the_window_train_with_the_de
                 {"role": "assistant", "content": f"Answer {i}: I respect them and I want to help them."},
             ]
         }
-        for i in range(3)
+        for i in range(2)
     ]
     train = tmp_path / "long.jsonl"
     write_jsonl_atomic(train, rows)
@@ -229,7 +229,7 @@ def test_examples_whose_system_message_exceeds_half_the_window_train_with_the_de
     (run,) = client.search_runs([client.get_experiment_by_name("chareval").experiment_id])
     assert run.info.status == "FINISHED"
     metrics = run.data.metrics
-    assert metrics["train.examples"] == 3 and metrics["train.lengthened_examples"] == 3
+    assert metrics["train.examples"] == 2 and metrics["train.lengthened_examples"] == 2
     assert metrics["train.truncated_examples"] == 0 and metrics["train.steps"] == 1
     assert run.data.tags["finetune.model"].startswith("local_lora/")
 

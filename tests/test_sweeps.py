@@ -246,7 +246,10 @@ def test_an_adaptive_sweep_on_the_embedded_model_finds_its_breaking_points(tmp_p
         "turns=3",
         "num_conversations=2",
         "evaluation.evaluators=[boundary_holding]",
-        "seed=1",  # on the embedded model, a seed where an adaptive conversation's first reply holds
+        # On the embedded model, a seed where an adaptive conversation's first reply holds. llama.cpp's
+        # sums (and so its samples) depend on its thread count: one thread, wherever the test runs.
+        "seed=2",
+        "models.providers.local.n_threads=1",
         f"paths.outputs={tmp_path / 'outputs'}",
         env=env,
     )
@@ -271,7 +274,7 @@ def test_an_adaptive_sweep_on_the_embedded_model_finds_its_breaking_points(tmp_p
         assert curve["all"]["n"] == 2 and 1 <= len(curve["all"]["survival"]) <= 2
         assert "breach.survival.t1" in o.metrics and "pass_hat_k.1" in o.metrics
     adaptive = read_records_jsonl(next(Path(jobs[1].run_dir).rglob("conversations.jsonl")), Conversation)
-    assert any(m.tactic for c in adaptive for m in c.messages)  # seed=1 makes one reply hold: a tactic is played
+    assert any(m.tactic for c in adaptive for m in c.messages)  # seed=2 makes one reply hold: a tactic is played
     sweep, _, _ = sweep_runs(uri)
     artifacts = {a.path for a in MlflowClient(uri).list_artifacts(sweep.info.run_id)}
     assert "comparison_breach.png" in artifacts
