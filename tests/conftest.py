@@ -41,6 +41,9 @@ FIRST_STAGES = "pipeline.stages=[contexts,conversations,prepare]"
 SHARED_HF_MODELS = Path(tempfile.gettempdir()) / "chareval-tests" / "hf_models"
 
 register_resolvers()
+# The benchmarks' modules (fake_llm, embedded) for the tests of the benchmarks; after the project's
+# folders, so that benchmarks/dashboard.py does not hide the dashboard package.
+sys.path.append(str(PROJECT_ROOT / "benchmarks"))
 
 
 def pytest_configure(config):

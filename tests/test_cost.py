@@ -5,19 +5,15 @@ stopped by its budget resumes without sending anything twice."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
+import fake_llm  # benchmarks/, on the path from conftest
 from chareval import PROJECT_ROOT
 from chareval.errors import ConfigError
 from conftest import run_cli
-
-# After the project's folders: benchmarks/dashboard.py must not hide the dashboard package.
-sys.path.append(str(PROJECT_ROOT / "benchmarks"))
-import fake_llm  # noqa: E402
 
 EVALUATORS = len(OmegaConf.load(PROJECT_ROOT / "conf" / "evaluation" / "default.yaml").evaluators)
 N, TURNS = 3, 3

@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from chareval.errors import CharevalError, ModelError
-from chareval.log_filters import RedactingFilter
+from chareval.log_filters import LibraryNoiseFilter, RedactingFilter
 from chareval.secrets import REDACTED, redact_text
 from conftest import DATA, run_cli
 from fake_apis import FakeAPI, Reply, anthropic_error, anthropic_stream, openai_error
@@ -137,3 +137,17 @@ def test_an_echoed_key_reaches_neither_the_console_nor_run_log(tmp_path):
     assert KEY not in result.stdout + result.stderr and STRANGER not in result.stderr
     assert REDACTED in (tmp_path / "run" / "run.log").read_text()
     assert _keys_in(tmp_path) == []
+
+
+def test_urllib3s_retries_are_left_out_and_its_other_warnings_kept_once():
+    """A store going away makes urllib3 log each retry (each with other counts, so none repeats the
+    last): they would push chareval's one paragraph off the screen."""
+    noise = LibraryNoiseFilter()
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("urllib3.connectionpool", logging.WARNING, __file__, 1, message, None, None)
+
+    assert not noise.filter(record("Retrying (Retry(total=1, connect=2)) after connection broken by 'reset'"))
+    assert not noise.filter(record("Retrying (Retry(total=0, connect=1)) after connection broken by 'refused'"))
+    assert noise.filter(record("Connection pool is full, discarding connection: 127.0.0.1"))
+    assert not noise.filter(record("Connection pool is full, discarding connection: 127.0.0.1"))

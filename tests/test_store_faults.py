@@ -4,7 +4,6 @@ work is and how to resume; the records are all there; MLflow's own logging stays
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import socket
@@ -153,19 +152,3 @@ def test_a_store_created_on_a_full_disk_is_removed_and_named(tmp_path):
         assert len(str(err.value).splitlines()) <= 2 and "free space" in err.value.fix
     finally:
         subprocess.run(["umount", "-l", str(full)], check=True)  # lazy: MLflow's engine may hold the file open
-
-
-def test_urllib3s_retries_are_left_out_and_its_other_warnings_kept_once():
-    """A store going away makes urllib3 log each retry (each with other counts, so none repeats the
-    last): they would push chareval's one paragraph off the screen."""
-    from chareval.log_filters import LibraryNoiseFilter
-
-    noise = LibraryNoiseFilter()
-
-    def record(message: str) -> logging.LogRecord:
-        return logging.LogRecord("urllib3.connectionpool", logging.WARNING, __file__, 1, message, None, None)
-
-    assert not noise.filter(record("Retrying (Retry(total=1, connect=2)) after connection broken by 'reset'"))
-    assert not noise.filter(record("Retrying (Retry(total=0, connect=1)) after connection broken by 'refused'"))
-    assert noise.filter(record("Connection pool is full, discarding connection: 127.0.0.1"))
-    assert not noise.filter(record("Connection pool is full, discarding connection: 127.0.0.1"))

@@ -187,8 +187,7 @@ def test_the_startup_benchmark_times_each_command_it_lists(tmp_path):
 
 
 def test_a_stage_shorter_than_the_sampling_interval_gets_the_memory_sampled_just_before_it():
-    sys.path.append(str(PROJECT_ROOT / "benchmarks"))
-    from embedded import PeakSampler
+    from embedded import PeakSampler  # benchmarks/, on the path from conftest
 
     sampler = PeakSampler(os.getpid())
     sampler.stop()
