@@ -6,7 +6,8 @@ call 2-7x slower with traces on. Here MLflow still makes the spans in this proce
 about 0.5 ms a span; trace ids are known at once, as records and feedback need them), but its
 exporter hands every finished span and trace to a writer process, `python -m
 chareval.store.trace_writer`, which writes them with MLflow's own exporter code, in batches, on
-another core. Feedback goes the same way, so a verdict is written after the trace it is attached to.
+another core, each trace before its spans (see HOLD_S). Feedback goes the same way, so a verdict is
+written after the trace it is attached to.
 
 The writer ignores Ctrl-C (the command that started it finishes its work and then closes it) and
 writes everything it was sent before it exits, also when that command dies without closing it
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -44,6 +46,11 @@ FRAME = 4
 # The writer writes what it was sent at most this long after it came, all of it in one store call per
 # kind: MLflow's store spends some 20 ms on a call to log spans, however few, and ~1 ms a span more.
 WRITE_EVERY_S = 0.5
+# The spans of a trace still open are held (in this process) until the trace ends, and written after
+# it: MLflow's store writes a trace it does not have yet in one insert (~5 ms of CPU), but one whose
+# spans came first by merging row by row (~13 ms). A trace open longer than this has its spans
+# written anyway, so that the MLflow UI shows a long conversation in progress.
+HOLD_S = 5.0
 
 
 def log_feedback(
@@ -238,15 +245,26 @@ def route_to_writer() -> TraceWriter | None:
 # ---- the writer process ----------------------------------------------------------------------------
 
 
+@dataclass
+class Held:
+    """The spans of an open trace that are not written yet."""
+
+    uri: str
+    experiment_id: str
+    since: float  # when the first of them came
+    spans: list[Any] = field(default_factory=list)
+
+
 class Store:
     """What the writer has been sent and not yet written, and the writing of it."""
 
     def __init__(self, out: IO[str]):
         self.out = out
-        self.spans: dict[tuple[str, str], list[Any]] = {}  # (uri, experiment) -> spans to write
-        self.traces: list[tuple[str, dict]] = []  # (uri, trace info) to write after the spans
+        self.held: dict[str, Held] = {}  # trace id -> its spans not yet written
+        self.spans_of: dict[str, list[Any]] = {}  # trace id -> all its spans, until the trace is written
+        self.traces: list[tuple[str, dict]] = []  # (uri, trace info) of ended traces, to write
         self.assessments: list[tuple] = []  # (uri, trace id, name, assessment) to write after the traces
-        self.spans_of: dict[str, list[Any]] = {}  # trace id -> its spans, until the trace is written
+        self.first_sent: float | None = None  # when the oldest trace or assessment not yet written came
         self.exporters: dict[str, Any] = {}
         self.warned: set[str] = set()
 
@@ -257,38 +275,52 @@ class Store:
         kind = message[0]
         if kind == "spans":
             _, uri, experiment_id, dicts = message
-            spans = [Span.from_dict(d) for d in dicts]
-            self.spans.setdefault((uri, experiment_id), []).extend(spans)
-            for span in spans:
+            for span in (Span.from_dict(d) for d in dicts):
+                held = self.held.setdefault(span.trace_id, Held(uri, experiment_id, time.monotonic()))
+                held.spans.append(span)
                 self.spans_of.setdefault(span.trace_id, []).append(span)
-        elif kind == "trace":
-            self.traces.append((message[1], message[2]))
-        elif kind == "feedback":
-            self.assessments.append(message[1:])
-        else:  # flush or close
-            self.write()
+        elif kind in ("trace", "feedback"):
+            if kind == "trace":
+                self.traces.append((message[1], message[2]))
+            else:
+                self.assessments.append(message[1:])
+            if self.first_sent is None:
+                self.first_sent = time.monotonic()
+        else:  # flush or close: everything, the spans of open traces too
+            self.write(everything=True)
             if kind == "flush":
                 self.answer(f"ack {message[1]}")
         return kind != "close"
 
-    @property
-    def pending(self) -> bool:
-        return bool(self.spans or self.traces or self.assessments)
+    def due(self) -> float | None:
+        """When the next write must happen (time.monotonic); None while nothing waits."""
+        times = [self.first_sent + WRITE_EVERY_S] if self.first_sent is not None else []
+        if self.held:
+            times.append(min(h.since for h in self.held.values()) + HOLD_S)
+        return min(times, default=None)
 
-    def write(self) -> None:
-        """Spans first (one store call for many traces), then each finished trace (MLflow's own
-        exporter code, called as its worker thread would call it), then the feedback, which needs
-        its trace in the store."""
+    def write(self, everything: bool = False) -> None:
+        """The ended traces first (MLflow's own exporter code, called as its worker thread would
+        call it), then their spans and those of traces open longer than HOLD_S (or, with
+        `everything`, all), in one store call per experiment, then the feedback, which needs its
+        trace in the store."""
         from mlflow.entities import Trace, TraceData, TraceInfo
 
-        for (uri, experiment_id), spans in self.spans.items():
-            self.exporter(uri)._log_spans(experiment_id, spans)
-        self.spans.clear()
+        ended = set()
         for uri, info in self.traces:
             trace_info = TraceInfo.from_dict(info)
+            ended.add(trace_info.trace_id)
             spans = self.spans_of.pop(trace_info.trace_id, [])
             self.exporter(uri)._log_trace(Trace(info=trace_info, data=TraceData(spans=spans)), prompts=[])
         self.traces.clear()
+        self.first_sent = None
+        held_until = time.monotonic() - HOLD_S
+        batches: dict[tuple[str, str], list[Any]] = {}
+        for trace_id in [t for t, h in self.held.items() if everything or t in ended or h.since <= held_until]:
+            held = self.held.pop(trace_id)
+            batches.setdefault((held.uri, held.experiment_id), []).extend(held.spans)
+        for (uri, experiment_id), spans in batches.items():
+            self.exporter(uri)._log_spans(experiment_id, spans)
         for uri, trace_id, name, assessment in self.assessments:
             self.feedback(uri, trace_id, name, assessment)
         self.assessments.clear()
@@ -356,24 +388,19 @@ def serve() -> None:
     threading.Thread(target=read_batches, args=(sys.stdin.buffer, batches), daemon=True).start()
     store = Store(sys.stdout)
     relay_library_logs(store)
-    due: float | None = None  # when what arrived first and is not written yet must be written
     while True:
+        due = store.due()
         try:
             batch = batches.get(timeout=None if due is None else max(0.0, due - time.monotonic()))
         except queue.Empty:
             store.write()
-            due = None
             continue
         if batch is None:  # the traced process died without closing us: keep what it sent
-            store.write()
+            store.write(everything=True)
             return
         for message in batch:
             if not store.take(message):
                 return
-        if not store.pending:
-            due = None
-        elif due is None:
-            due = time.monotonic() + WRITE_EVERY_S
 
 
 if __name__ == "__main__":
