@@ -102,66 +102,82 @@ def test_a_dead_trace_writer_is_one_warning_and_nothing_waits_on_it(caplog):
 def test_the_writer_writes_a_trace_before_its_spans_and_holds_an_open_traces_spans(make_job, workdir, monkeypatch):
     """MLflow's store inserts a trace it does not have in one go, but merges one whose spans came
     first row by row (2-3x the CPU): the writer holds a trace's spans until it ends, then writes the
-    trace and after it the spans; an open trace's spans are written when they are old (HOLD_S) or on
-    a flush, so that the store shows it in progress."""
+    trace and after it the spans (the traces of one write reading their experiment once); an open
+    trace's spans are written when they are old (HOLD_S) or on a flush, so that the store shows it in
+    progress."""
     import io
 
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     from chareval.store import trace_writer
 
-    make_job("conversations", *MOCK, "num_conversations=1", run_dir=workdir / "conv").run()
-    (made,) = traces("conversation")
-    spans = [s.to_dict() for s in made.data.spans]
-    root = next(d for d in spans if d["parent_span_id"] is None)
-    children = [d for d in spans if d is not root]
-    # The same trace, sent again to a writer of a store that does not have it yet.
+    make_job("conversations", *MOCK, run_dir=workdir / "conv").run()
+    made = traces("conversation")
+    assert len(made) == 2
+    # The same traces, sent again to a writer of a store that does not have them yet, in another
+    # experiment, without what the first store added (where the artifacts are, the link to a run
+    # the other store does not have).
     uri = f"sqlite:///{workdir / 'copy.db'}"
     mlflow.set_tracking_uri(uri)
     copy_experiment = mlflow.create_experiment("copy")
+    infos, roots, children = [], [], []
+    for trace in made:
+        info = trace.info.to_dict()
+        info["trace_location"]["mlflow_experiment"]["experiment_id"] = copy_experiment
+        info["trace_metadata"].pop("mlflow.sourceRun")
+        info["tags"].pop("mlflow.artifactLocation")
+        infos.append(info)
+        spans = [s.to_dict() for s in trace.data.spans]
+        roots += [d for d in spans if d["parent_span_id"] is None]
+        children += [d for d in spans if d["parent_span_id"] is not None]
     calls = []
-    for name in ("start_trace", "log_spans"):
+    for name in ("start_trace", "log_spans", "get_experiment"):
         original = getattr(SqlAlchemyStore, name)
         monkeypatch.setattr(
             SqlAlchemyStore, name, lambda self, *a, _f=original, _n=name, **k: calls.append(_n) or _f(self, *a, **k)
         )
-    # Its copy goes to another experiment, without what the first store added (where its artifacts
-    # are, the link to a run that the other store does not have).
-    info = made.info.to_dict()
-    info["trace_location"]["mlflow_experiment"]["experiment_id"] = copy_experiment
-    info["trace_metadata"].pop("mlflow.sourceRun")
-    info["tags"].pop("mlflow.artifactLocation")
     store = trace_writer.Store(io.StringIO())
 
     store.take(("spans", uri, copy_experiment, children))
     store.write()
-    assert calls == [] and store.due() is not None  # held: the trace is open, its spans are new
-    store.take(("spans", uri, copy_experiment, [root]))
-    store.take(("trace", uri, info))
+    assert calls == [] and store.due() is not None  # held: the traces are open, their spans are new
+    store.take(("spans", uri, copy_experiment, roots))
+    for info in infos:
+        store.take(("trace", uri, info))
     store.write()
-    assert calls == ["start_trace", "log_spans"]
-    written = MlflowClient(tracking_uri=uri).get_trace(made.info.trace_id)
-    assert written.info.state.value == "OK" and written.info.experiment_id == copy_experiment
-    assert sorted(s.span_id for s in written.data.spans) == sorted(s.span_id for s in made.data.spans)
-    assert written.info.request_metadata["mlflow.trace.session"] == made.info.request_metadata["mlflow.trace.session"]
+    assert calls == ["start_trace", "get_experiment", "start_trace", "log_spans"]  # the experiment read once
+    calls.clear()
+    store.exporter(uri)._client.store.get_experiment(copy_experiment)
+    assert calls == ["get_experiment"]  # outside a write, the store reads it as before
+    for trace in made:
+        written = MlflowClient(tracking_uri=uri).get_trace(trace.info.trace_id)
+        assert written.info.state.value == "OK" and written.info.experiment_id == copy_experiment
+        assert sorted(s.span_id for s in written.data.spans) == sorted(s.span_id for s in trace.data.spans)
+        session = written.info.request_metadata["mlflow.trace.session"]
+        assert session == trace.info.request_metadata["mlflow.trace.session"]
 
     # An open trace (the same spans, into a third store): its spans wait HOLD_S, then are written as
     # they are, the trace in progress; a flush writes the rest at once.
     uri = f"sqlite:///{workdir / 'open.db'}"
     mlflow.set_tracking_uri(uri)
     open_experiment = mlflow.create_experiment("open")
+    first = [d for d in children if d["trace_id"] == roots[0]["trace_id"]]
     calls.clear()
-    store.take(("spans", uri, open_experiment, children[:2]))
+
+    def writes() -> list[str]:
+        return [c for c in calls if c != "get_experiment"]
+
+    store.take(("spans", uri, open_experiment, first[:2]))
     monkeypatch.setattr(trace_writer, "HOLD_S", 0.0)
     store.write()
-    assert calls == ["log_spans"] and not store.held
-    assert MlflowClient(tracking_uri=uri).get_trace(made.info.trace_id).info.state.value == "IN_PROGRESS"
-    store.take(("spans", uri, open_experiment, children[2:]))
+    assert writes() == ["log_spans"] and not store.held
+    assert MlflowClient(tracking_uri=uri).get_trace(made[0].info.trace_id).info.state.value == "IN_PROGRESS"
+    store.take(("spans", uri, open_experiment, first[2:]))
     monkeypatch.setattr(trace_writer, "HOLD_S", 60.0)
     store.write()
-    assert calls == ["log_spans"]
+    assert writes() == ["log_spans"]
     store.take(("flush", 1))
-    assert calls == ["log_spans", "log_spans"] and not store.held and store.due() is None
+    assert writes() == ["log_spans", "log_spans"] and not store.held and store.due() is None
 
 
 def test_resume_does_not_trace_a_finished_conversation_twice(make_job, workdir):
