@@ -6,6 +6,7 @@ and nothing traced with tracking.traces=false."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import mlflow
@@ -107,6 +108,7 @@ def test_the_writer_writes_a_trace_before_its_spans_and_holds_an_open_traces_spa
     progress."""
     import io
 
+    from mlflow.entities import Span
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     from chareval.store import trace_writer
@@ -157,27 +159,38 @@ def test_the_writer_writes_a_trace_before_its_spans_and_holds_an_open_traces_spa
         assert session == trace.info.request_metadata["mlflow.trace.session"]
 
     # An open trace (the same spans, into a third store): its spans wait HOLD_S, then are written as
-    # they are, the trace in progress; a flush writes the rest at once.
+    # they are, the trace in progress; HOLD_SPANS of them are written with the next batch; a flush
+    # writes the rest at once.
     uri = f"sqlite:///{workdir / 'open.db'}"
     mlflow.set_tracking_uri(uri)
     open_experiment = mlflow.create_experiment("open")
-    first = [d for d in children if d["trace_id"] == roots[0]["trace_id"]]
+    first, second = ([d for d in children if d["trace_id"] == root["trace_id"]] for root in roots)
     calls.clear()
 
     def writes() -> list[str]:
         return [c for c in calls if c != "get_experiment"]
 
-    store.take(("spans", uri, open_experiment, first[:2]))
+    store.take(("spans", uri, open_experiment, first[:1]))
+    store.write()
+    assert writes() == [] and store.held
     monkeypatch.setattr(trace_writer, "HOLD_S", 0.0)
     store.write()
     assert writes() == ["log_spans"] and not store.held
     assert MlflowClient(tracking_uri=uri).get_trace(made[0].info.trace_id).info.state.value == "IN_PROGRESS"
-    store.take(("spans", uri, open_experiment, first[2:]))
     monkeypatch.setattr(trace_writer, "HOLD_S", 60.0)
+    monkeypatch.setattr(trace_writer, "HOLD_SPANS", 2)
+    store.take(("spans", uri, open_experiment, first[1:]))
+    assert store.due() <= time.monotonic() + trace_writer.WRITE_EVERY_S
     store.write()
-    assert writes() == ["log_spans"]
+    assert writes() == ["log_spans", "log_spans"] and not store.held
+    store.take(("spans", uri, open_experiment, second[:1]))
+    store.write()
+    assert writes() == ["log_spans", "log_spans"] and store.due() > time.monotonic() + 30
     store.take(("flush", 1))
-    assert writes() == ["log_spans", "log_spans"] and not store.held and store.due() is None
+    assert writes() == ["log_spans", "log_spans", "log_spans"] and not store.held and store.due() is None
+    for trace, sent in ((made[0], first), (made[1], second[:1])):
+        written = MlflowClient(tracking_uri=uri).get_trace(trace.info.trace_id)
+        assert sorted(s.span_id for s in written.data.spans) == sorted(Span.from_dict(d).span_id for d in sent)
 
 
 def test_resume_does_not_trace_a_finished_conversation_twice(make_job, workdir):

@@ -51,8 +51,11 @@ WRITE_EVERY_S = 0.5
 # The spans of a trace still open are held (in this process) until the trace ends, and written after
 # it: MLflow's store writes a trace it does not have yet in one insert (~5 ms of CPU), but one whose
 # spans came first by merging row by row (~13 ms). A trace open longer than this has its spans
-# written anyway, so that the MLflow UI shows a long conversation in progress.
+# written anyway, so that the MLflow UI shows a long conversation in progress; so are those of a trace
+# with many spans (the contexts of a stage, all in one trace), which would otherwise all be written
+# at its end, while the stage waits: the merge costs the same for one trace whatever its size.
 HOLD_S = 5.0
+HOLD_SPANS = 32
 
 
 def log_feedback(
@@ -285,7 +288,7 @@ class Store:
         self.spans_of: dict[str, list[Any]] = {}  # trace id -> all its spans, until the trace is written
         self.traces: list[tuple[str, dict]] = []  # (uri, trace info) of ended traces, to write
         self.assessments: list[tuple] = []  # (uri, trace id, name, assessment) to write after the traces
-        self.first_sent: float | None = None  # when the oldest trace or assessment not yet written came
+        self.first_sent: float | None = None  # when the oldest of what is to be written with the next batch came
         self.exporters: dict[str, Any] = {}
         self.warned: set[str] = set()
 
@@ -300,6 +303,8 @@ class Store:
                 held = self.held.setdefault(span.trace_id, Held(uri, experiment_id, time.monotonic()))
                 held.spans.append(span)
                 self.spans_of.setdefault(span.trace_id, []).append(span)
+                if len(held.spans) >= HOLD_SPANS and self.first_sent is None:
+                    self.first_sent = time.monotonic()  # written with the next batch
         elif kind in ("trace", "feedback"):
             if kind == "trace":
                 self.traces.append((message[1], message[2]))
@@ -322,9 +327,9 @@ class Store:
 
     def write(self, everything: bool = False) -> None:
         """The ended traces first (MLflow's own exporter code, called as its worker thread would
-        call it), then their spans and those of traces open longer than HOLD_S (or, with
-        `everything`, all), in one store call per experiment, then the feedback, which needs its
-        trace in the store."""
+        call it), then their spans and those of traces open longer than HOLD_S or with HOLD_SPANS
+        spans waiting (with `everything`, all), in one store call per experiment, then the
+        feedback, which needs its trace in the store."""
         from mlflow.entities import Trace, TraceData, TraceInfo
 
         ended = set()
@@ -340,7 +345,8 @@ class Store:
         self.first_sent = None
         held_until = time.monotonic() - HOLD_S
         batches: dict[tuple[str, str], list[Any]] = {}
-        for trace_id in [t for t, h in self.held.items() if everything or t in ended or h.since <= held_until]:
+        due = [t for t, h in self.held.items() if t in ended or h.since <= held_until or len(h.spans) >= HOLD_SPANS]
+        for trace_id in list(self.held) if everything else due:
             held = self.held.pop(trace_id)
             batches.setdefault((held.uri, held.experiment_id), []).extend(held.spans)
         for (uri, experiment_id), spans in batches.items():
