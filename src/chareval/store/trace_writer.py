@@ -262,11 +262,15 @@ def experiments_read_once(store: Any) -> Iterator[None]:
             seen[experiment_id] = read(experiment_id)
         return seen[experiment_id]
 
+    own = vars(store).get("get_experiment")  # None: the method is the class's
     store.get_experiment = get_experiment
     try:
         yield
     finally:
-        del store.get_experiment  # the store's own method again
+        if own is None:
+            del store.get_experiment  # the class's method again
+        else:
+            store.get_experiment = own
 
 
 @dataclass
