@@ -86,4 +86,4 @@ def load_base(folder: Path, on: str) -> Any:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
-    return model.to(on)  # type: ignore[arg-type]  # transformers types .to() through a decorator that hides its arguments
+    return model.to(on)
