@@ -69,17 +69,49 @@ def pytest_xdist_make_scheduler(config, log):
 
     class ByModule(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return SHARED_WORKER.get(module, module)
+            return scope_of(nodeid)
 
+    # The modules in the order of the collection (below), not xdist's default of the most tests first.
+    config.option.loadscopereorder = False
     return ByModule(config, log)
 
 
+def scope_of(nodeid: str) -> str:
+    module = nodeid.split("::", 1)[0]
+    return SHARED_WORKER.get(module, module)
+
+
+# Seconds the slowest modules took on one of two workers (pytest -n auto on 2 cores, 2026-12-04,
+# the browser's test counted with the dashboard's): handed out longest first, so that no long module
+# starts last and runs alone. A stale figure only costs time.
+MODULE_SECONDS = {
+    "tests/test_sweeps.py": 164,
+    "tests/test_dashboard.py": 156,
+    "tests/test_finetune_local.py": 155,
+    "tests/test_embedded_lora.py": 123,
+    "tests/test_throughput.py": 66,
+    "tests/test_genai_tracing.py": 65,
+    "tests/test_tracking.py": 64,
+    "tests/test_reproducibility.py": 62,
+    "tests/test_evaluate.py": 54,
+    "tests/test_reliability.py": 49,
+    "tests/test_stages.py": 47,
+    "tests/test_resume.py": 42,
+    "tests/test_store_faults.py": 41,
+    "tests/test_trace_faults.py": 40,
+    "tests/test_cost.py": 35,
+    "tests/test_cli.py": 31,
+    "tests/test_repair.py": 29,
+    "tests/test_hosted_pipeline.py": 27,
+    "tests/test_local_llm.py": 24,
+}
+
+
 def pytest_collection_modifyitems(config, items):
-    """The modules with slow tests first, so that the fast ones fill in at the end instead of one
-    long module running alone on one worker."""
+    """The longest modules first (MODULE_SECONDS), then the other modules with slow tests, so that
+    the fast ones fill in at the end instead of one long module running alone on one worker."""
     slow = {item.module for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.module not in slow)
+    items.sort(key=lambda item: (-MODULE_SECONDS.get(scope_of(item.nodeid), 0), item.module not in slow))
 
 
 def share_hf_models(outputs: Path) -> None:
