@@ -349,8 +349,8 @@ class Store:
         self.first_sent = None
         held_until = time.monotonic() - HOLD_S
         batches: dict[tuple[str, str], list[Any]] = {}
-        due = [t for t, h in self.held.items() if t in ended or h.since <= held_until or len(h.spans) >= HOLD_SPANS]
-        for trace_id in list(self.held) if everything else due:
+        ready = [t for t, h in self.held.items() if t in ended or h.since <= held_until or len(h.spans) >= HOLD_SPANS]
+        for trace_id in list(self.held) if everything else ready:
             held = self.held.pop(trace_id)
             batches.setdefault((held.uri, held.experiment_id), []).extend(held.spans)
         for (uri, experiment_id), spans in batches.items():
