@@ -72,6 +72,33 @@ def test_the_conversion_is_made_once_and_reused(folder, cache, monkeypatch):
     assert model.config.model_type == "llama" and getattr(model, "hf_quantizer", None) is None
 
 
+def test_while_converting_the_gguf_is_parsed_once_and_gguf_is_itself_again_after():
+    import gguf
+
+    parse, names = gguf.GGUFReader, gguf.get_tensor_name_map
+    with hf_models.gguf_parsed_once():
+        first, second = gguf.GGUFReader(packaged_gguf()), gguf.GGUFReader(str(packaged_gguf()))
+        assert first is second and isinstance(first, parse)
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 30) is gguf.get_tensor_name_map(
+            gguf.MODEL_ARCH.LLAMA, 30
+        )
+    assert gguf.GGUFReader is parse and gguf.get_tensor_name_map is names
+    assert gguf.GGUFReader(packaged_gguf()) is not first  # outside the scope a read is a fresh one
+
+
+def test_auto_precision_is_bfloat16_only_where_the_device_computes_it(monkeypatch):
+    import torch
+
+    from chareval.finetune.local_lora import BF16_CPU_PROBES, compute_dtype
+
+    assert compute_dtype("float32", "cpu") is torch.float32 and compute_dtype("bfloat16", "cpu") is torch.bfloat16
+    for probe in BF16_CPU_PROBES:
+        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
+    assert compute_dtype("auto", "cpu") is torch.float32  # emulated bfloat16 is slower than float32
+    monkeypatch.setattr(torch.cpu, BF16_CPU_PROBES[0], lambda: True)
+    assert compute_dtype("auto", "cpu") is torch.bfloat16
+
+
 def test_only_labelled_positions_reach_the_output_layer_and_the_loss_equals_the_full_one(folder, tokenizer):
     import torch
     from peft import LoraConfig, get_peft_model
@@ -152,6 +179,7 @@ def trained(tmp_path_factory, cache, folder):
         lora={"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"},
         suffix=None,
         device="cpu",
+        precision="auto",  # bfloat16 on a CPU with AVX512-BF16 (these machines), float32 elsewhere
         training_method="sft",
         dpo_beta=None,
     )

@@ -52,6 +52,8 @@ class LocalLoraSettings(FinetuneSettings):
     lora: LoraSettings
     suffix: str | None = Field(max_length=40)
     device: Literal["auto", "cpu", "cuda"]
+    # What the passes compute in: auto = bfloat16 where the device has it natively, else float32.
+    precision: Literal["auto", "float32", "bfloat16"]
     dpo_beta: float | None = Field(gt=0)  # DPO only; null: 0.1 (TRL's default)
 
     @field_validator("base_model")

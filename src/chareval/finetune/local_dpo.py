@@ -14,7 +14,7 @@ from typing import Any
 
 from chareval.config import LocalLoraSettings
 from chareval.errors import ConfigError
-from chareval.finetune.local_lora import TrainResult, _require_libraries, device, save_adapter
+from chareval.finetune.local_lora import TrainResult, _require_libraries, compute_dtype, device, save_adapter
 from chareval.tuned.hf import context_length, converted, load_base, load_tokenizer
 
 
@@ -52,6 +52,7 @@ def train_dpo(
     random.seed(seed)
     torch.manual_seed(seed)
     on = device(settings.device)
+    dtype = compute_dtype(settings.precision, on)
     folder = converted(gguf, cache_dir)
     rows = pairs(train_file)
     if not rows:
@@ -80,6 +81,7 @@ def train_dpo(
         save_strategy="no",
         report_to=[],
         use_cpu=on == "cpu",
+        bf16=dtype == torch.bfloat16,  # the Trainer's autocast, as SFT's own loop does
         gradient_checkpointing=settings.gradient_checkpointing,
         seed=seed,
         disable_tqdm=True,
@@ -102,4 +104,6 @@ def train_dpo(
     trainer.remove_callback(PrinterCallback)  # it prints every step's raw log dict; chareval logs its own line
     trainer.train()
     adapter_dir, gguf_adapter = save_adapter(trainer.model, out_dir, gguf)  # the PEFT policy DPOTrainer made
-    return TrainResult(adapter_dir, gguf_adapter, losses, len(rows), 0, 0, on, folder)
+    return TrainResult(
+        adapter_dir, gguf_adapter, losses, len(rows), 0, 0, on, folder, str(dtype).removeprefix("torch.")
+    )

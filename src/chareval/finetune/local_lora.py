@@ -47,6 +47,26 @@ def device(choice: str) -> str:
     return choice
 
 
+def compute_dtype(choice: str, on: str) -> Any:
+    """What the forward and backward passes compute in. bfloat16 runs under autocast: the LoRA
+    weights, the optimizer's state and the loss stay float32. auto takes it only where the device
+    computes it natively (a GPU that supports it, a CPU with AVX512-BF16 or AMX): elsewhere torch
+    emulates bfloat16 on the CPU, slower than float32."""
+    import torch
+
+    if choice != "auto":
+        return getattr(torch, choice)
+    if on == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    else:
+        native = any(getattr(torch.cpu, probe, lambda: False)() for probe in BF16_CPU_PROBES)
+    return torch.bfloat16 if native else torch.float32
+
+
+# torch's own checks of the CPU's bfloat16 instructions (private names: a missing one reads as "no").
+BF16_CPU_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+
+
 def _ids(tokenizer: Any, messages: list[dict], generation_prompt: bool = False) -> list[int]:
     plain = [{"role": m["role"], "content": m["content"]} for m in messages]
     encoded = tokenizer.apply_chat_template(
@@ -146,6 +166,7 @@ class TrainResult:
     lengthened: int  # examples trained in a window longer than max_seq_tokens
     device: str
     base_folder: Path
+    precision: str  # what the passes computed in: float32 or bfloat16
 
 
 def _read_examples(tokenizer: Any, train_file: Path, max_tokens: int, model_limit: int | None) -> list[Encoded]:
@@ -216,6 +237,7 @@ def train(
     random.seed(seed)
     torch.manual_seed(seed)
     on = device(settings.device)
+    dtype = compute_dtype(settings.precision, on)
     folder = converted(gguf, cache_dir)
     examples = _read_examples(load_tokenizer(folder), train_file, settings.max_seq_tokens, context_length(folder))
     base = load_base(folder, on)
@@ -249,9 +271,10 @@ def train(
             labelled = sum(e.learned_tokens for e in batch)
             total = 0.0
             for example in batch:
-                loss, _ = labelled_loss(
-                    model, torch.tensor([example.ids], device=on), torch.tensor([example.labels], device=on)
-                )
+                with torch.autocast(on, dtype=dtype, enabled=dtype != torch.float32):
+                    loss, _ = labelled_loss(
+                        model, torch.tensor([example.ids], device=on), torch.tensor([example.labels], device=on)
+                    )
                 (loss / labelled).backward()  # summed over the batch, this is the batch's mean loss
                 total += loss.item()
             optimizer.step()
@@ -268,4 +291,5 @@ def train(
         sum(e.lengthened for e in examples),
         on,
         folder,
+        str(dtype).removeprefix("torch."),
     )

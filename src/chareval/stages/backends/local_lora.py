@@ -75,7 +75,12 @@ def run(ctx: StageContext, train_file: Path | None) -> tuple[FineTunedModel, dic
             train_file=str(train_file),
             train_file_sha256=sha,
             settings=key_settings(ctx)
-            | {"base_gguf": str(gguf), "device_used": result.device, "hf_base": str(result.base_folder)},
+            | {
+                "base_gguf": str(gguf),
+                "device_used": result.device,
+                "precision_used": result.precision,
+                "hf_base": str(result.base_folder),
+            },
             adapter_path=str(result.adapter_dir),
             gguf_adapter_path=str(result.gguf_adapter) if result.gguf_adapter else None,
             mlflow_run_id=ctx.mlflow.run_id,
@@ -83,7 +88,14 @@ def run(ctx: StageContext, train_file: Path | None) -> tuple[FineTunedModel, dic
             updated_at=now(),
         )
     )
-    log.info("loss %.3f -> %.3f over %d steps", result.losses[0], result.losses[-1], len(result.losses))
+    log.info(
+        "loss %.3f -> %.3f over %d steps (%s on %s)",
+        result.losses[0],
+        result.losses[-1],
+        len(result.losses),
+        result.precision,
+        result.device,
+    )
     return record, {
         "train.examples": result.examples,
         "train.truncated_examples": result.truncated,
