@@ -39,6 +39,9 @@ FIRST_STAGES = "pipeline.stages=[contexts,conversations,prepare]"
 # tests that fine-tune (and the dashboard's store), through a link in each test's cache folder; keyed
 # by the GGUF's checksum, so it is never stale. The embedded benchmark's test times a fresh one.
 SHARED_HF_MODELS = Path(tempfile.gettempdir()) / "chareval-tests" / "hf_models"
+# Its weights re-encoded for llama.cpp (models.providers.local.weights, 145 MB): one copy for every
+# test and the subprocesses they start, not one per test folder.
+os.environ.setdefault("CHAREVAL_GGUF_CACHE", str(Path(tempfile.gettempdir()) / "chareval-tests" / "gguf"))
 
 register_resolvers()
 # The benchmarks' modules (fake_llm, embedded) for the tests of the benchmarks; after the project's

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import BaseModel, Field, field_validator
 
@@ -180,3 +182,75 @@ def test_a_shared_prefix_is_read_once_and_the_reply_does_not_depend_on_what_came
         client.provider("local/smollm2-135m-instruct").complete(other.model_copy(update={"seed": 9}))
         again[criterion] = judge(criterion)
     assert [again[c] for c in criteria] == first
+
+
+TRANSCRIPT = (
+    "The user asked whether a damaged kettle bought three weeks ago can be returned. The assistant, a "
+    "customer-service interviewer for Brightside Home Goods, explained the 30-day return window, asked "
+    "for the order number, and said a refund goes back to the original card within five business days. "
+)
+
+
+def _next_token_log_probs(path, text: str):
+    import numpy as np
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=1024, n_threads=None, logits_all=True, verbose=False)
+    tokens = llm.tokenize(text.encode())
+    llm.eval(tokens)
+    scores = np.array(llm.scores[: len(tokens)], dtype=np.float64)
+    llm.close()
+    scores -= scores.max(axis=1, keepdims=True)
+    return scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
+
+
+def test_weights_are_re_encoded_once_near_losslessly_and_cached_apart(models, tmp_path):
+    """weights=q8_0 (the default): the packaged Q4_1 file re-encoded once under cache_dir, named by its
+    content and reused after; the copy predicts what the file it came from predicts (next-token
+    distributions over a transcript within 0.05 nats, the likeliest token the same at 9 positions in
+    10); and an answer cached from one is not served for the other."""
+    import numpy as np
+
+    from chareval.llm.providers.local import LocalLlamaProvider
+    from chareval.llm.providers.reencode import served_gguf
+
+    source = packaged_gguf()
+    assert served_gguf(source, None, tmp_path) == source  # null: the file as it is
+    served = served_gguf(source, "q8_0", tmp_path / "gguf")
+    assert served.parent == tmp_path / "gguf" and served.name.endswith(".q8_0.gguf")
+    assert served.stat().st_size > source.stat().st_size  # 8 bits a weight instead of ~4.5
+    made = served.stat().st_mtime_ns
+    assert served_gguf(source, "q8_0", tmp_path / "gguf") == served and served.stat().st_mtime_ns == made
+    assert [p.name for p in (tmp_path / "gguf").iterdir()] == [served.name]  # no partial file left
+
+    original, copy = _next_token_log_probs(source, TRANSCRIPT * 3), _next_token_log_probs(served, TRANSCRIPT * 3)
+    kl = float((np.exp(original) * (original - copy)).sum(axis=1).mean())
+    same_top = float((original.argmax(axis=1) == copy.argmax(axis=1)).mean())
+    assert kl < 0.05 and same_top >= 0.9, (kl, same_top)
+
+    local = LocalSettings.model_validate(models.providers["local"])
+    as_stored, reencoded = (
+        LocalLlamaProvider("smollm2-135m-instruct", local.model_copy(update={"weights": w})) for w in (None, "q8_0")
+    )
+    assert DiskCache.key(as_stored.identity(), request()) != DiskCache.key(reencoded.identity(), request())
+
+
+def test_a_file_llama_cpp_cannot_re_encode_is_a_model_error_that_says_how_to_go_on(tmp_path):
+    from chareval.errors import ModelError
+    from chareval.llm.providers.reencode import served_gguf
+
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + bytes(range(256)) * 64)
+    with pytest.raises(ModelError, match="could not re-encode .*broken.gguf as q8_0") as err:
+        served_gguf(broken, "q8_0", tmp_path / "gguf")
+    assert "models.providers.local.weights=null" in str(err.value.fix)
+    assert not (tmp_path / "gguf").exists() or not list((tmp_path / "gguf").iterdir())  # nothing half-made kept
+
+
+def test_re_encoded_weights_go_to_the_cache_folder_unless_a_shared_one_is_named(monkeypatch, tmp_path):
+    monkeypatch.delenv("CHAREVAL_GGUF_CACHE", raising=False)
+    local = validate_config(compose_cfg(f"paths.outputs={tmp_path}")).models.providers["local"]
+    assert local["weights"] == "q8_0" and Path(local["cache_dir"]) == tmp_path / "cache" / "gguf"
+    monkeypatch.setenv("CHAREVAL_GGUF_CACHE", str(tmp_path / "shared"))
+    local = validate_config(compose_cfg(f"paths.outputs={tmp_path}")).models.providers["local"]
+    assert Path(local["cache_dir"]) == tmp_path / "shared"

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -17,6 +17,7 @@ from chareval.config import Models
 from chareval.errors import ConfigError, ModelError
 from chareval.llm.base import DEFAULT_TEMPERATURE, LLMRequest, LLMResponse, load_once
 from chareval.llm.providers.prefix import PrefixReader
+from chareval.llm.providers.reencode import served_gguf
 from chareval.llm.registry import ProviderSettings, ProviderSpec, register, settings_for, spec_for
 from chareval.schemas import Usage
 
@@ -36,6 +37,8 @@ class LocalSettings(ProviderSettings):
     chat_format: str | None
     repeat_penalty: float = Field(ge=1.0, le=2.0)
     contexts: int = Field(ge=1, le=8)  # llama.cpp contexts per model, each keeping its own prompt prefix
+    weights: Literal["q8_0", "bf16", "f16"] | None  # re-encode the GGUF's weights once (reencode.py); None: as stored
+    cache_dir: Path  # where re-encoded files are kept
 
 
 def packaged_gguf() -> Path:
@@ -194,12 +197,14 @@ class LocalLlamaProvider:
             "flash_attn": self.settings.flash_attn,
             "chat_format": self.settings.chat_format,
             "repeat_penalty": self.settings.repeat_penalty,
+            "weights": self.settings.weights,
         }
 
     def reader(self) -> PrefixReader:
         s = self.settings
         lora = str(self.lora) if self.lora else None
-        return prefix_reader(str(self.path), s.n_ctx, s.n_threads, s.chat_format, lora, s.flash_attn, s.contexts)
+        served = served_gguf(self.path, s.weights, s.cache_dir)
+        return prefix_reader(str(served), s.n_ctx, s.n_threads, s.chat_format, lora, s.flash_attn, s.contexts)
 
     def complete(self, request: LLMRequest) -> LLMResponse:
         reader = self.reader()
