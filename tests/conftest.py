@@ -35,7 +35,7 @@ TINY = [
 # The pipeline's first three stages: the fine-tuning and judging stages have tests of their own.
 FIRST_STAGES = "pipeline.stages=[contexts,conversations,prepare]"
 
-# The embedded model converted for transformers (chareval.tuned.hf.converted, ~25 s to make) is shared by the
+# The embedded model converted for transformers (chareval.tuned.hf.converted, ~10 s to make) is shared by the
 # tests that fine-tune (and the dashboard's store), through a link in each test's cache folder; keyed
 # by the GGUF's checksum, so it is never stale. The embedded benchmark's test times a fresh one.
 SHARED_HF_MODELS = Path(tempfile.gettempdir()) / "chareval-tests" / "hf_models"

@@ -184,6 +184,48 @@ def test_a_shared_prefix_is_read_once_and_the_reply_does_not_depend_on_what_came
     assert [again[c] for c in criteria] == first
 
 
+def test_a_conversations_two_sides_each_keep_their_prefix_in_a_context_of_their_own(models):
+    """The assistant's and the user's turns alternate: with contexts=2 (the default) the assistant's
+    next turn keeps its system prompt and what it read before, where one context would have the
+    user's prompt in between and read everything again. The second context is loaded only then."""
+    from chareval.llm.providers.local import LocalLlamaProvider, release_models
+
+    assistant_system = "You are Jasmine, a hiring interviewer at Brightside Home Goods. " * 12
+    user_system = "You play a job candidate who dislikes customers. Stay in character. " * 12
+    opening = ChatMessage(role="user", content="Hello, I am here for the interview.")
+
+    def one_conversation(contexts: int) -> tuple[int, int, list[str]]:
+        release_models()  # a fresh reader: nothing held from the tests before
+        local = LocalSettings.model_validate(models.providers["local"]).model_copy(update={"contexts": contexts})
+        provider = LocalLlamaProvider("smollm2-135m-instruct", local)
+        first = provider.complete(request(system=assistant_system, messages=[opening], max_tokens=12)).text
+        loaded_alone = provider.reader().contexts_loaded
+        reply = provider.complete(
+            request(system=user_system, messages=[ChatMessage(role="user", content=first)], max_tokens=12)
+        ).text
+        reader = provider.reader()
+        reused = reader.reused_tokens
+        second = provider.complete(
+            request(
+                system=assistant_system,
+                messages=[
+                    opening,
+                    ChatMessage(role="assistant", content=first),
+                    ChatMessage(role="user", content=reply),
+                ],
+                max_tokens=12,
+            )
+        ).text
+        return loaded_alone, reader.reused_tokens - reused, [first, reply, second]
+
+    loaded_alone, kept, texts = one_conversation(2)
+    assert LocalSettings.model_validate(models.providers["local"]).contexts == 2
+    assert loaded_alone == 1  # one prompt: one context
+    assert kept > 100  # the assistant's system prompt (and opening) kept across the user's turn
+    _, kept_once, texts_once = one_conversation(1)
+    assert kept_once == 0 and texts_once == texts  # read again with one context, the same replies
+
+
 TRANSCRIPT = (
     "The user asked whether a damaged kettle bought three weeks ago can be returned. The assistant, a "
     "customer-service interviewer for Brightside Home Goods, explained the 30-day return window, asked "

@@ -1,6 +1,7 @@
 """Prompt-prefix reuse for the embedded model: llama.cpp reads a prompt at ~300 tokens a second on 2
-cores (~480 with the weights as Q8_0, reencode.py), and most prompts begin with what an earlier one read (the judges of a conversation share its
-transcript; each turn of a conversation extends the last one seen by that side).
+cores (~480 with the weights as Q8_0, reencode.py), and most prompts begin with what an earlier one
+read (the judges of a conversation share its transcript; each turn of a conversation extends the
+last one seen by that side).
 
 A prompt is read message by message: each message (as the chat template renders it) is one
 evaluation, at its position, on top of the messages before it. What a context holds is therefore a
@@ -11,7 +12,9 @@ on which calls came before it (the old rule, a fresh read per call, made sure of
 
 With several contexts per model (models.providers.local.contexts), the assistant's and the user's
 turns, which alternate, each extend a chain of their own: a call takes the context whose chain it
-shares most with (else the one used least recently)."""
+shares most with (else the one used least recently). A context is loaded when a call shares nothing
+with what the loaded ones hold: a stage whose prompts all share a beginning (the contexts stage, the
+judges of one conversation) keeps to one."""
 
 from __future__ import annotations
 
@@ -41,9 +44,13 @@ class PrefixReader:
         self.reused_tokens = 0  # prompt tokens kept from an earlier call rather than read again
         self.read_tokens = 0
 
+    @property
+    def contexts_loaded(self) -> int:
+        return len(self._slots)
+
     def _slot_list(self) -> list[Slot]:
         if not self._slots:
-            self._slots = [Slot(self._load(i)) for i in range(self._count)]
+            self._slots = [Slot(self._load(0))]
         return self._slots
 
     def close(self) -> None:
@@ -67,6 +74,9 @@ class PrefixReader:
             raise ValueError(f"Requested tokens ({total}) exceed context window of {slots[0].llm.n_ctx()}")
         slot = max(slots, key=lambda s: (_shared(s.chain, chunks), -s.used))
         keep = _shared(slot.chain, chunks)
+        if keep == 0 and slot.chain and len(slots) < self._count:  # keep what they hold: another context
+            slot = Slot(self._load(len(slots)))
+            slots.append(slot)
         kept = sum(len(c) for c in chunks[:keep])
         llm = slot.llm
         if keep == 0:
