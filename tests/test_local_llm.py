@@ -257,12 +257,12 @@ def test_weights_are_re_encoded_once_near_losslessly_and_cached_apart(models, tm
     from chareval.llm.providers.reencode import served_gguf
 
     source = packaged_gguf()
-    assert served_gguf(source, None, tmp_path) == source  # null: the file as it is
-    served = served_gguf(source, "q8_0", tmp_path / "gguf")
+    assert served_gguf(source, None, tmp_path, "w") == source  # null: the file as it is
+    served = served_gguf(source, "q8_0", tmp_path / "gguf", "w")
     assert served.parent == tmp_path / "gguf" and served.name.endswith(".q8_0.gguf")
     assert served.stat().st_size > source.stat().st_size  # 8 bits a weight instead of ~4.5
     made = served.stat().st_mtime_ns
-    assert served_gguf(source, "q8_0", tmp_path / "gguf") == served and served.stat().st_mtime_ns == made
+    assert served_gguf(source, "q8_0", tmp_path / "gguf", "w") == served and served.stat().st_mtime_ns == made
     assert [p.name for p in (tmp_path / "gguf").iterdir()] == [served.name]  # no partial file left
 
     original, copy = _next_token_log_probs(source, TRANSCRIPT * 3), _next_token_log_probs(served, TRANSCRIPT * 3)
@@ -272,9 +272,13 @@ def test_weights_are_re_encoded_once_near_losslessly_and_cached_apart(models, tm
 
     local = LocalSettings.model_validate(models.providers["local"])
     as_stored, reencoded = (
-        LocalLlamaProvider("smollm2-135m-instruct", local.model_copy(update={"weights": w})) for w in (None, "q8_0")
+        LocalLlamaProvider("smollm2-135m-instruct", local.model_copy(update={"weights": {"smollm2-135m-instruct": w}}))
+        for w in (None, "q8_0")
     )
     assert DiskCache.key(as_stored.identity(), request()) != DiskCache.key(reencoded.identity(), request())
+    # A model the setting does not name (a user's own GGUF, by path) is served as its file stores it.
+    by_path = LocalLlamaProvider(str(source), local)
+    assert by_path.weights is None and by_path.reader() is not reencoded.reader()
 
 
 def test_a_file_llama_cpp_cannot_re_encode_is_a_model_error_that_says_how_to_go_on(tmp_path):
@@ -284,15 +288,21 @@ def test_a_file_llama_cpp_cannot_re_encode_is_a_model_error_that_says_how_to_go_
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + bytes(range(256)) * 64)
     with pytest.raises(ModelError, match="could not re-encode .*broken.gguf as q8_0") as err:
-        served_gguf(broken, "q8_0", tmp_path / "gguf")
-    assert "models.providers.local.weights=null" in str(err.value.fix)
+        served_gguf(broken, "q8_0", tmp_path / "gguf", "models.providers.local.weights.mine")
+    assert "models.providers.local.weights.mine=null" in str(err.value.fix)
     assert not (tmp_path / "gguf").exists() or not list((tmp_path / "gguf").iterdir())  # nothing half-made kept
 
 
 def test_re_encoded_weights_go_to_the_cache_folder_unless_a_shared_one_is_named(monkeypatch, tmp_path):
     monkeypatch.delenv("CHAREVAL_GGUF_CACHE", raising=False)
     local = validate_config(compose_cfg(f"paths.outputs={tmp_path}")).models.providers["local"]
-    assert local["weights"] == "q8_0" and Path(local["cache_dir"]) == tmp_path / "cache" / "gguf"
+    assert local["weights"] == {"smollm2-135m-instruct": "q8_0"}
+    assert Path(local["cache_dir"]) == tmp_path / "cache" / "gguf"
     monkeypatch.setenv("CHAREVAL_GGUF_CACHE", str(tmp_path / "shared"))
     local = validate_config(compose_cfg(f"paths.outputs={tmp_path}")).models.providers["local"]
     assert Path(local["cache_dir"]) == tmp_path / "shared"
+
+
+def test_weights_for_an_alias_that_does_not_exist_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"local.weights: .*smollm2-135m-instrct is not an alias"):
+        validate_config(compose_cfg("+models.providers.local.weights.smollm2-135m-instrct=q8_0"))

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from chareval.config import Models
 from chareval.errors import ConfigError, ModelError
@@ -37,8 +37,21 @@ class LocalSettings(ProviderSettings):
     chat_format: str | None
     repeat_penalty: float = Field(ge=1.0, le=2.0)
     contexts: int = Field(ge=1, le=8)  # llama.cpp contexts per model, each keeping its own prompt prefix
-    weights: Literal["q8_0", "bf16", "f16"] | None  # re-encode the GGUF's weights once (reencode.py); None: as stored
+    # alias -> the type its GGUF's weights are re-encoded in, once (reencode.py). A model not named here,
+    # or null, is served as its file stores it: a user's own GGUF is not changed unasked.
+    weights: dict[str, Literal["q8_0", "bf16", "f16"] | None]
     cache_dir: Path  # where re-encoded files are kept
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_of_known_aliases(cls, weights: dict, info: ValidationInfo) -> dict:
+        aliases = info.data.get("models") or {}
+        unknown = sorted(set(weights) - set(aliases))
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)} is not an alias in models.providers.local.models ({', '.join(sorted(aliases))})"
+            )
+        return weights
 
 
 def packaged_gguf() -> Path:
@@ -180,6 +193,7 @@ class LocalLlamaProvider:
         self.settings = settings
         self.path = resolve_gguf(model, settings)
         self.lora = lora  # a GGUF LoRA adapter applied on the model (local_lora serves through this)
+        self.weights = settings.weights.get(model)  # None: served as the file stores it
 
     def max_in_flight(self) -> int:
         return 1
@@ -197,13 +211,13 @@ class LocalLlamaProvider:
             "flash_attn": self.settings.flash_attn,
             "chat_format": self.settings.chat_format,
             "repeat_penalty": self.settings.repeat_penalty,
-            "weights": self.settings.weights,
+            "weights": self.weights,
         }
 
     def reader(self) -> PrefixReader:
         s = self.settings
         lora = str(self.lora) if self.lora else None
-        served = served_gguf(self.path, s.weights, s.cache_dir)
+        served = served_gguf(self.path, self.weights, s.cache_dir, f"models.providers.local.weights.{self.model}")
         return prefix_reader(str(served), s.n_ctx, s.n_threads, s.chat_format, lora, s.flash_attn, s.contexts)
 
     def complete(self, request: LLMRequest) -> LLMResponse:

