@@ -2,9 +2,9 @@
 fallback for serving its adapters (llm/providers/local_lora) share, below both.
 
 transformers reads a GGUF by de-quantizing every tensor into float32 and rebuilding the tokenizer
-from the GGUF's vocabulary (about 17 s for the 135M default, 7 s with gguf_parsed_once). So the first load saves the
-result as an ordinary transformers folder under the cache, keyed by the GGUF's sha256, and every later
-load reads that folder (about a second)."""
+from the GGUF's vocabulary (about 17 s for the 135M default, 7 s with gguf_parsed_once). So the first
+load saves the result as an ordinary transformers folder under the cache, keyed by the GGUF's sha256,
+and every later load reads that folder (about a second)."""
 
 from __future__ import annotations
 

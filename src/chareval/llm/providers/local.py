@@ -211,7 +211,8 @@ class LocalLlamaProvider:
             "flash_attn": self.settings.flash_attn,
             "chat_format": self.settings.chat_format,
             "repeat_penalty": self.settings.repeat_penalty,
-            "weights": self.weights,
+            # Only when re-encoded: the answers cached for a file served as it is stay valid.
+            **({"weights": self.weights} if self.weights else {}),
         }
 
     def reader(self) -> PrefixReader:

@@ -23,9 +23,6 @@ from chareval.io import file_sha256
 
 log = logging.getLogger(__name__)
 
-# The types one may ask for, by llama.cpp's names of them (LLAMA_FTYPE_MOSTLY_<name upper-cased>).
-WEIGHT_TYPES = ("q8_0", "bf16", "f16")
-
 
 def served_gguf(source: Path, weights: str | None, cache_dir: Path, setting: str) -> Path:
     """The file llama.cpp loads for `source`: itself when weights is None, else its weights as
@@ -61,7 +58,7 @@ def _reencode(source: Path, target: Path, weights: str, setting: str) -> None:
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{weights.upper()}")
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{weights.upper()}")  # q8_0 -> ..._Q8_0
     params.allow_requantize = True  # the source is quantized already
     params.nthread = 0  # every core
     # llama.cpp logs every tensor it converts at INFO; Llama(verbose=False) sets the same level.
