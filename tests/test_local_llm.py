@@ -276,6 +276,7 @@ def test_weights_are_re_encoded_once_near_losslessly_and_cached_apart(models, tm
         for w in (None, "q8_0")
     )
     assert DiskCache.key(as_stored.identity(), request()) != DiskCache.key(reencoded.identity(), request())
+    assert "weights" not in as_stored.identity()  # a file served as it is keeps the key it had before
     # A model the setting does not name (a user's own GGUF, by path) is served as its file stores it.
     by_path = LocalLlamaProvider(str(source), local)
     assert by_path.weights is None and by_path.reader() is not reencoded.reader()
