@@ -104,6 +104,4 @@ def train_dpo(
     trainer.remove_callback(PrinterCallback)  # it prints every step's raw log dict; chareval logs its own line
     trainer.train()
     adapter_dir, gguf_adapter = save_adapter(trainer.model, out_dir, gguf)  # the PEFT policy DPOTrainer made
-    return TrainResult(
-        adapter_dir, gguf_adapter, losses, len(rows), 0, 0, on, folder, str(dtype).removeprefix("torch.")
-    )
+    return TrainResult(adapter_dir, gguf_adapter, losses, len(rows), 0, 0, on, folder, dtype)

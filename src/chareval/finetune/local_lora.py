@@ -47,6 +47,10 @@ def device(choice: str) -> str:
     return choice
 
 
+# torch's own checks of the CPU's bfloat16 instructions (private names: a missing one reads as "no").
+BF16_CPU_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+
+
 def compute_dtype(choice: str, on: str) -> Any:
     """What the forward and backward passes compute in. bfloat16 runs under autocast: the LoRA
     weights, the optimizer's state and the loss stay float32. auto takes it only where the device
@@ -61,10 +65,6 @@ def compute_dtype(choice: str, on: str) -> Any:
     else:
         native = any(getattr(torch.cpu, probe, lambda: False)() for probe in BF16_CPU_PROBES)
     return torch.bfloat16 if native else torch.float32
-
-
-# torch's own checks of the CPU's bfloat16 instructions (private names: a missing one reads as "no").
-BF16_CPU_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
 
 
 def _ids(tokenizer: Any, messages: list[dict], generation_prompt: bool = False) -> list[int]:
@@ -166,7 +166,7 @@ class TrainResult:
     lengthened: int  # examples trained in a window longer than max_seq_tokens
     device: str
     base_folder: Path
-    precision: str  # what the passes computed in: float32 or bfloat16
+    dtype: Any  # what the passes computed in: torch.float32 or torch.bfloat16
 
 
 def _read_examples(tokenizer: Any, train_file: Path, max_tokens: int, model_limit: int | None) -> list[Encoded]:
@@ -291,5 +291,5 @@ def train(
         sum(e.lengthened for e in examples),
         on,
         folder,
-        str(dtype).removeprefix("torch."),
+        dtype,
     )

@@ -12,7 +12,6 @@ less than Q4_1's own rounding of the activations it multiplies."""
 from __future__ import annotations
 
 import ctypes
-import functools
 import logging
 import os
 import time
@@ -20,17 +19,19 @@ from pathlib import Path
 
 from chareval.errors import ModelError
 from chareval.io import file_sha256
+from chareval.llm.base import load_once
 
 log = logging.getLogger(__name__)
 
 
+@load_once  # found (or made) once per process, one thread at a time: every call of the model asks
 def served_gguf(source: Path, weights: str | None, cache_dir: Path, setting: str) -> Path:
     """The file llama.cpp loads for `source`: itself when weights is None, else its weights as
     `weights`, made on first use under cache_dir (named by the source's content). `setting` is the
     config key that asked for it, for the fix of an error."""
     if weights is None:
         return source
-    target = Path(cache_dir) / f"{source.stem}.{_content_id(*_stamp(source))}.{weights}.gguf"
+    target = Path(cache_dir) / f"{source.stem}.{file_sha256(source)[:16]}.{weights}.gguf"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -40,18 +41,6 @@ def served_gguf(source: Path, weights: str | None, cache_dir: Path, setting: str
     partial.replace(target)  # atomic: another process making the same file meanwhile writes the same bytes
     log.info("re-encoded %s as %s in %.1f s (cached: %s)", source.name, weights, time.perf_counter() - started, target)
     return target
-
-
-def _stamp(path: Path) -> tuple[str, int, int]:
-    stat = path.stat()
-    return str(path), stat.st_size, stat.st_mtime_ns
-
-
-@functools.cache
-def _content_id(path: str | Path, size: int, mtime_ns: int) -> str:
-    """The first 16 hex digits of the file's SHA-256, read once per process (size and time tell a
-    changed file)."""
-    return file_sha256(Path(path))[:16]
 
 
 def _reencode(source: Path, target: Path, weights: str, setting: str) -> None:

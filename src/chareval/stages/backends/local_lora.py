@@ -64,6 +64,7 @@ def run(ctx: StageContext, train_file: Path | None) -> tuple[FineTunedModel, dic
             cache_dir=Path(s.paths.cache),
             on_step=lambda step, loss: ctx.mlflow.log_metric_at("train.loss", loss, step),
         )
+    precision = str(result.dtype).removeprefix("torch.")  # float32 or bfloat16
     record = registry.save(
         FineTunedModel(
             key=key,
@@ -78,7 +79,7 @@ def run(ctx: StageContext, train_file: Path | None) -> tuple[FineTunedModel, dic
             | {
                 "base_gguf": str(gguf),
                 "device_used": result.device,
-                "precision_used": result.precision,
+                "precision_used": precision,
                 "hf_base": str(result.base_folder),
             },
             adapter_path=str(result.adapter_dir),
@@ -93,7 +94,7 @@ def run(ctx: StageContext, train_file: Path | None) -> tuple[FineTunedModel, dic
         result.losses[0],
         result.losses[-1],
         len(result.losses),
-        result.precision,
+        precision,
         result.device,
     )
     return record, {
