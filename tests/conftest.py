@@ -117,6 +117,19 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: (-MODULE_SECONDS.get(scope_of(item.nodeid), 0), item.module not in slow))
 
 
+def llama_log_probs(gguf: Path | str, ids: list[int], lora: str | None = None):
+    """llama.cpp's next-token log-probabilities (a torch tensor) at every position of `ids`, in a
+    fresh context of `gguf` (with a LoRA adapter on it)."""
+    import torch
+    from llama_cpp import Llama
+
+    llm = Llama(str(gguf), n_ctx=512, logits_all=True, lora_path=lora, verbose=False)
+    llm.eval(ids)
+    scores = torch.tensor(llm.scores[: len(ids)])
+    llm.close()
+    return torch.log_softmax(scores, -1)
+
+
 def share_hf_models(outputs: Path) -> None:
     SHARED_HF_MODELS.mkdir(parents=True, exist_ok=True)
     link = outputs / "cache" / "hf_models"

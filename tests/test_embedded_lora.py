@@ -15,7 +15,7 @@ from chareval.io import file_sha256
 from chareval.llm.providers.local import load_llama, packaged_gguf
 from chareval.tuned import hf as hf_models
 from chareval.tuned.hf import MARKER, converted, load_base, load_tokenizer
-from conftest import share_hf_models
+from conftest import llama_log_probs, share_hf_models
 
 pytestmark = pytest.mark.slow  # the real model in transformers and llama.cpp
 
@@ -231,16 +231,6 @@ def test_the_gguf_adapter_loads_in_llama_cpp_and_changes_the_output(trained):
         assert "Pineapple" in load_llama(str(packaged_gguf()), 2048, None, None, None).detokenize(adapted).decode()
 
 
-def _llama_log_probs(lora, ids: list[int]):
-    """llama.cpp's next-token log-probabilities at every position of `ids`."""
-    import torch
-    from llama_cpp import Llama
-
-    llm = Llama(str(packaged_gguf()), n_ctx=512, logits_all=True, lora_path=lora, verbose=False)
-    llm.eval(ids)
-    return torch.log_softmax(torch.tensor(llm.scores[: len(ids)]), -1)
-
-
 def _transformers_log_probs(model, ids: list[int]):
     import torch
 
@@ -269,7 +259,7 @@ def test_llama_cpp_and_transformers_read_an_adapter_the_same_way(folder, tokeniz
     for question in UNSEEN:
         ids = tokenizer.apply_chat_template(_messages(question), add_generation_prompt=True, return_dict=True)
         ids = ids["input_ids"]
-        theirs, ours = _llama_log_probs(str(gguf_adapter), ids), _transformers_log_probs(adapted, ids)
+        theirs, ours = llama_log_probs(packaged_gguf(), ids, str(gguf_adapter)), _transformers_log_probs(adapted, ids)
         runtimes.append(0.5 * (theirs.exp() - ours.exp()).abs().sum(-1))
         shift.append(0.5 * (_transformers_log_probs(base, ids).exp() - ours.exp()).abs().sum(-1))
     assert torch.cat(runtimes).mean() < 0.1 and torch.cat(shift).mean() > 0.3

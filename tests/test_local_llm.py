@@ -9,10 +9,10 @@ from pydantic import BaseModel, Field, field_validator
 
 from chareval.errors import ConfigError, StructuredOutputError
 from chareval.llm import ChatMessage, DiskCache, LLMClient, LLMRequest
-from chareval.llm.providers.local import LocalSettings, packaged_gguf, resolve_gguf
+from chareval.llm.providers.local import LocalSettings, load_llama, packaged_gguf, resolve_gguf
 from chareval.schemas import ContextDraft
 from chareval.validation import validate_config
-from conftest import compose_cfg
+from conftest import compose_cfg, llama_log_probs
 
 pytestmark = pytest.mark.slow  # the embedded model
 
@@ -233,26 +233,11 @@ TRANSCRIPT = (
 )
 
 
-def _next_token_log_probs(path, text: str):
-    import numpy as np
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=str(path), n_ctx=1024, n_threads=None, logits_all=True, verbose=False)
-    tokens = llm.tokenize(text.encode())
-    llm.eval(tokens)
-    scores = np.array(llm.scores[: len(tokens)], dtype=np.float64)
-    llm.close()
-    scores -= scores.max(axis=1, keepdims=True)
-    return scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
-
-
 def test_weights_are_re_encoded_once_near_losslessly_and_cached_apart(models, tmp_path):
     """weights=q8_0 (the default): the packaged Q4_1 file re-encoded once under cache_dir, named by its
     content and reused after; the copy predicts what the file it came from predicts (next-token
     distributions over a transcript within 0.05 nats, the likeliest token the same at 9 positions in
     10); and an answer cached from one is not served for the other."""
-    import numpy as np
-
     from chareval.llm.providers.local import LocalLlamaProvider
     from chareval.llm.providers.reencode import served_gguf
 
@@ -265,9 +250,10 @@ def test_weights_are_re_encoded_once_near_losslessly_and_cached_apart(models, tm
     assert served_gguf(source, "q8_0", tmp_path / "gguf", "w") == served and served.stat().st_mtime_ns == made
     assert [p.name for p in (tmp_path / "gguf").iterdir()] == [served.name]  # no partial file left
 
-    original, copy = _next_token_log_probs(source, TRANSCRIPT * 3), _next_token_log_probs(served, TRANSCRIPT * 3)
-    kl = float((np.exp(original) * (original - copy)).sum(axis=1).mean())
-    same_top = float((original.argmax(axis=1) == copy.argmax(axis=1)).mean())
+    ids = load_llama(str(source), 2048, None, None).tokenize((TRANSCRIPT * 3).encode())
+    original, copy = llama_log_probs(source, ids).double(), llama_log_probs(served, ids).double()
+    kl = float((original.exp() * (original - copy)).sum(dim=1).mean())
+    same_top = float((original.argmax(dim=1) == copy.argmax(dim=1)).float().mean())
     assert kl < 0.05 and same_top >= 0.9, (kl, same_top)
 
     local = LocalSettings.model_validate(models.providers["local"])
