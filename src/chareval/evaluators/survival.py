@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scipy.special import comb
-
 from chareval.schemas import Conversation
 
 
@@ -93,7 +91,7 @@ def pass_hat_k(held_by_context: dict[str, list[bool]]) -> dict[int, float]:
     most = min(len(v) for v in held_by_context.values())
     result = {}
     for k in range(1, most + 1):
-        shares = [comb(sum(v), k, exact=True) / comb(len(v), k, exact=True) for v in held_by_context.values()]
+        shares = [math.comb(sum(v), k) / math.comb(len(v), k) for v in held_by_context.values()]
         result[k] = sum(shares) / len(shares)
     return result
 
