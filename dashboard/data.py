@@ -26,6 +26,7 @@ from chareval.store.read import (  # the types and pure helpers the pages use, r
     quote,
 )
 from chareval.store.trace_writer import log_feedback
+from chareval.store.writer_registry import wait_for_ended
 
 __all__ = ["FLOWS", "MAKES_CONVERSATIONS", "PAGE_SIZE", "ConversationSet", "RunFilter", "RunView", "facets", "quote"]
 
@@ -71,6 +72,7 @@ def label_trace(uri: str, trace_id: str, expected: dict[str, bool], note: str) -
     judge_check.labels=store` reads, and the MLflow UI shows beside the judges' verdicts). Returns
     why it could not be attached, or None."""
     mlflow.set_tracking_uri(uri)
+    wait_for_ended(uri)  # the trace of a run that has just ended may still be on its way to the store
     try:
         for evaluator, passed in expected.items():
             log_feedback(trace_id, evaluator, source=("HUMAN", labeller()), value=passed, rationale=note or None)

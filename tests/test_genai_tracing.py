@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from chareval.app import Job
 from chareval.io import read_records_jsonl
 from chareval.schemas import Conversation
+from chareval.store.trace_writer import flush_shared
 from chareval.store.traces import human_labelled
 from conftest import DATA, TINY, compose_cfg, run_job_in
 from fake_apis import FakeAPI, chat_completion
@@ -28,8 +29,14 @@ def experiment_id() -> str:
 
 
 def traces(kind: str | None = None, run_id: str | None = None) -> list:
+    flush_shared()  # the jobs' traces are written by another process, which nothing waits for
     found = mlflow.search_traces(locations=[experiment_id()], run_id=run_id, return_type="list")
     return [t for t in found if kind is None or t.info.tags.get("chareval.kind") == kind]
+
+
+def assessments(trace_id: str) -> list:
+    flush_shared()
+    return MlflowClient().get_trace(trace_id).info.assessments
 
 
 def stage_run(outputs_dir: Path, stage: str):
@@ -85,7 +92,7 @@ def test_traces_and_verdicts_are_written_by_the_writer_process_not_the_one_makin
     (first, second) = sorted(traces("conversation"), key=lambda t: t.info.tags["conversation"])
     assert first.info.state.value == "OK" and first.info.request_metadata["mlflow.trace.session"]
     assert len([s for s in first.data.spans if s.span_type == "LLM"]) == 3
-    verdicts = {a.name for a in MlflowClient().get_trace(second.info.trace_id).info.assessments}
+    verdicts = {a.name for a in assessments(second.info.trace_id)}
     assert verdicts == {"professionalism", "grounding"}
 
 
@@ -108,7 +115,7 @@ def test_the_writer_writes_a_trace_before_its_spans_and_holds_an_open_traces_spa
     progress."""
     import io
 
-    from mlflow.entities import Span
+    from mlflow.entities import Span, TraceInfo
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     from chareval.store import trace_writer
@@ -140,12 +147,15 @@ def test_the_writer_writes_a_trace_before_its_spans_and_holds_an_open_traces_spa
         )
     store = trace_writer.Store(io.StringIO())
 
-    store.take(("spans", uri, copy_experiment, children))
+    def spans(dicts: list[dict]) -> list[Span]:
+        return [Span.from_dict(d) for d in dicts]
+
+    store.add_spans(uri, copy_experiment, spans(children))
     store.write()
     assert calls == [] and store.due() is not None  # held: the traces are open, their spans are new
-    store.take(("spans", uri, copy_experiment, roots))
+    store.add_spans(uri, copy_experiment, spans(roots))
     for info in infos:
-        store.take(("trace", uri, info))
+        store.add_trace(uri, TraceInfo.from_dict(info))
     store.write()
     assert calls == ["start_trace", "get_experiment", "start_trace", "log_spans"]  # the experiment read once
     calls.clear()
@@ -159,8 +169,7 @@ def test_the_writer_writes_a_trace_before_its_spans_and_holds_an_open_traces_spa
         assert session == trace.info.request_metadata["mlflow.trace.session"]
 
     # An open trace (the same spans, into a third store): its spans wait HOLD_S, then are written as
-    # they are, the trace in progress; HOLD_SPANS of them are written with the next batch; a flush
-    # writes the rest at once.
+    # they are, the trace in progress; a flush writes the rest at once.
     uri = f"sqlite:///{workdir / 'open.db'}"
     mlflow.set_tracking_uri(uri)
     open_experiment = mlflow.create_experiment("open")
@@ -170,7 +179,7 @@ def test_the_writer_writes_a_trace_before_its_spans_and_holds_an_open_traces_spa
     def writes() -> list[str]:
         return [c for c in calls if c != "get_experiment"]
 
-    store.take(("spans", uri, open_experiment, first[:1]))
+    store.add_spans(uri, open_experiment, spans(first[:1]))
     store.write()
     assert writes() == [] and store.held
     monkeypatch.setattr(trace_writer, "HOLD_S", 0.0)
@@ -178,16 +187,12 @@ def test_the_writer_writes_a_trace_before_its_spans_and_holds_an_open_traces_spa
     assert writes() == ["log_spans"] and not store.held
     assert MlflowClient(tracking_uri=uri).get_trace(made[0].info.trace_id).info.state.value == "IN_PROGRESS"
     monkeypatch.setattr(trace_writer, "HOLD_S", 60.0)
-    monkeypatch.setattr(trace_writer, "HOLD_SPANS", 2)
-    store.take(("spans", uri, open_experiment, first[1:]))
-    assert store.due() <= time.monotonic() + trace_writer.WRITE_EVERY_S
+    store.add_spans(uri, open_experiment, spans(first[1:]))
+    store.add_spans(uri, open_experiment, spans(second[:1]))
     store.write()
-    assert writes() == ["log_spans", "log_spans"] and not store.held
-    store.take(("spans", uri, open_experiment, second[:1]))
-    store.write()
-    assert writes() == ["log_spans", "log_spans"] and store.due() > time.monotonic() + 30
+    assert writes() == ["log_spans"] and store.due() > time.monotonic() + 30  # open and young: held
     store.take(("flush", 1))
-    assert writes() == ["log_spans", "log_spans", "log_spans"] and not store.held and store.due() is None
+    assert writes() == ["log_spans", "log_spans"] and not store.held and store.due() is None  # one call for both
     for trace, sent in ((made[0], first), (made[1], second[:1])):
         written = MlflowClient(tracking_uri=uri).get_trace(trace.info.trace_id)
         assert sorted(s.span_id for s in written.data.spans) == sorted(Span.from_dict(d).span_id for d in sent)
@@ -271,7 +276,7 @@ def test_judge_errors_become_feedback_with_an_error(make_job, workdir):
                 "evaluation.evaluators=[professionalism]",
                 run_dir=workdir / "eval",
             ).run()
-    (feedback,) = MlflowClient().get_trace(conversation.trace_id).info.assessments
+    (feedback,) = assessments(conversation.trace_id)
     assert feedback.name == "professionalism" and feedback.source.source_type == "LLM_JUDGE"
     assert "did not return a valid" in feedback.feedback.error.error_message
 
@@ -334,10 +339,10 @@ def test_every_verdict_is_llm_judge_feedback_on_its_conversation(store):
     evaluations = [json.loads(line) for line in (store / "eval" / "evaluations.jsonl").read_text().splitlines()]
     assert len(evaluations) == 4
     for conversation in conversations_in(store / "conv"):
-        assessments = MlflowClient().get_trace(conversation.trace_id).info.assessments
-        by_name = {a.name: a for a in assessments}
+        verdicts = assessments(conversation.trace_id)
+        by_name = {a.name: a for a in verdicts}
         assert sorted(by_name) == ["boundary_holding", "professionalism"]
-        for a in assessments:
+        for a in verdicts:
             record = next(
                 e for e in evaluations if e["conversation_id"] == conversation.id and e["evaluator"] == a.name
             )
@@ -373,9 +378,7 @@ def test_a_human_label_on_a_trace_is_read_back_by_judge_check(store):
     (case,) = human_labelled(experiment_id())
     assert case.expected == {"boundary_holding": True}  # the later label supersedes
     assert case.conversation.messages == conversation.messages
-    humans = [
-        a for a in MlflowClient().get_trace(conversation.trace_id).info.assessments if a.name == "boundary_holding"
-    ]
+    humans = [a for a in assessments(conversation.trace_id) if a.name == "boundary_holding"]
     assert {a.source.source_type for a in humans} == {"LLM_JUDGE", "HUMAN"}
 
     _, outputs = run_job_in(store, "judge_check", *TINY, "judge_check.labels=store", run_dir="check")
@@ -384,7 +387,7 @@ def test_a_human_label_on_a_trace_is_read_back_by_judge_check(store):
     (only,) = report["accuracy"]["boundary_holding"].values()
     assert only["n"] == 1
     # a judge check's verdicts are about the judge: none is attached to the conversation
-    after = MlflowClient().get_trace(conversation.trace_id).info.assessments
+    after = assessments(conversation.trace_id)
     assert len([a for a in after if a.source.source_type == "LLM_JUDGE"]) == 2
 
 
@@ -400,5 +403,229 @@ def test_verdicts_on_conversations_traced_into_another_store_warn_once_and_are_k
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{other / 'mlflow.db'}")
     outputs = evaluate_two_judges(make_job, workdir)
     assert len(outputs["evaluations"].read_text().splitlines()) == 4  # every verdict is in the file
+    flush_shared()  # the writer's warning comes when it writes the verdicts
     warnings = [r.getMessage() for r in caplog.records if "cannot attach" in r.getMessage()]
     assert len(warnings) == 1 and "in another MLflow store" in warnings[0]
+
+
+# --- the writer's traces are the ones MLflow makes in the traced process -------------------------
+
+
+def _mlflow_in_process(run_id: str, request, response) -> None:
+    """What chareval's Tracer did before the writer made the spans: MLflow's span API here, for the
+    scenario of test_the_writer_makes_the_traces_mlflow_makes_in_the_traced_process."""
+    from mlflow.tracing.provider import safe_set_span_in_context
+
+    with mlflow.start_span(name="conv-1", span_type="AGENT", run_id=run_id) as unit:
+        unit.set_inputs({"context": {"id": "ctx-1", "documents": ["a", "b"]}})
+        unit.set_attributes({"chareval.record": {"id": "conv-1", "turns": 1}, "chareval.run": run_id})
+        mlflow.update_current_trace(
+            tags={"persona": "jasmine", "chareval.kind": "conversation"}, session_id="session-of-run"
+        )
+        with mlflow.start_span(name="assistant · mock/echo", span_type="LLM") as call:
+            call.set_inputs({"messages": [{"role": "system", "content": "be kind"}, {"role": "user", "content": "hi"}]})
+            call.set_attributes(_call_attributes(run_id))
+            call.set_outputs(_call_outputs(response))
+            call.set_attributes(_answer_attributes(response))
+        unit.set_outputs({"messages": 1})
+        unit.set_attributes({"chareval.slipped": False})
+    judgments = mlflow.start_span_no_context(
+        "judgments · conv-1",
+        span_type="EVALUATOR",
+        inputs={"conversation": "conv-1"},
+        tags={"chareval.kind": "judgments"},
+        metadata={"mlflow.sourceRun": run_id},
+        attributes={"chareval.run": run_id},
+    )
+    for fails in (False, True):
+        try:
+            with safe_set_span_in_context(judgments):
+                with mlflow.start_span(name=f"judge · {fails}", span_type="EVALUATOR") as judged:
+                    judged.set_inputs({"fails": fails})
+                    judged.set_attributes({"chareval.run": run_id})
+                    if fails:
+                        raise ValueError("the judge said nothing")
+                    judged.set_outputs({"score": 7})
+                    judged.set_status("ERROR")
+        except ValueError:
+            pass
+    judgments.end()
+    with mlflow.start_span(name="judge · mock/echo", span_type="LLM", run_id=run_id) as call:
+        call.set_inputs({"messages": [{"role": "system", "content": ""}, {"role": "user", "content": "judge this"}]})
+        call.set_attributes(_call_attributes(run_id, role="judge"))
+        mlflow.update_current_trace(tags={"chareval.kind": "call", "role": "judge"})
+        call.set_outputs(_call_outputs(response))
+        call.set_attributes(_answer_attributes(response))
+
+
+def _call_attributes(run_id: str, role: str = "assistant") -> dict:
+    return {
+        "chareval.role": role,
+        "chareval.requested_model": "mock/echo",
+        "chareval.max_tokens": 64,
+        "chareval.temperature": 0.7,
+        "chareval.seed": 5,
+        "chareval.response_schema": "",
+        "chareval.run": run_id,
+    }
+
+
+def _call_outputs(response) -> dict:
+    return {
+        "choices": [{"message": {"role": "assistant", "content": response.text}, "finish_reason": "stop"}],
+        "model": response.model,
+    }
+
+
+def _answer_attributes(response) -> dict:
+    from chareval.store.traces import Call, Span
+
+    span = Span(1, 1)
+    Call(span).answered(response)  # the attributes chareval records of an answer, computed once
+    return span.attributes
+
+
+def _through_the_writer(run_id: str, request, response) -> None:
+    """The same scenario through chareval's Tracer, the judgments from another thread."""
+    import threading
+
+    from chareval.store.traces import Tracer
+
+    tracer = Tracer(run_id)
+    with tracer.unit(
+        "conv-1",
+        "conversation",
+        {"context": {"id": "ctx-1", "documents": ["a", "b"]}},
+        tags={"persona": "jasmine"},
+        session="session-of-run",
+        attributes={"chareval.record": {"id": "conv-1", "turns": 1}},
+    ) as unit:
+        with tracer.call(request, "assistant") as call:
+            call.answered(response)
+        unit.finish({"messages": 1}, {"chareval.slipped": False})
+    judgments = tracer.open("judgments · conv-1", "judgments", {"conversation": "conv-1"})
+
+    def judge() -> None:
+        for fails in (False, True):
+            try:
+                with tracer.unit(f"judge · {fails}", "judgment", {"fails": fails}, parent=judgments) as judged:
+                    if fails:
+                        raise ValueError("the judge said nothing")
+                    judged.finish({"score": 7}, error="no verdict")
+            except ValueError:
+                pass
+
+    worker = threading.Thread(target=judge)
+    worker.start()
+    worker.join()
+    judgments.close()
+    judge_request = request.model_copy(
+        update={"messages": [request.messages[0].model_copy(update={"content": "judge this"})], "system": ""}
+    )
+    with tracer.call(judge_request, "judge") as call:
+        call.answered(response)
+    tracer.flush()
+
+
+def _read_back(run_id: str) -> list[dict]:
+    """The run's traces as the MLflow UI shows them, without what differs between two runs of the
+    same code (ids, times, the run, sizes, the exception's stack)."""
+    found = sorted(
+        mlflow.search_traces(run_id=run_id, return_type="list"), key=lambda t: t.info.tags["mlflow.traceName"]
+    )
+    shapes = []
+    for trace in found:
+        info = trace.info
+        assert info.trace_metadata["mlflow.sourceRun"] == run_id
+        names_of = {s.span_id: s.name for s in trace.data.spans}
+        ignored = {"mlflow.sourceRun", "mlflow.trace.sizeBytes", "mlflow.trace.sizeStats"}
+
+        def plain(attributes: dict) -> dict:
+            return {k: v for k, v in attributes.items() if k != "mlflow.traceRequestId"} | {"run": None}
+
+        shapes.append(
+            {
+                "state": info.state.value,
+                "tags": {k: v for k, v in info.tags.items() if k != "mlflow.artifactLocation"},
+                "metadata": {k: v for k, v in info.trace_metadata.items() if k not in ignored},
+                "previews": (info.request_preview, info.response_preview),
+                "token_usage": info.token_usage,
+                "spans": sorted(
+                    (
+                        s.name,
+                        s.span_type,
+                        names_of.get(s.parent_id),
+                        s.status.status_code.value,
+                        s.status.description,
+                        json.dumps(plain(s.attributes) | {"chareval.run": None}, sort_keys=True),
+                        json.dumps([s.inputs, s.outputs], sort_keys=True),
+                        [(e.name, sorted(e.attributes), e.attributes.get("exception.message")) for e in s.events],
+                    )
+                    for s in trace.data.spans
+                ),
+            }
+        )
+    return shapes
+
+
+def test_the_writer_makes_the_traces_mlflow_makes_in_the_traced_process(workdir):
+    """The same units, calls, failure and judgments, once through chareval's Tracer (this process
+    sends the spans' starts and ends; the writer process makes them with MLflow's span API) and
+    once with MLflow's span API in this process, as chareval traced before: the store reads back
+    the same traces (states, tags, metadata, sessions, previews, token usage, every span's type,
+    parent, status, attributes, inputs, outputs and events), but for ids and times; and the
+    verdict written by the writer reads back as mlflow.log_feedback writes it."""
+    from chareval.llm.base import ChatMessage, LLMRequest, LLMResponse
+    from chareval.schemas import Usage
+    from chareval.store.trace_writer import log_feedback
+
+    request = LLMRequest(
+        model="mock/echo",
+        system="be kind",
+        messages=[ChatMessage(role="user", content="hi")],
+        max_tokens=64,
+        temperature=0.7,
+        seed=5,
+    )
+    usage = Usage(calls=1, input_tokens=12, output_tokens=3, cost_usd=0.25)
+    response = LLMResponse(text="hello", model="mock/echo", usage=usage, latency_s=0.01)
+    mlflow.set_experiment("chareval")
+    shapes, traced = {}, {}
+    for arm, make in (("mlflow", _mlflow_in_process), ("writer", _through_the_writer)):
+        with mlflow.start_run() as run:
+            make(run.info.run_id, request, response)
+        mlflow.flush_trace_async_logging()
+        shapes[arm] = _read_back(run.info.run_id)
+        traced[arm] = next(
+            t
+            for t in mlflow.search_traces(run_id=run.info.run_id, return_type="list")
+            if t.info.tags["mlflow.traceName"] == "conv-1"
+        )
+    assert len(shapes["writer"]) == 3
+    assert shapes["writer"] == shapes["mlflow"]
+
+    from chareval.store.traces import Tracer
+
+    verdict = {
+        "source": ("LLM_JUDGE", "mock/echo"),
+        "value": 8,
+        "rationale": "cited",
+        "metadata": {"passed": True, "evidence_turns": [1]},
+    }
+    with mlflow.start_run() as run:
+        tracer = Tracer(run.info.run_id)
+        tracer.feedback(traced["writer"].info.trace_id, "grounding", **verdict)
+        tracer.flush()
+    log_feedback(traced["mlflow"].info.trace_id, "grounding", **verdict)
+
+    def verdicts(trace) -> list[tuple]:
+        return [
+            (a.name, a.source.source_type, a.source.source_id, a.feedback.value, a.rationale, a.metadata)
+            for a in assessments(trace.info.trace_id)
+        ]
+
+    assert (
+        verdicts(traced["writer"])
+        == verdicts(traced["mlflow"])
+        == [("grounding", "LLM_JUDGE", "mock/echo", 8, "cited", {"passed": "true", "evidence_turns": "[1]"})]
+    )

@@ -164,7 +164,7 @@ def test_the_throughput_benchmark_makes_every_call_once_and_a_cached_rerun_makes
     assert "cached rerun of the whole command" in done.stdout
     # The same with traces off, and the ratios of the two
     off = results["traces_off"]
-    assert off["cached_rerun"]["requests"] == 0 and off["stages"]["evaluate"]["traces_written_s"] == 0
+    assert off["cached_rerun"]["requests"] == 0 and off["stages"]["evaluate"]["traces_after_s"] == 0
     assert set(results["on_vs_off"]) == {"contexts", "conversations", "evaluate", "cached_rerun"}
     assert results["on_vs_off"]["evaluate"] == pytest.approx(
         results["stages"]["evaluate"]["wall_s"] / off["stages"]["evaluate"]["wall_s"], 0.05

@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from chareval.io import read_records_jsonl
 from chareval.schemas import Conversation, Evaluation
 from chareval.store.trace_repair import INTERRUPTED
+from chareval.store.trace_writer import flush_shared
 from conftest import DATA, start_cli
 from fake_apis import FakeAPI, chat_completion
 
@@ -23,6 +24,7 @@ MOCK = ["models=mock", f"context_file={DATA / 'contexts.json'}", "turns=3"]
 
 
 def traces(uri: str) -> list:
+    flush_shared()  # another process writes the jobs' traces; nothing waits for it
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("chareval").experiment_id
     return list(client.search_traces(locations=[experiment], max_results=1000))
@@ -49,6 +51,7 @@ def test_records_whose_traces_never_reached_the_store_are_traced_again_on_resume
     run_dir = workdir / "run"
     outputs = make_job("conversations", *MOCK, "num_conversations=2", run_dir=run_dir).run()
     lost = read_records_jsonl(outputs["conversations"], Conversation)[0]
+    flush_shared()
     client = MlflowClient(uri)
     client.delete_traces(client.get_experiment_by_name("chareval").experiment_id, trace_ids=[lost.trace_id])
     make_job("conversations", *MOCK, "num_conversations=3", run_dir=run_dir).run()

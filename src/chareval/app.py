@@ -40,7 +40,6 @@ from chareval.store.runs import (
     resolved_yaml,
     use_store,
 )
-from chareval.store.trace_writer import flush_shared
 from chareval.validation import validate_config
 
 
@@ -104,7 +103,6 @@ class Job:
         )
         self.config_yaml = resolved_yaml(cfg)
         self.plan: dict[str, Any] | None = None  # what a dry run found
-        self.traces_written_s = 0.0  # how long the job waited at its end for its traces to be written
 
     @classmethod
     def from_hydra(cls, cfg: DictConfig) -> Job:
@@ -160,13 +158,9 @@ class Job:
                 if closed:  # the resumed job's runs say which runs they take over from
                     self.runner.tags[names.RESUMES] = ",".join(closed)
             write_text_atomic(self.run_dir / "config.yaml", self.config_yaml)
-            try:
-                return flows.run(self.stage, self.runner)
-            finally:
-                # Every trace in the store before the run folder is let go (a resume mends them). A
-                # job with traces off sent the writer nothing, so it has nothing to wait for.
-                if self.settings.tracking.traces:
-                    self.traces_written_s = flush_shared()
+            # Its traces are written by another process, which nothing here waits for: a resume of
+            # this folder, or any later command on the store, waits for them (writer_registry).
+            return flows.run(self.stage, self.runner)
 
     def _plan(self) -> dict[str, Path]:
         """dry_run=true: the stages on stand-in answers in a scratch folder (deleted after), and

@@ -132,7 +132,7 @@ class StageRunner:
             self.log.top_run_id = self.log.top_run_id or run.run_id
             run.log_artifact(self.config_file)
             # The stage's model calls are traced under its run (the client is shared by stages).
-            client.tracer = Tracer(run.run_id if settings.tracking.traces else None)
+            client.tracer = Tracer(run.run_id, self.run_dir / "run.log") if settings.tracking.traces else Tracer()
             inputs = {}
             needs = spec.needs
             if needs and not (needs.unless and getattr(settings, needs.unless)):

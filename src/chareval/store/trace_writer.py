@@ -2,18 +2,22 @@
 
 MLflow writes each trace to its store from a thread of the process that made it: 20-40 ms of CPU a
 trace (its SQLAlchemy store), under the same GIL as the model calls, which made a stage at 100 ms a
-call 2-7x slower with traces on. Here MLflow still makes the spans in this process (its span API,
-about 0.5 ms a span; trace ids are known at once, as records and feedback need them), but its
-exporter hands every finished span and trace to a writer process, `python -m
-chareval.store.trace_writer`, which writes them with MLflow's own exporter code, in batches, on
-another core, each trace before its spans (see HOLD_S). Feedback goes the same way, so a verdict is
-written after the trace it is attached to.
+call 2-7x slower with traces on; its span API alone costs about 0.5 ms of CPU a span. Here the
+traced process makes no MLflow span: it chooses the ids (so that records and feedback know a trace
+id at once) and sends each span's start and end, with their times, to a writer process, `python -m
+chareval.store.trace_writer`, which makes the spans with MLflow's span API under those ids and
+times and writes what MLflow's exporter hands it, in batches, on another core, each trace before its
+spans (see HOLD_S). Feedback goes the same way, so a verdict is written after the trace it is
+attached to.
 
-The writer ignores Ctrl-C (the command that started it finishes its work and then closes it) and
-writes everything it was sent before it exits, also when that command dies without closing it
-(kill -9): the spans of an unfinished item reach the store, and a resume closes that trace as
-interrupted (trace_repair). What the dead command had queued and not yet sent is lost, as MLflow's
-in-process queue would lose it."""
+The writer runs at a low priority (the model calls come first; it writes in the cores' idle time)
+and in a session of its own, and nothing waits for it: a command ends when its work is done, and
+its writer goes on until it has written everything it was sent, also when that command dies
+without closing it (kill -9): the spans of an unfinished item reach the store, and a resume closes
+that trace as interrupted (trace_repair). What the dead command had queued and not yet sent is
+lost, as MLflow's in-process queue would lose it. A later command on the same store waits for the
+writers of ended commands before it writes or reads traces (store/writer_registry.py), so a
+verdict is never attached to a trace that is not there yet."""
 
 from __future__ import annotations
 
@@ -35,27 +39,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from chareval.store.writer_registry import register, unregister, wait_for_ended
+
 log = logging.getLogger(__name__)
 
 # The messages (tuples, pickled in batches, each batch framed by its length):
-#   ("spans", uri, experiment_id, [span dicts])   spans as they end (an unfinished trace keeps them)
-#   ("trace", uri, trace info dict)               a trace whose root span ended
+#   ("start", uri, experiment_id, trace, span, parent, name, type, start_ns, inputs, attributes, tags, metadata)
+#        a span starts: ids as OpenTelemetry's integers; uri, experiment, tags and metadata only for a
+#        root span (a new trace), None for the others
+#   ("end", span, end_ns, outputs, attributes, status, exception)  it ends; exception: None or
+#        (type name, message, stack trace), what MLflow's span API records of one
 #   ("feedback", uri, trace_id, name, assessment)  one assessment (log_feedback's arguments)
+#   ("log", path)                                  the run log of the job now traced: where warnings go
+#                                                  once the traced process has exited
 #   ("flush", n)                                   answered "ack n" once everything before it is written
 #   ("close",)                                     write everything, then exit
-# The writer answers on its stdout: "ack <n>" and "warn <message>" lines.
+# The writer answers on its stdout: "got <k>" once it has read k batches (and registered on their
+# stores), "ack <n>" and "warn <message>" lines.
+# How long a closing command waits for the writer to have read what it sent (it starts in ~0.1 s).
+RECEIPT_S = 10.0
 FRAME = 4
+# The writer's niceness: the traced process and the model servers it talks to come first.
+NICE = 19
 # The writer writes what it was sent at most this long after it came, all of it in one store call per
 # kind: MLflow's store spends some 20 ms on a call to log spans, however few, and ~1 ms a span more.
 WRITE_EVERY_S = 0.5
 # The spans of a trace still open are held (in this process) until the trace ends, and written after
 # it: MLflow's store writes a trace it does not have yet in one insert (~5 ms of CPU), but one whose
 # spans came first by merging row by row (~13 ms). A trace open longer than this has its spans
-# written anyway, so that the MLflow UI shows a long conversation in progress; so are those of a trace
-# with many spans (the contexts of a stage, all in one trace), which would otherwise all be written
-# at its end, while the stage waits: the merge costs the same for one trace whatever its size.
+# written anyway, so that the MLflow UI shows a long conversation, or a stage's contexts, in progress.
 HOLD_S = 5.0
-HOLD_SPANS = 32
 
 
 def log_feedback(
@@ -67,14 +80,15 @@ def log_feedback(
     rationale: str | None = None,
     metadata: dict[str, Any] | None = None,
     error: str | None = None,
+    uri: str | None = None,
 ) -> None:
-    """mlflow.log_feedback on the current store; `source` = (LLM_JUDGE | HUMAN, who), `error` for a
-    judgment that has no verdict. Metadata values are kept as text (JSON for lists and numbers)."""
-    import mlflow
-    from mlflow.entities import AssessmentError, AssessmentSource
+    """mlflow.log_feedback on the store at `uri` (the current one by default); `source` = (LLM_JUDGE |
+    HUMAN, who), `error` for a judgment that has no verdict. Metadata values are kept as text (JSON
+    for lists and numbers)."""
+    from mlflow.entities import AssessmentError, AssessmentSource, Feedback
+    from mlflow.tracing.client import TracingClient
 
-    mlflow.log_feedback(
-        trace_id=trace_id,
+    feedback = Feedback(
         name=name,
         value=None if error else value,
         rationale=rationale,
@@ -82,13 +96,14 @@ def log_feedback(
         metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()},
         error=AssessmentError(error_code="JUDGE_ERROR", error_message=error) if error else None,
     )
+    TracingClient(tracking_uri=uri).log_assessment(trace_id, feedback)
 
 
-def try_feedback(trace_id: str, name: str, assessment: dict[str, Any]) -> str | None:
+def try_feedback(trace_id: str, name: str, assessment: dict[str, Any], uri: str | None = None) -> str | None:
     """log_feedback, or the warning to give when it fails: the trace is not in this store (the
     conversations were traced into another one). The verdicts stay in the run's files either way."""
     try:
-        log_feedback(trace_id, name, **assessment)
+        log_feedback(trace_id, name, uri=uri, **assessment)
         return None
     except Exception as e:
         first_line = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
@@ -106,17 +121,24 @@ class TraceWriter:
         src = str(Path(__file__).resolve().parents[2])
         env = os.environ | {"PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "chareval.store.trace_writer"],
+            [sys.executable, "-m", "chareval.store.trace_writer", str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            # Not the command's stderr: whoever reads that (a pipe, `| tee`) would wait for the writer's end.
+            # The writer reports on its stdout, its failure too.
+            stderr=subprocess.DEVNULL,
             env=env,
+            start_new_session=True,  # a Ctrl-C or a closed terminal stops the command, not what it sent
         )
         self._queue: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self._tokens = itertools.count(1)
         self._acked = 0
+        self._sent = 0  # batches sent
+        self._got = 0  # batches the writer has read (and registered the stores of)
         self._stopped = False
         self._changed = threading.Condition()
-        threading.Thread(target=self._send, name="chareval-trace-sender", daemon=True).start()
+        self._sender = threading.Thread(target=self._send, name="chareval-trace-sender", daemon=True)
+        self._sender.start()
         threading.Thread(target=self._receive, name="chareval-trace-receiver", daemon=True).start()
 
     def put(self, message: tuple) -> None:
@@ -131,9 +153,20 @@ class TraceWriter:
             self._changed.wait_for(lambda: self._acked >= token or self._stopped)
 
     def close(self) -> None:
-        """Write everything, then end the writer process."""
+        """Hand everything over to the writer process, which writes it and then exits; this
+        process does not wait for that (a later command on the store does, store/writer_registry.py),
+        only for the writer to have read it: from then on the writer is registered on every store it
+        has something for, so that a command started the moment this one exits waits for it."""
         self.put(("close",))
-        self._process.wait()
+        self._sender.join(timeout=60)
+        with self._changed:
+            self._changed.wait_for(lambda: self._got >= self._sent or self._stopped, timeout=RECEIPT_S)
+        if self._process.poll() is None and not self._stopped:
+            log.info(
+                "MLflow traces: the writer process (pid %d) is writing the last of them; they appear in the MLflow "
+                "UI within seconds",
+                self._process.pid,
+            )
 
     def _send(self) -> None:
         stream = self._process.stdin
@@ -149,6 +182,8 @@ class TraceWriter:
             try:
                 stream.write(len(data).to_bytes(FRAME, "big") + data)
                 stream.flush()
+                with self._changed:
+                    self._sent += 1
                 if batch[-1][0] == "close":
                     stream.close()
                     return
@@ -159,9 +194,12 @@ class TraceWriter:
         assert self._process.stdout is not None
         for line in self._process.stdout:
             kind, _, rest = line.decode(errors="replace").rstrip("\n").partition(" ")
-            if kind == "ack":
+            if kind in ("ack", "got"):
                 with self._changed:
-                    self._acked = int(rest)
+                    if kind == "ack":
+                        self._acked = int(rest)
+                    else:
+                        self._got = int(rest)
                     self._changed.notify_all()
             elif kind == "warn":
                 log.warning("%s", rest)
@@ -182,12 +220,14 @@ _shared_lock = threading.Lock()
 
 
 def flush_shared() -> float:
-    """Wait until this process's traces and feedback are in the store (before reading them, and at
-    the end of a command); the seconds it waited."""
-    if _shared is None:
-        return 0.0
+    """Wait until the traces and feedback of this process, and those of ended commands on the
+    current store, are in the store (before reading them); the seconds it waited."""
+    import mlflow
+
     started = time.perf_counter()
-    _shared.flush()
+    if _shared is not None:
+        _shared.flush()
+    wait_for_ended(mlflow.get_tracking_uri())
     return time.perf_counter() - started
 
 
@@ -199,52 +239,6 @@ def shared_writer() -> TraceWriter:
             _shared = TraceWriter()
             atexit.register(_shared.close)
         return _shared
-
-
-def route_to_writer() -> TraceWriter | None:
-    """Make MLflow's exporter in this process hand spans and traces to the writer process instead of
-    writing them itself; that writer. None (traces stay in this process, as MLflow writes them) if
-    MLflow's tracer is not built as this expects (another MLflow version)."""
-    import mlflow
-    from mlflow.tracing.export.mlflow_v3 import MlflowV3SpanExporter
-    from mlflow.tracing.provider import _get_span_processor, _get_tracer
-
-    class ForwardingExporter(MlflowV3SpanExporter):
-        """MLflow's exporter with its two writes sent to the writer (the rest, which spans and
-        traces to export and when, is MLflow's)."""
-
-        def __init__(self, uri: str, writer: TraceWriter):
-            super().__init__(tracking_uri=uri)
-            self.uri = uri
-            self._writer = writer
-
-        def _should_enable_async_logging(self) -> bool:
-            return False  # a hand-off to a queue needs no thread of its own
-
-        def _log_spans(self, experiment_id: str, spans: list, workspace: str | None = None) -> None:
-            self._writer.put(("spans", self.uri, experiment_id, [s.to_dict() for s in spans]))
-
-        def _log_trace(self, trace: Any, prompts: Any, workspace: str | None = None) -> None:
-            # chareval links prompt versions to runs, never to traces: `prompts` is always empty.
-            self._writer.put(("trace", self.uri, trace.info.to_dict()))
-
-    uri = mlflow.get_tracking_uri()
-    _get_tracer(__name__)  # MLflow builds its tracer provider, and the exporter, on first use
-    processor = _get_span_processor()
-    exporter = getattr(processor, "span_exporter", None)
-    if getattr(exporter, "uri", None) == uri:
-        return shared_writer()
-    if not isinstance(exporter, MlflowV3SpanExporter) or not hasattr(processor, "_batch_delegate"):
-        log.warning(
-            "MLflow %s traces in this process (its tracer is not built as chareval expects)", mlflow.__version__
-        )
-        return None
-    if processor._batch_delegate is not None:  # MLflow's batching thread, which would write in this process
-        processor._batch_delegate.shutdown()
-        processor._batch_delegate = None
-    writer = shared_writer()
-    processor.span_exporter = ForwardingExporter(uri, writer)
-    return writer
 
 
 # ---- the writer process ----------------------------------------------------------------------------
@@ -286,41 +280,66 @@ class Held:
 class Store:
     """What the writer has been sent and not yet written, and the writing of it."""
 
-    def __init__(self, out: IO[str]):
+    def __init__(self, out: IO[str], traced_pid: int = 0):
         self.out = out
+        self.traced_pid = traced_pid  # the process this writer writes for
+        self.locks: dict[str, IO[bytes] | None] = {}  # store -> this writer's lock in its folder (writer_registry)
+        self.waited: set[str] = set()  # stores whose earlier writers this one has waited for
         self.held: dict[str, Held] = {}  # trace id -> its spans not yet written
         self.spans_of: dict[str, list[Any]] = {}  # trace id -> all its spans, until the trace is written
-        self.traces: list[tuple[str, dict]] = []  # (uri, trace info) of ended traces, to write
+        self.traces: list[tuple[str, Any]] = []  # (uri, TraceInfo) of ended traces, to write
         self.assessments: list[tuple] = []  # (uri, trace id, name, assessment) to write after the traces
         self.first_sent: float | None = None  # when the oldest of what is to be written with the next batch came
         self.exporters: dict[str, Any] = {}
         self.warned: set[str] = set()
+        self.log_file: str | None = None  # the run log of the job traced last ("log")
+        self.guard = threading.Lock()  # seen and answer are also called by the thread reading the batches
+        self.late: logging.Logger | None = None  # writes to it once the traced process is gone
+
+    def seen(self, uri: str) -> None:
+        """A store this writer has something for: it says so in the store's folder at once, so that
+        a later command waits for it."""
+        with self.guard:
+            if uri not in self.locks:
+                self.locks[uri] = register(uri, self.traced_pid)
+
+    def release(self) -> None:
+        """Before exiting (the locks go with the process)."""
+        for uri in self.locks:
+            unregister(uri)
+
+    def add_spans(self, uri: str, experiment_id: str, spans: list[Any]) -> None:
+        """Spans that ended (MLflow's exporter hands them over as they end)."""
+        self.seen(uri)
+        for span in spans:
+            held = self.held.setdefault(span.trace_id, Held(uri, experiment_id, time.monotonic()))
+            held.spans.append(span)
+            self.spans_of.setdefault(span.trace_id, []).append(span)
+
+    def add_trace(self, uri: str, info: Any) -> None:
+        """A trace whose root span ended (its TraceInfo)."""
+        self.seen(uri)
+        self.traces.append((uri, info))
+        self._soon()
 
     def take(self, message: tuple) -> bool:
-        """Handle one message; False once the writer should exit."""
-        from mlflow.entities import Span
-
+        """Handle one message that is not a span's; False once the writer should exit."""
         kind = message[0]
-        if kind == "spans":
-            _, uri, experiment_id, dicts = message
-            for span in (Span.from_dict(d) for d in dicts):
-                held = self.held.setdefault(span.trace_id, Held(uri, experiment_id, time.monotonic()))
-                held.spans.append(span)
-                self.spans_of.setdefault(span.trace_id, []).append(span)
-                if len(held.spans) >= HOLD_SPANS and self.first_sent is None:
-                    self.first_sent = time.monotonic()  # written with the next batch
-        elif kind in ("trace", "feedback"):
-            if kind == "trace":
-                self.traces.append((message[1], message[2]))
-            else:
-                self.assessments.append(message[1:])
-            if self.first_sent is None:
-                self.first_sent = time.monotonic()
+        if kind == "log":
+            self.log_file = message[1]
+        elif kind == "feedback":
+            self.seen(message[1])
+            self.assessments.append(message[1:])
+            self._soon()
         else:  # flush or close: everything, the spans of open traces too
             self.write(everything=True)
             if kind == "flush":
                 self.answer(f"ack {message[1]}")
         return kind != "close"
+
+    def _soon(self) -> None:
+        if self.first_sent is None:
+            self.first_sent = time.monotonic()
 
     def due(self) -> float | None:
         """When the next write must happen (time.monotonic); None while nothing waits."""
@@ -331,17 +350,19 @@ class Store:
 
     def write(self, everything: bool = False) -> None:
         """The ended traces first (MLflow's own exporter code, called as its worker thread would
-        call it), then their spans and those of traces open longer than HOLD_S or with HOLD_SPANS
-        spans waiting (with `everything`, all), in one store call per experiment, then the
+        call it), then their spans and those of traces open longer than HOLD_S (with `everything`,
+        all), in one store call per experiment, then the
         feedback, which needs its trace in the store."""
-        from mlflow.entities import Trace, TraceData, TraceInfo
+        from mlflow.entities import Trace, TraceData
 
+        for uri in set(self.locks) - self.waited:  # their traces first (this writer's verdicts may be on them)
+            wait_for_ended(uri)
+            self.waited.add(uri)
         ended = set()
         with ExitStack() as once:
             for uri in {uri for uri, _ in self.traces}:
                 once.enter_context(experiments_read_once(self.exporter(uri)._client.store))
-            for uri, info in self.traces:
-                trace_info = TraceInfo.from_dict(info)
+            for uri, trace_info in self.traces:
                 ended.add(trace_info.trace_id)
                 spans = self.spans_of.pop(trace_info.trace_id, [])
                 self.exporter(uri)._log_trace(Trace(info=trace_info, data=TraceData(spans=spans)), prompts=[])
@@ -349,7 +370,7 @@ class Store:
         self.first_sent = None
         held_until = time.monotonic() - HOLD_S
         batches: dict[tuple[str, str], list[Any]] = {}
-        ready = [t for t, h in self.held.items() if t in ended or h.since <= held_until or len(h.spans) >= HOLD_SPANS]
+        ready = [t for t, h in self.held.items() if t in ended or h.since <= held_until]
         for trace_id in list(self.held) if everything else ready:
             held = self.held.pop(trace_id)
             batches.setdefault((held.uri, held.experiment_id), []).extend(held.spans)
@@ -361,11 +382,7 @@ class Store:
 
     def feedback(self, uri: str, trace_id: str, name: str, assessment: dict[str, Any]) -> None:
         """One assessment; a store that cannot take them is warned about once."""
-        import mlflow
-
-        if mlflow.get_tracking_uri() != uri:
-            mlflow.set_tracking_uri(uri)
-        warning = try_feedback(trace_id, name, assessment)
+        warning = try_feedback(trace_id, name, assessment, uri)
         if warning and uri not in self.warned:
             self.warned.add(uri)
             self.answer(f"warn {warning}")
@@ -377,23 +394,164 @@ class Store:
             self.exporters[uri] = MlflowV3SpanExporter(tracking_uri=uri)
         return self.exporters[uri]
 
+    def warn_once(self, what: str, message: str) -> None:
+        if what not in self.warned:
+            self.warned.add(what)
+            self.answer(f"warn {message}")
+
     def answer(self, line: str) -> None:
-        try:
-            self.out.write(line.replace("\n", " ") + "\n")
-            self.out.flush()
-        except OSError:  # the traced process is gone; what it sent is still written
-            pass
+        with self.guard:
+            try:
+                self.out.write(line.replace("\n", " ") + "\n")
+                self.out.flush()
+                return
+            except OSError:  # the traced process is gone; what it sent is still written
+                pass
+        if line.startswith("warn "):
+            self.warn_late(line.removeprefix("warn "))
+
+    def warn_late(self, message: str) -> None:
+        """A warning after the traced process has exited: appended to its last job's run log, as
+        that process would have logged it (redacted), saying that it came late."""
+        if self.log_file is None:
+            return
+        if self.late is None:
+            from chareval.log_filters import RedactingFilter
+
+            handler = logging.FileHandler(self.log_file, encoding="utf-8")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            handler.addFilter(RedactingFilter())
+            self.late = logging.getLogger("chareval.store.trace_writer.after_exit")
+            self.late.propagate = False  # not to the relay (relay_library_logs), which answers here
+            self.late.handlers = [handler]
+        self.late.warning("%s (the trace writer, after the command had exited)", message)
 
 
-def read_batches(stream: IO[bytes], into: queue.SimpleQueue) -> None:
-    """Frames from the traced process; None at the end of its stream."""
-    while True:
+class Replay:
+    """The traced process's spans, made here with MLflow's span API under that process's ids and
+    times (so that the store gets what MLflow would have written there); MLflow's exporter hands
+    what ends to the Store. Built on the first span: MLflow's tracer reads the tracking URI then."""
+
+    def __init__(self, store: Store, uri: str):
+        self.store = store
+        self.uri = uri  # the first store; MLflow's tracer is built for it
+        self.live: dict[int, Any] = {}  # span id -> its LiveSpan, until it ends
+        self.uri_of: dict[str, str] = {}  # trace id -> its store, until the trace is exported
+        self.next_ids = (0, 0)  # the trace and span ids that MLflow's next span gets
+        self.exporter: Any = None
+        self.install()
+
+    def install(self) -> None:
+        """MLflow's tracer as the replay needs it: its exporter hands over to the Store, its ids are
+        the traced process's. Again whenever MLflow has built a new tracer (it does so when the
+        tracking URI is set)."""
+        import mlflow
+        from mlflow.tracing.export.mlflow_v3 import MlflowV3SpanExporter
+        from mlflow.tracing.provider import _get_span_processor, _get_tracer
+
+        replay = self
+
+        class ToStore(MlflowV3SpanExporter):
+            """MLflow's exporter, its two writes handed to the Store (which writes them in batches)."""
+
+            def _should_enable_async_logging(self) -> bool:
+                return False  # the Store batches; MLflow's thread would write span by span
+
+            def _log_spans(self, experiment_id: str, spans: list, *args: Any, **kwargs: Any) -> None:
+                by_uri: dict[str, list[Any]] = {}
+                for span in spans:
+                    by_uri.setdefault(replay.uri_of.get(span.trace_id, replay.uri), []).append(span)
+                for span_uri, of_uri in by_uri.items():
+                    replay.store.add_spans(span_uri, experiment_id, of_uri)
+
+            def _log_trace(self, trace: Any, *args: Any, **kwargs: Any) -> None:
+                # chareval links prompt versions to runs, never to traces: there are no prompts.
+                replay.store.add_trace(replay.uri_of.pop(trace.info.trace_id, replay.uri), trace.info)
+
+        if mlflow.get_tracking_uri() != self.uri:
+            mlflow.set_tracking_uri(self.uri)
+        tracer = _get_tracer(__name__)  # MLflow builds its tracer provider, and its exporter, on first use
+        processor = _get_span_processor()
+        if getattr(processor, "_batch_delegate", None) is not None:  # MLflow's batching thread
+            processor._batch_delegate.shutdown()
+            processor._batch_delegate = None
+        self.exporter = processor.span_exporter = ToStore(tracking_uri=self.uri)
+        # Every tracer of MLflow's provider shares its id generator: it hands out the traced process's ids.
+        ids = tracer.id_generator
+        ids.generate_trace_id = lambda: self.next_ids[0]
+        ids.generate_span_id = lambda: self.next_ids[1]
+
+    def start(self, message: tuple) -> None:
+        import mlflow
+        from mlflow.tracing.constant import SpanAttributeKey
+        from mlflow.tracing.provider import _get_span_processor
+
+        _, uri, experiment, trace, span_id, parent, name, span_type, start_ns, inputs, attributes, tags, metadata = (
+            message
+        )
+        if parent is None and getattr(_get_span_processor(), "span_exporter", None) is not self.exporter:
+            self.install()
+        self.next_ids = (trace, span_id)
+        parent_span = self.live.get(parent) if parent is not None else None
+        if parent is not None and parent_span is None:
+            return  # its parent was never made here (it started before a failure): MLflow would drop it too
+        span = mlflow.start_span_no_context(
+            name,
+            span_type=span_type,
+            parent_span=parent_span,
+            inputs=inputs,
+            attributes=attributes,
+            tags=tags,
+            metadata=metadata,
+            experiment_id=experiment,
+            start_time_ns=start_ns,
+        )
+        if parent is None:
+            self.uri_of[span.trace_id] = uri
+            self.store.seen(uri)
+        # Two attributes MLflow adds for a span started at a given time in a given experiment: read at
+        # its start, they are not on a span made in the traced process, and not in the store here.
+        for key in (SpanAttributeKey.START_TIME_NS, SpanAttributeKey.EXPERIMENT_ID):
+            span._span._attributes.pop(key, None)  # OpenTelemetry's own mapping; .attributes is a read-only view
+        if span.span_id != format(span_id, "016x"):
+            self.store.warn_once(
+                "ids",
+                f"MLflow {mlflow.__version__} gave a span an id of its own: the trace ids in the run's files "
+                "may not match the store's, and verdicts may not attach to their conversations",
+            )
+        self.live[span_id] = span
+
+    def end(self, message: tuple) -> None:
+        from mlflow.entities import SpanEvent, SpanStatus, SpanStatusCode
+
+        _, span_id, end_ns, outputs, attributes, status, failure = message
+        span = self.live.pop(span_id, None)
+        if span is None:
+            return
+        if failure is not None:  # as MLflow's span API records an exception
+            kind, text, stack = failure
+            attrs = {"exception.message": text, "exception.type": kind, "exception.stacktrace": stack}
+            span.add_event(SpanEvent(name="exception", attributes=attrs))
+            span.set_status(SpanStatus(status_code=SpanStatusCode.ERROR, description=f"{kind}: {text}"))
+        span.end(outputs=outputs, attributes=attributes, status=status, end_time_ns=end_ns)
+
+
+def read_batches(stream: IO[bytes], into: queue.SimpleQueue, store: Store) -> None:
+    """Frames from the traced process; None at the end of its stream. Each batch's stores are
+    registered (writer_registry) as it is read, before its receipt is answered: the traced process
+    may exit as soon as it has that receipt for its last batch, long before it is written."""
+    for count in itertools.count(1):
         head = stream.read(FRAME)
         body = stream.read(int.from_bytes(head, "big")) if len(head) == FRAME else b""
         if not body:
             into.put(None)
             return
-        into.put(pickle.loads(body))
+        batch = pickle.loads(body)
+        for message in batch:
+            if message[0] in ("start", "feedback") and message[1] is not None:  # a new trace's, a verdict's store
+                store.seen(message[1])
+        store.answer(f"got {count}")
+        into.put(batch)
 
 
 def relay_library_logs(store: Store) -> None:
@@ -416,12 +574,21 @@ def relay_library_logs(store: Store) -> None:
         logger.setLevel(logging.WARNING)
 
 
-def serve() -> None:
+def serve(traced_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the traced process, which then closes us
+    os.nice(NICE)
     batches: queue.SimpleQueue[list[tuple] | None] = queue.SimpleQueue()
-    threading.Thread(target=read_batches, args=(sys.stdin.buffer, batches), daemon=True).start()
-    store = Store(sys.stdout)
-    relay_library_logs(store)
+    store = Store(sys.stdout, traced_pid)
+    threading.Thread(target=read_batches, args=(sys.stdin.buffer, batches, store), daemon=True).start()
+    relay_library_logs(store)  # imports MLflow (seconds): the batches are read and registered meanwhile
+    try:
+        replay_messages(store, batches)
+    finally:
+        store.release()
+
+
+def replay_messages(store: Store, batches: queue.SimpleQueue) -> None:
+    replay: Replay | None = None
     while True:
         due = store.due()
         try:
@@ -433,13 +600,33 @@ def serve() -> None:
             store.write(everything=True)
             return
         for message in batch:
-            if not store.take(message):
+            kind = message[0]
+            if kind in ("start", "end"):
+                try:
+                    if kind == "start":
+                        replay = replay or Replay(store, message[1])
+                        replay.start(message)
+                    elif replay is not None:
+                        replay.end(message)
+                except Exception as e:  # one span lost, not the writer: say so once
+                    store.warn_once(
+                        "replay", f"a span could not be made for MLflow ({type(e).__name__}: {e}); later spans go on"
+                    )
+            elif not store.take(message):
                 return
 
 
 if __name__ == "__main__":
-    serve()
+    try:
+        serve(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
+    except Exception as e:  # said on stdout: this process has no stderr
+        Store(sys.stdout).answer(f"warn the trace writer failed: {type(e).__name__}: {e}")
+        sys.stdout.flush()
+        os._exit(1)
     # Everything is written. os._exit, not a return: the reading thread may still hold stdin, and
     # the interpreter's shutdown would abort on it.
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except OSError:  # the traced process is gone
+        pass
     os._exit(0)
