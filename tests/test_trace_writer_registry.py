@@ -91,14 +91,15 @@ def test_the_registration_of_a_killed_writer_is_removed_without_waiting(tmp_path
 
 
 def run_ok(stage: str, tmp_path: Path, uri: str, *overrides: str) -> None:
-    """One stage on the mock provider as a command of its own, in tmp_path/<stage>."""
+    """One stage on the mock provider as a command of its own, in tmp_path/<stage>, on the store at
+    `uri` (MLFLOW_TRACKING_URI: it wins over tracking.uri, and other tests' may be set here)."""
     done = run_cli(
         f"stage={stage}",
         "models=mock",
         f"paths.outputs={tmp_path / 'outputs'}",
-        f"tracking.uri={uri}",
         f"hydra.run.dir={tmp_path / stage}",
         *overrides,
+        env={"MLFLOW_TRACKING_URI": uri},
     )
     assert done.returncode == 0, done.stderr[-2000:]
 

@@ -10,8 +10,9 @@ times and writes what MLflow's exporter hands it, in batches, on another core, e
 spans (see HOLD_S). Feedback goes the same way, so a verdict is written after the trace it is
 attached to.
 
-The writer runs at a low priority (the model calls come first; it writes in the cores' idle time)
-and in a session of its own, and nothing waits for it: a command ends when its work is done, and
+The writer runs at the command's priority (at nice 19 it starved beside busy processes, a sweep's
+parallel jobs, and later commands waited minutes for it; the stages ran no faster), in a session of
+its own, and nothing waits for it: a command ends when its work is done, and
 its writer goes on until it has written everything it was sent, also when that command dies
 without closing it (kill -9): the spans of an unfinished item reach the store, and a resume closes
 that trace as interrupted (trace_repair). What the dead command had queued and not yet sent is
@@ -59,8 +60,6 @@ log = logging.getLogger(__name__)
 # How long a closing command waits for the writer to have read what it sent (it starts in ~0.1 s).
 RECEIPT_S = 10.0
 FRAME = 4
-# The writer's niceness: the traced process and the model servers it talks to come first.
-NICE = 19
 # The writer writes what it was sent at most this long after it came, all of it in one store call per
 # kind: MLflow's store spends some 20 ms on a call to log spans, however few, and ~1 ms a span more.
 WRITE_EVERY_S = 0.5
@@ -576,7 +575,6 @@ def relay_library_logs(store: Store) -> None:
 
 def serve(traced_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the traced process, which then closes us
-    os.nice(NICE)
     batches: queue.SimpleQueue[list[tuple] | None] = queue.SimpleQueue()
     store = Store(sys.stdout, traced_pid)
     threading.Thread(target=read_batches, args=(sys.stdin.buffer, batches, store), daemon=True).start()
