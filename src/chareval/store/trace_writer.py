@@ -296,8 +296,8 @@ class Store:
         self.late: logging.Logger | None = None  # writes to it once the traced process is gone
 
     def seen(self, uri: str) -> None:
-        """A store this writer has something for: it says so in the store's folder at once, so that
-        a later command waits for it."""
+        """A store this writer has something for (read_batches calls it as each batch comes, before
+        the batch is handled): said in the store's folder at once, so that a later command waits for it."""
         with self.guard:
             if uri not in self.locks:
                 self.locks[uri] = register(uri, self.traced_pid)
@@ -309,7 +309,6 @@ class Store:
 
     def add_spans(self, uri: str, experiment_id: str, spans: list[Any]) -> None:
         """Spans that ended (MLflow's exporter hands them over as they end)."""
-        self.seen(uri)
         for span in spans:
             held = self.held.setdefault(span.trace_id, Held(uri, experiment_id, time.monotonic()))
             held.spans.append(span)
@@ -317,7 +316,6 @@ class Store:
 
     def add_trace(self, uri: str, info: Any) -> None:
         """A trace whose root span ended (its TraceInfo)."""
-        self.seen(uri)
         self.traces.append((uri, info))
         self._soon()
 
@@ -327,7 +325,6 @@ class Store:
         if kind == "log":
             self.log_file = message[1]
         elif kind == "feedback":
-            self.seen(message[1])
             self.assessments.append(message[1:])
             self._soon()
         else:  # flush or close: everything, the spans of open traces too
@@ -507,7 +504,6 @@ class Replay:
         )
         if parent is None:
             self.uri_of[span.trace_id] = uri
-            self.store.seen(uri)
         # Two attributes MLflow adds for a span started at a given time in a given experiment: read at
         # its start, they are not on a span made in the traced process, and not in the store here.
         for key in (SpanAttributeKey.START_TIME_NS, SpanAttributeKey.EXPERIMENT_ID):

@@ -177,46 +177,15 @@ class Tracer:
     ) -> Span:
         assert self._writer is not None
         span_id = _ids.getrandbits(64) or 1
-        if parent is not None:
-            span = Span(parent.trace, span_id)
-            self._writer.put(
-                (
-                    "start",
-                    None,
-                    None,
-                    span.trace,
-                    span_id,
-                    parent.id,
-                    name,
-                    span_type,
-                    time.time_ns(),
-                    inputs,
-                    attributes,
-                    None,
-                    None,
-                )
-            )
-            return span
-        span = Span(_ids.getrandbits(128) or 1, span_id)
-        trace_tags = {k: str(v) for k, v in (tags or {}).items()}
-        metadata = self._metadata | ({TRACE_SESSION: session} if session is not None else {})
-        self._writer.put(
-            (
-                "start",
-                self._uri,
-                self._experiment,
-                span.trace,
-                span_id,
-                None,
-                name,
-                span_type,
-                time.time_ns(),
-                inputs,
-                attributes,
-                trace_tags,
-                metadata,
-            )
-        )
+        if parent is not None:  # a span of the parent's trace: its store, tags and metadata went with the root
+            span, uri, experiment, trace_tags, metadata = Span(parent.trace, span_id), None, None, None, None
+        else:
+            span, uri, experiment = Span(_ids.getrandbits(128) or 1, span_id), self._uri, self._experiment
+            trace_tags = {k: str(v) for k, v in (tags or {}).items()}
+            metadata = self._metadata | ({TRACE_SESSION: session} if session is not None else {})
+        parent_id = parent.id if parent is not None else None
+        start = (span.trace, span_id, parent_id, name, span_type, time.time_ns(), inputs, attributes)
+        self._writer.put(("start", uri, experiment, *start, trace_tags, metadata))
         return span
 
     def _end(self, span: Span, error: Exception | None = None) -> None:
