@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from chareval.app import Job
 from chareval.io import read_records_jsonl
 from chareval.schemas import Conversation
+from chareval.store import assets
 from chareval.store.trace_writer import flush_shared
 from chareval.store.traces import human_labelled
 from conftest import DATA, TINY, compose_cfg, run_job_in
@@ -239,6 +240,26 @@ def test_prompt_versions_are_reused_and_a_changed_persona_text_is_a_new_version(
     # linked to the run: the MLflow UI's Prompts page lists the runs of each version
     linked = json.loads(changed["mlflow.linkedPrompts"])
     assert {"name": "chareval.persona.jasmine", "version": "2"} in linked
+    # every version the run used is linked, once
+    used = sorted(v for k, v in changed.items() if k.startswith("prompt."))
+    assert sorted(f"{p['name']}/{p['version']}" for p in linked) == used
+
+
+def test_the_prompts_linked_in_one_write_read_back_as_mlflows_own_links(workdir):
+    client = MlflowClient()
+    versions = [mlflow.genai.register_prompt(f"chareval.test.p{i}", f"text {i}") for i in range(3)]
+    experiment = client.create_experiment("links")
+    ours, mlflows = (client.create_run(experiment).info.run_id for _ in range(2))
+    assets._link(client, ours, versions)
+    for version in versions:
+        client.link_prompt_version_to_run(mlflows, version)
+
+    def linked(run_id: str) -> list:
+        return json.loads(client.get_run(run_id).data.tags["mlflow.linkedPrompts"])
+
+    assert linked(ours) == linked(mlflows) and len(linked(ours)) == 3
+    assets._link(client, ours, versions[1:])  # linked again (a resumed run): nothing doubled
+    assert linked(ours) == linked(mlflows)
 
 
 def test_contexts_and_the_conversations_made_from_them_name_one_dataset(make_job, workdir):

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from chareval.llm import ChatMessage, LLMClient, LLMRequest
+from chareval.stages.parallel import run_parallel
 from chareval.validation import validate_config
 from conftest import DATA, PROJECT_ROOT, compose_cfg, run_cli
 from fake_apis import FakeAPI, chat_completion, openai_error
@@ -69,6 +70,25 @@ def test_the_in_flight_limit_halves_on_429s_loses_no_call_and_grows_back():
         assert api.max_in_flight > 4
     # Far fewer 429s than calls: the limit settled near what the account allows, not a retry storm.
     assert refused < 120
+
+
+def test_the_progress_bar_sums_its_figures_as_often_as_it_redraws_and_ends_on_the_last(capsys):
+    # 2,000 items that finish at once: a bar redrawn (and a postfix summed) per item would cost
+    # every fast stage its CPU; the last line still shows the final figures.
+    handled, summed = [], []
+
+    def postfix():
+        summed.append(len(handled))
+        return {"handled": len(handled)}
+
+    run_parallel(
+        lambda i: i, [(i,) for i in range(2000)], workers=4, desc="items", on_result=handled.append, postfix=postfix
+    )
+    assert sorted(handled) == list(range(2000))
+    assert len(summed) < 200, f"the figures were summed {len(summed)} times for 2000 items"
+    assert summed[-1] == 2000
+    last = capsys.readouterr().err.rstrip().split("\r")[-1]
+    assert "2000/2000" in last and "handled=2000" in last
 
 
 def test_latency_is_the_models_time_and_the_wait_for_a_slot_is_queue_time():

@@ -4,6 +4,7 @@ the calling thread as each one finishes."""
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, TypeVar
@@ -27,11 +28,18 @@ def run_parallel(
     handled = set()
     try:
         with tqdm(total=len(futures), desc=desc, unit="item", dynamic_ncols=True) as bar:
-            for future in as_completed(futures):
+            # The bar redraws at most every `mininterval` (tqdm's own pacing), and the figures beside
+            # it are summed only as often: a redraw per item, set_postfix's default, cost a fast
+            # stage ~0.6 ms of CPU per model call, all in this thread.
+            shown = float("-inf")
+            for done, future in enumerate(as_completed(futures), 1):
                 handled.add(future)
                 on_result(future.result())
+                now = time.monotonic()
+                if now - shown >= bar.mininterval or done == len(futures):
+                    bar.set_postfix(postfix(), refresh=False)
+                    shown = now
                 bar.update(1)
-                bar.set_postfix(postfix())
     except KeyboardInterrupt:
         running = sum(f.running() for f in futures)
         print(

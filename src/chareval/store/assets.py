@@ -28,30 +28,57 @@ def use_prompts(run: StageRun, prompts: dict[str, tuple[str, str]]) -> dict[str,
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    used = {}
     try:
-        for use, (name, text) in prompts.items():
-            version = _version_of(client, name, text.strip())
-            client.link_prompt_version_to_run(run.run_id, version)
-            used[use] = f"{version.name}/{version.version}"
+        with store_lock(mlflow.get_tracking_uri()):
+            versions = {use: _version_of(client, name, text.strip()) for use, (name, text) in prompts.items()}
+        _link(client, run.run_id, list(versions.values()))
     except Exception as e:  # a store without a prompt registry
         log.warning("the prompt registry of %s is not usable (%s): prompts not versioned", mlflow.get_tracking_uri(), e)
         return {}
+    used = {use: f"{version.name}/{version.version}" for use, version in versions.items()}
     run.set_tags({names.PROMPT_PREFIX + use: value for use, value in used.items()})
     return used
 
 
 def _version_of(client: Any, name: str, text: str) -> Any:
-    """The version holding exactly `text`, registered if none does. Under the store's lock: two
-    jobs of a parallel sweep with the same new text make one version, not two."""
+    """The version holding exactly `text`, registered if none does. Under the store's lock (the
+    caller's): two jobs of a parallel sweep with the same new text make one version, not two."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    with store_lock(mlflow.get_tracking_uri()):
-        if client.get_prompt(name) is not None:
-            for version in client.search_prompt_versions(name):
-                if version.template == text:
-                    return version
-        return mlflow.genai.register_prompt(name, text, commit_message="registered by a chareval run")
+    try:
+        for version in client.search_prompt_versions(name):
+            if version.template == text:
+                return version
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":  # a new name: registered below
+            raise
+    return mlflow.genai.register_prompt(name, text, commit_message="registered by a chareval run")
+
+
+def _link(client: Any, run_id: str, versions: list[Any]) -> None:
+    """Link the versions to the run (the MLflow UI lists a version's runs). A store that links by
+    the run's linked-prompts tag (MLflow's default: the SQL and REST stores) gets the tag written
+    once for all of them, as MLflow's per-version call would leave it: that call reads the run and
+    rewrites the tag for each version (a tenth of a second for a stage's rubrics). A store with a
+    linking of its own, or an MLflow without these internals, gets MLflow's call per version."""
+    try:
+        from mlflow.store.model_registry.abstract_store import AbstractStore
+        from mlflow.tracing.constant import TraceTagKey
+        from mlflow.tracing.utils.prompt import update_linked_prompts_tag
+
+        registry = client._get_registry_client().store
+        by_tag = type(registry).link_prompt_version_to_run is AbstractStore.link_prompt_version_to_run
+    except (ImportError, AttributeError):
+        by_tag = False
+    if not by_tag:
+        for version in versions:
+            client.link_prompt_version_to_run(run_id, version)
+        return
+    current = client.get_run(run_id).data.tags.get(TraceTagKey.LINKED_PROMPTS)
+    updated = update_linked_prompts_tag(current, versions)
+    if updated != current:
+        client.set_tag(run_id, TraceTagKey.LINKED_PROMPTS, updated)
 
 
 def use_contexts_dataset(run: StageRun, contexts: list[Context], sha256: str, source: str) -> str | None:
