@@ -5,6 +5,7 @@ in its error/fix form with exit 2, like every other config error."""
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -63,7 +64,8 @@ def _options(conf: Path, group: str) -> list[str]:
     return sorted(p.stem for p in (conf / group).glob("*.yaml"))
 
 
-def _group_keys(conf: Path, group: str) -> set[str]:
+@functools.cache  # read once per group: a command often has several overrides in one (models.*)
+def _group_keys(conf: Path, group: str) -> frozenset[str]:
     """The keys a group's options have at their top level, and those other groups put under it
     (`provider@models.providers.local` gives models a `providers` key)."""
     keys = {str(k) for path in (conf / group).glob("*.yaml") for k in (OmegaConf.load(path) or {}) if k != "defaults"}
@@ -73,7 +75,7 @@ def _group_keys(conf: Path, group: str) -> set[str]:
         package = str(target).partition("@")[2]
         if package.startswith(f"{group}."):
             keys.add(package.split(".")[1])
-    return keys
+    return frozenset(keys)
 
 
 def check_group_options(args: list[str], conf: Path) -> None:
