@@ -182,6 +182,8 @@ def test_the_throughput_benchmark_makes_every_call_once_and_a_cached_rerun_makes
     assert results["stages"]["conversations"]["calls"] == {"anthropic": 12 * 2, "openai": 12 * 1}
     assert results["cached_rerun"] == results["cached_rerun"] | {"exit": 0, "requests": 0}
     assert "cached rerun of the whole command" in done.stdout
+    # beside it, what MLflow alone costs a command (imported and its store opened, in a process of its own)
+    assert 0 < results["cached_rerun"]["mlflow_open_s"] < results["cached_rerun"]["wall_s"]
     # The same with traces off, and the ratios of the two
     off = results["traces_off"]
     assert off["cached_rerun"]["requests"] == 0 and off["stages"]["evaluate"]["traces_after_s"] == 0
