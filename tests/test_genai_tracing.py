@@ -108,6 +108,39 @@ def test_a_dead_trace_writer_is_one_warning_and_nothing_waits_on_it(caplog):
     assert "not in MLflow" in warning and "resume" in warning
 
 
+def test_a_store_whose_folder_cannot_take_the_writers_note_is_one_warning_and_the_writer_still_ends(tmp_path, caplog):
+    """The writer notes in the store's folder that it is writing (writer_registry); where it cannot
+    (a full disk; here a file where the folder should be) it says so and goes on: the command gets
+    its receipt at once and the writer exits once closed (it used to wait for batches for ever)."""
+    from chareval.store.trace_writer import TraceWriter
+
+    (tmp_path / "not_a_folder").write_text("")
+    uri = f"sqlite:///{tmp_path / 'not_a_folder' / 'mlflow.db'}"
+    verdict = {"source": ("LLM_JUDGE", "judge"), "value": 9}
+    writer = TraceWriter()
+    writer.put(("feedback", uri, "tr-0123", "boundary_holding", verdict))
+    writer.close()
+    assert writer._process.wait(timeout=60) == 0
+    assert writer._got == writer._sent  # every batch's receipt came: close did not wait them out
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert [w for w in warnings if w.startswith("cannot note in")] == [
+        next(w for w in warnings if "not_a_folder/.chareval-trace-writers" in w)
+    ]
+
+
+def test_a_writer_that_cannot_read_what_it_is_sent_says_so_and_exits(caplog):
+    from chareval.store.trace_writer import FRAME, TraceWriter
+
+    writer = TraceWriter()
+    assert writer._process.stdin is not None
+    garbage = b"not a pickle"
+    writer._process.stdin.write(len(garbage).to_bytes(FRAME, "big") + garbage)
+    writer._process.stdin.flush()
+    assert writer._process.wait(timeout=60) == 0  # it used to wait for batches for ever
+    writer.flush()  # returns: the writer is gone
+    assert any("stopped reading (UnpicklingError" in r.getMessage() for r in caplog.records)
+
+
 def test_the_writer_writes_a_trace_before_its_spans_and_holds_an_open_traces_spans(make_job, workdir, monkeypatch):
     """MLflow's store inserts a trace it does not have in one go, but merges one whose spans came
     first row by row (2-3x the CPU): the writer holds a trace's spans until it ends, then writes the

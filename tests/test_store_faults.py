@@ -106,13 +106,27 @@ def test_a_store_on_a_disk_that_fills_up_is_one_paragraph(tmp_path, blank_mlflow
     run_dir = tmp_path / "run"
     try:
         shutil.copy(blank_mlflow_db, full / "mlflow.db")  # 256 KB left: the run's traces fill them
-        result = run_cli(
-            *ARGS, "models=mock", f"hydra.run.dir={run_dir}", env={"MLFLOW_TRACKING_URI": f"sqlite:///{full}/mlflow.db"}
+        command = start_cli(
+            *ARGS,
+            "models=mock",
+            f"hydra.run.dir={run_dir}",
+            env={"MLFLOW_TRACKING_URI": f"sqlite:///{full}/mlflow.db"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
+        _, stderr = command.communicate(timeout=300)
+        # Its trace writer finishes too (it used to wait for ever once it could not note itself on the
+        # full disk), and leaves no half-made note behind.
+        deadline = time.monotonic() + 60
+        writer = ["pgrep", "-f", f"chareval.store.trace_writer {command.pid}$"]
+        while subprocess.run(writer, capture_output=True).returncode == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert subprocess.run(writer, capture_output=True).returncode == 1, "the trace writer is still running"
+        assert not list(full.glob(".chareval-trace-writers/*.making"))
     finally:
         subprocess.run(["umount", str(full)], check=True)
-    assert result.returncode == 2
-    stderr = result.stderr
+    assert command.returncode == 2
     assert "Traceback" not in stderr and len(stderr.splitlines()) < 40, stderr[-3000:]
     assert "disk is full" in stderr or "No space left on device" in stderr
     assert f"hydra.run.dir={run_dir}" in stderr

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from chareval.store.writer_registry import register, unregister, wait_for_ended
+from chareval.store.writer_registry import register, unregister, wait_for_ended, writers_folder
 
 log = logging.getLogger(__name__)
 
@@ -299,13 +299,24 @@ class Store:
         """A store this writer has something for (read_batches calls it as each batch comes, before
         the batch is handled): said in the store's folder at once, so that a later command waits for it."""
         with self.guard:
-            if uri not in self.locks:
+            if uri in self.locks:
+                return
+            try:
                 self.locks[uri] = register(uri, self.traced_pid)
+                return
+            except OSError as e:  # a full disk, a folder that cannot be written: the writer goes on without it
+                self.locks[uri] = None
+                problem = e
+        self.answer(  # once: the store is now in self.locks
+            f"warn cannot note in {writers_folder(uri)} that this command's traces are still being written "
+            f"({problem}): a command started on this store right after it may not find its last traces and verdicts"
+        )
 
     def release(self) -> None:
         """Before exiting (the locks go with the process)."""
-        for uri in self.locks:
-            unregister(uri)
+        for uri, lock in self.locks.items():
+            if lock is not None:  # None: another kind of store, or one it could not register on
+                unregister(uri)
 
     def add_spans(self, uri: str, experiment_id: str, spans: list[Any]) -> None:
         """Spans that ended (MLflow's exporter hands them over as they end)."""
@@ -535,18 +546,21 @@ def read_batches(stream: IO[bytes], into: queue.SimpleQueue, store: Store) -> No
     """Frames from the traced process; None at the end of its stream. Each batch's stores are
     registered (writer_registry) as it is read, before its receipt is answered: the traced process
     may exit as soon as it has that receipt for its last batch, long before it is written."""
-    for count in itertools.count(1):
-        head = stream.read(FRAME)
-        body = stream.read(int.from_bytes(head, "big")) if len(head) == FRAME else b""
-        if not body:
-            into.put(None)
-            return
-        batch = pickle.loads(body)
-        for message in batch:
-            if message[0] in ("start", "feedback") and message[1] is not None:  # a new trace's, a verdict's store
-                store.seen(message[1])
-        store.answer(f"got {count}")
-        into.put(batch)
+    try:
+        for count in itertools.count(1):
+            head = stream.read(FRAME)
+            body = stream.read(int.from_bytes(head, "big")) if len(head) == FRAME else b""
+            if not body:
+                break
+            batch = pickle.loads(body)
+            for message in batch:
+                if message[0] in ("start", "feedback") and message[1] is not None:  # a new trace's, a verdict's store
+                    store.seen(message[1])
+            store.answer(f"got {count}")
+            into.put(batch)
+    except Exception as e:  # without this thread the writer would wait for batches for ever
+        store.answer(f"warn the trace writer stopped reading ({type(e).__name__}: {e}): later traces are lost")
+    into.put(None)  # the end: what came is written, then the writer exits
 
 
 def relay_library_logs(store: Store) -> None:

@@ -12,6 +12,7 @@ have no such folder: nothing is waited for there."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -44,10 +45,16 @@ def register(uri: str, traced_pid: int) -> IO[bytes] | None:
     folder.mkdir(parents=True, exist_ok=True)
     making = folder / f"{os.getpid()}.making"
     handle = open(making, "wb")
-    fcntl.flock(handle, fcntl.LOCK_EX)
-    handle.write(str(traced_pid).encode())
-    handle.flush()
-    making.rename(folder / f"{os.getpid()}.lock")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.write(str(traced_pid).encode())
+        handle.flush()
+        making.rename(folder / f"{os.getpid()}.lock")
+    except OSError:  # a full disk: no half-made file left behind
+        with contextlib.suppress(OSError):
+            handle.close()
+        making.unlink(missing_ok=True)
+        raise
     return handle
 
 
