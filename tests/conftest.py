@@ -84,29 +84,31 @@ def scope_of(nodeid: str) -> str:
     return SHARED_WORKER.get(module, module)
 
 
-# Seconds the slowest modules took on one of two workers (pytest -n auto on 2 cores, 2026-12-04,
+# Seconds the slowest modules took on one of two workers (pytest -n auto on 2 cores, 2026-12-07,
 # the browser's test counted with the dashboard's): handed out longest first, so that no long module
 # starts last and runs alone. A stale figure only costs time.
 MODULE_SECONDS = {
-    "tests/test_sweeps.py": 164,
-    "tests/test_dashboard.py": 156,
-    "tests/test_finetune_local.py": 155,
-    "tests/test_embedded_lora.py": 123,
-    "tests/test_throughput.py": 66,
-    "tests/test_genai_tracing.py": 65,
-    "tests/test_tracking.py": 64,
-    "tests/test_reproducibility.py": 62,
-    "tests/test_evaluate.py": 54,
-    "tests/test_reliability.py": 49,
-    "tests/test_stages.py": 47,
-    "tests/test_resume.py": 42,
-    "tests/test_store_faults.py": 41,
-    "tests/test_trace_faults.py": 40,
-    "tests/test_cost.py": 35,
-    "tests/test_cli.py": 31,
-    "tests/test_repair.py": 29,
-    "tests/test_hosted_pipeline.py": 27,
-    "tests/test_local_llm.py": 24,
+    "tests/test_dashboard.py": 211,
+    "tests/test_finetune_local.py": 207,
+    "tests/test_sweeps.py": 196,
+    "tests/test_embedded_lora.py": 175,
+    "tests/test_throughput.py": 121,
+    "tests/test_reliability.py": 92,
+    "tests/test_tracking.py": 87,
+    "tests/test_store_faults.py": 82,
+    "tests/test_trace_faults.py": 75,
+    "tests/test_genai_tracing.py": 74,
+    "tests/test_evaluate.py": 71,
+    "tests/test_cost.py": 62,
+    "tests/test_reproducibility.py": 61,
+    "tests/test_stages.py": 49,
+    "tests/test_trace_writer_registry.py": 47,
+    "tests/test_hosted_pipeline.py": 46,
+    "tests/test_repair.py": 37,
+    "tests/test_cli.py": 32,
+    "tests/test_resume.py": 31,
+    "tests/test_secrets.py": 30,
+    "tests/test_local_llm.py": 29,
 }
 
 
