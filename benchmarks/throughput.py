@@ -44,8 +44,8 @@ from chareval.config import register_resolvers  # noqa: E402
 from chareval.stages.contexts import angles_per_call  # noqa: E402
 from chareval.store.trace_writer import flush_shared  # noqa: E402
 from chareval.store.writer_registry import wait_for_ended  # noqa: E402
+from startup import MLFLOW_ALONE, timed  # noqa: E402 (benchmarks/startup.py, beside this script)
 
-OPEN_STORE = "import sys, mlflow; mlflow.MlflowClient(sys.argv[1]).search_experiments()"
 # conf/evaluation/default.yaml's evaluators: one judge call each per conversation (read, not copied)
 EVALUATORS = len(OmegaConf.load(ROOT / "conf" / "evaluation" / "default.yaml").evaluators)
 
@@ -231,11 +231,9 @@ def measure(args: argparse.Namespace, traces: bool, rerun: bool = True) -> dict:
             }
             if rerun.returncode:
                 print(rerun.stderr[-3000:], file=sys.stderr)
-            # What no command with tracking on can go under: a process importing MLflow and opening
-            # this store, nothing else (the rerun's share that is chareval's is the rest).
-            started = time.perf_counter()
-            subprocess.run([sys.executable, "-c", OPEN_STORE, f"sqlite:///{work}/mlruns/mlflow.db"], check=True)
-            results["cached_rerun"]["mlflow_open_s"] = round(time.perf_counter() - started, 2)
+            # The rerun's share that is MLflow's alone (the rest is chareval's).
+            store = f"sqlite:///{work}/mlruns/mlflow.db"
+            results["cached_rerun"]["mlflow_open_s"] = timed([sys.executable, "-c", MLFLOW_ALONE, store], 1)
     finally:
         server.stdin.close()  # type: ignore[union-attr]
         server.wait(timeout=10)
