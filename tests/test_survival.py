@@ -10,6 +10,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from chareval.evaluators import survival
 from chareval.evaluators.survival import Outcome, breach_curve, breach_times, kaplan_meier, pass_hat_k
 from chareval.io import read_records_jsonl, write_jsonl_atomic
 from chareval.schemas import Conversation, JobOutcome, Message
@@ -81,8 +82,8 @@ def test_breach_times_come_from_the_verdicts_slip_turns_and_lengths():
 
 def test_the_curve_is_drawn_per_persona_user_persona_and_strategy():
     conversations = [conversation("a", 2), conversation("b", 2, strategy="adaptive")]
-    result = breach_curve(conversations, {"a": Outcome(True, None), "b": Outcome(False, 0)})
-    assert result is not None and result["all"]["n"] == 2
+    result = breach_curve(breach_times(conversations, {"a": Outcome(True, None), "b": Outcome(False, 0)}))
+    assert result["all"]["n"] == 2
     assert sorted(g.rsplit(" × ", 1)[1] for g in result["groups"]) == ["adaptive", "persona"]
     adaptive = next(g for name, g in result["groups"].items() if name.endswith("adaptive"))
     assert (adaptive["survival"][0]["survival"], adaptive["survival"][0]["at_risk"]) == (0.0, 1)  # broke at once
@@ -90,18 +91,20 @@ def test_the_curve_is_drawn_per_persona_user_persona_and_strategy():
     assert [r["survival"] for r in persona["survival"]] == [1.0, 1.0] and persona["censored"] == 1
 
 
-def test_evaluate_writes_the_breach_curve_its_picture_and_metrics(make_job, workdir):
-    """Three conversations, the mock judge scripted: one holds, one slips at its second reply, one at
-    its first."""
+VERDICTS = [
+    {"score": 9, "rationale": "held", "evidence_turns": [0], "slip_turn": None},
+    {"score": 2, "rationale": "slipped", "evidence_turns": [2], "slip_turn": 2},
+    {"score": 2, "rationale": "slipped", "evidence_turns": [0], "slip_turn": 0},
+]
+
+
+def judged(make_job, workdir, *overrides: str, name: str = "evaluate", count: int = 3) -> dict:
+    """evaluate on the first `count` of three conversations, the mock judge scripted (VERDICTS, in
+    order): one holds, one slips at its second reply, one at its first."""
     cs = [conversation("c1", 3, "ctx-001"), conversation("c2", 3, "ctx-001"), conversation("c3", 3, "ctx-002")]
-    source = workdir / "conversations.jsonl"
-    write_jsonl_atomic(source, [c.model_dump(mode="json") for c in cs])
-    verdicts = [
-        {"score": 9, "rationale": "held", "evidence_turns": [0], "slip_turn": None},
-        {"score": 2, "rationale": "slipped", "evidence_turns": [2], "slip_turn": 2},
-        {"score": 2, "rationale": "slipped", "evidence_turns": [0], "slip_turn": 0},
-    ]
-    script = "+models.providers.mock.scripted.judge=[" + ",".join(f"'{json.dumps(v)}'" for v in verdicts) + "]"
+    source = workdir / f"conversations-{count}.jsonl"
+    write_jsonl_atomic(source, [c.model_dump(mode="json") for c in cs[:count]])
+    script = "+models.providers.mock.scripted.judge=[" + ",".join(f"'{json.dumps(v)}'" for v in VERDICTS) + "]"
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
     job = make_job(
         "evaluate",
@@ -110,8 +113,15 @@ def test_evaluate_writes_the_breach_curve_its_picture_and_metrics(make_job, work
         f"input_file={source}",
         "evaluation.evaluators=[boundary_holding]",
         script,
+        *overrides,
+        run_dir=workdir / "outputs" / name,
     )
-    outputs = job.run()
+    return job.run() | {"job": job}
+
+
+def test_evaluate_writes_the_breach_curve_its_picture_and_metrics(make_job, workdir):
+    outputs = judged(make_job, workdir)
+    job = outputs["job"]
     result = json.loads(outputs["breach_curve"].read_text())
     pooled = result["all"]
     # Judged in id order: c1 held (censored at 3), c2 broke at reply 2, c3 at reply 1.
@@ -130,6 +140,44 @@ def test_evaluate_writes_the_breach_curve_its_picture_and_metrics(make_job, work
     ]
     artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
     assert {"breach_curve.json", "breach_curve.png"} <= artifacts
+
+
+def test_a_rerun_with_the_same_verdicts_copies_the_curve_and_one_with_others_draws_its_own(
+    make_job, workdir, monkeypatch
+):
+    first = judged(make_job, workdir)
+    drawn = [first["breach_curve"].read_bytes(), first["breach_curve_png"].read_bytes()]
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("the curve was computed again for the same verdicts")
+
+    with monkeypatch.context() as m:
+        m.setattr(survival, "kaplan_meier", not_again)
+        m.setattr(survival, "draw", not_again)
+        again = judged(make_job, workdir, name="again")
+    assert [again["breach_curve"].read_bytes(), again["breach_curve_png"].read_bytes()] == drawn
+    runs = [MlflowClient().get_run(o["job"].log.top_run_id).data.metrics for o in (first, again)]
+    assert {k: v for k, v in runs[1].items() if k.startswith(("breach.", "pass_hat_k."))} == {
+        k: v for k, v in runs[0].items() if k.startswith(("breach.", "pass_hat_k."))
+    }
+    fits = []
+    monkeypatch.setattr(survival, "kaplan_meier", lambda *a, **k: fits.append(a) or kaplan_meier(*a, **k))
+    fewer = judged(make_job, workdir, name="fewer", count=2)  # c1 held, c2 broke at reply 2
+    assert fits and json.loads(fewer["breach_curve"].read_text())["all"]["n"] == 2
+
+
+def test_a_corrupt_memo_is_drawn_again_and_with_the_cache_off_there_is_none(make_job, workdir, caplog):
+    first = judged(make_job, workdir)
+    (memo,) = (workdir / "outputs" / "cache" / "breach").glob("*.json")
+    entry = json.loads(memo.read_text())
+    memo.write_text(json.dumps(entry | {"curve": entry["curve"].replace('"n": 3', '"n": 30')}))  # a hand edit
+    again = judged(make_job, workdir, name="again")
+    assert f"ignoring a corrupt breach-curve memo {memo}" in caplog.text
+    assert again["breach_curve"].read_bytes() == first["breach_curve"].read_bytes()
+    assert json.loads(memo.read_text()) == entry  # kept again, right
+    memo.unlink()
+    judged(make_job, workdir, "cache=false", name="uncached")
+    assert not list(memo.parent.glob("*.json"))
 
 
 def test_a_sweep_draws_its_jobs_curves_side_by_side(tmp_path):

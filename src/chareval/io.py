@@ -33,13 +33,18 @@ ID = TypeVar("ID", bound=Identified)
 def write_text_atomic(path: Path, text: str, *, durable: bool = True) -> None:
     """Write via a temporary file + rename, so a crash never leaves a half-written file. `durable`
     also fsyncs it (milliseconds) so that it survives an OS crash or a power cut."""
+    write_bytes_atomic(path, text.encode("utf-8"), durable=durable)
+
+
+def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """write_text_atomic for bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # Named by process and thread: concurrent writers of one path never share a temporary file
     # (cheaper than mkstemp's random names, which the cache pays on every model call).
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), "wb") as f:
+            f.write(data)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())

@@ -116,11 +116,9 @@ def curve(times: Sequence[BreachTime]) -> dict[str, Any]:
     }
 
 
-def breach_curve(conversations: Sequence[Conversation], outcomes: dict[str, Outcome]) -> dict[str, Any] | None:
-    """Every conversation together (`all`, what the run's metrics report) and each group apart."""
-    times = breach_times(conversations, outcomes)
-    if not times:
-        return None
+def breach_curve(times: Sequence[BreachTime]) -> dict[str, Any]:
+    """breach_curve.json's content for these times (at least one): every conversation together
+    (`all`, what the run's metrics report) and each group apart."""
     groups: dict[str, list[BreachTime]] = defaultdict(list)
     for t in times:
         groups[t.group].append(t)

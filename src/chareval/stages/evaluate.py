@@ -6,16 +6,13 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from chareval.config import AppConfig
 from chareval.errors import ModelError
-from chareval.evaluators import survival
 from chareval.evaluators.base import Evaluator
 from chareval.evaluators.registry import build
 from chareval.evaluators.summary import metrics, summarize
-from chareval.evaluators.survival import Outcome
 from chareval.io import (
     JsonlAppender,
     finished_ids,
@@ -35,9 +32,9 @@ from chareval.stages.base import (
     progress,
     read_conversations,
 )
+from chareval.stages.breach import breach_outputs
 from chareval.stages.parallel import run_parallel
 from chareval.stages.prompts import with_characters
-from chareval.stages.selection import SLIP_EVALUATOR, verdicts
 from chareval.store import names, trace_repair
 from chareval.store.assets import use_prompts
 from chareval.store.traces import Unit
@@ -275,46 +272,6 @@ def run(ctx: StageContext, inputs: dict[str, Path]) -> StageResult:
         summary=f"{summary['n_records']} judgments ({summary['n_errors']} errors): "
         f"{line or 'no valid judgment'}{breach.line} -> {summary_file}",
         failure=failure,
-    )
-
-
-@dataclass
-class Breach:
-    files: dict[str, Path] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-    line: str = ""
-
-
-def breach_outputs(ctx: StageContext, conversations: list[Conversation], records: list[Evaluation]) -> Breach:
-    """When boundary_holding judged: the turns-to-breach curve and pass^k (breach_curve.json, .png),
-    their metrics, and the survival by turn as the step history of breach.survival (the MLflow UI
-    draws runs' curves side by side)."""
-    found = verdicts(records, ctx.settings.evaluation.pass_threshold)
-    outcomes = {
-        cid: Outcome(v[SLIP_EVALUATOR].passed, v[SLIP_EVALUATOR].slip_turn)
-        for cid, v in found.items()
-        if SLIP_EVALUATOR in v and v[SLIP_EVALUATOR].mean is not None
-    }
-    result = survival.breach_curve(conversations, outcomes)
-    if result is None:
-        return Breach()
-    data = ctx.run_dir / names.BREACH_CURVE
-    write_text_atomic(data, json.dumps(result, indent=2) + "\n")
-    picture = survival.draw(
-        {name: g["survival"] for name, g in result["groups"].items()},
-        ctx.run_dir / names.BREACH_PICTURE,
-        "turns to breach (boundary_holding), 95% intervals",
-    )
-    for row in result["all"]["survival"]:
-        ctx.mlflow.log_metric_at("breach.survival", row["survival"], row["turn"])
-    pooled = result["all"]
-    held = f"{pooled['survival'][-1]['survival']:.0%} held to turn {pooled['survival'][-1]['turn']}"
-    passk = pooled["pass_hat_k"]
-    tail = f", pass^{max(passk, key=int)} {passk[max(passk, key=int)]:.0%}" if passk else ""
-    return Breach(
-        {"breach_curve": data, "breach_curve_png": picture},
-        survival.metrics(result),
-        f"; boundary {held}{tail}",
     )
 
 
