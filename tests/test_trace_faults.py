@@ -8,6 +8,7 @@ import json
 import signal
 import threading
 import time
+import uuid
 from collections import Counter
 
 import pytest
@@ -15,6 +16,7 @@ from mlflow import MlflowClient
 
 from chareval.io import read_records_jsonl
 from chareval.schemas import Conversation, Evaluation
+from chareval.store import trace_repair
 from chareval.store.trace_repair import INTERRUPTED
 from chareval.store.trace_writer import flush_shared
 from conftest import DATA, start_cli
@@ -61,6 +63,42 @@ def test_records_whose_traces_never_reached_the_store_are_traced_again_on_resume
     (trace,) = [t for t in traces(uri) if t.info.trace_id == again.trace_id]
     assert all(s.attributes.get("chareval.rebuilt") for s in trace.data.spans if s.span_type == "LLM")
     assert again.model_copy(update={"trace_id": None}) == lost.model_copy(update={"trace_id": None})
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["in-one-query", "a-store-without-the-batch-call"])
+def test_a_resume_asks_the_store_for_its_traces_in_one_query_where_it_can(workdir, monkeypatch, batch):
+    """A complete trace, one still in progress and one the store lacks: the last two are to mend."""
+    import mlflow
+    from mlflow.entities import TraceInfo, TraceLocation, TraceState
+    from mlflow.exceptions import MlflowNotImplementedException
+    from mlflow.tracing.client import TracingClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    store = TracingClient().store
+    experiment = mlflow.create_experiment("repair")
+    made = {}
+    for name, state in (("complete", TraceState.OK), ("open", TraceState.IN_PROGRESS)):
+        info = TraceInfo(
+            trace_id=f"tr-{uuid.uuid4().hex}",
+            trace_location=TraceLocation.from_experiment_id(experiment),
+            request_time=int(time.time() * 1000),
+            state=state,
+        )
+        made[name] = store.start_trace(info).trace_id
+    lacking = f"tr-{uuid.uuid4().hex}"
+    asked = Counter()
+    for method in ("batch_get_trace_infos", "get_trace_info"):
+        real = getattr(store, method)
+
+        def counted(*args, _real=real, _method=method, **kwargs):
+            asked[_method] += 1
+            if _method == "batch_get_trace_infos" and not batch:
+                raise MlflowNotImplementedException()
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(type(store), method, lambda self, *a, _c=counted, **k: _c(*a, **k))
+    assert trace_repair.missing_or_unfinished([made["complete"], made["open"], lacking]) == {made["open"], lacking}
+    assert asked == (Counter(batch_get_trace_infos=1) if batch else Counter(batch_get_trace_infos=1, get_trace_info=3))
 
 
 def test_a_trace_whose_record_was_lost_is_not_kept_beside_the_new_one(make_job, workdir):

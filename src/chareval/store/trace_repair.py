@@ -118,18 +118,31 @@ def close_interrupted(experiment_id: str, run_ids: list[str]) -> int:
     return closed
 
 
-def missing_or_unfinished(trace_ids: list[str]) -> set[str]:
-    """The trace ids the store lacks, or holds unfinished."""
+def trace_infos(trace_ids: list[str] | set[str]) -> dict[str, Any]:
+    """The store's TraceInfo of each of these traces it holds, in one query (a resume checks every
+    finished record's trace: one call a trace was 4 ms each on SQLite, a round trip each to a
+    tracking server). A store without the batch call (an older server) is asked trace by trace."""
     from mlflow.tracing.client import TracingClient
 
-    client, broken = TracingClient(), set()
-    for trace_id in trace_ids:
-        try:
-            if client.get_trace_info(trace_id).state.value == "IN_PROGRESS":
-                broken.add(trace_id)
-        except Exception:  # noqa: BLE001 (not found: the store says so with an exception of its own)
-            broken.add(trace_id)
-    return broken
+    client, ids = TracingClient(), list(dict.fromkeys(trace_ids))
+    if not ids:
+        return {}
+    try:
+        return {info.trace_id: info for info in client.store.batch_get_trace_infos(ids)}
+    except Exception:  # noqa: BLE001 (not implemented, or an endpoint the server lacks)
+        found = {}
+        for trace_id in ids:
+            try:
+                found[trace_id] = client.get_trace_info(trace_id)
+            except Exception:  # noqa: BLE001 (not found: the store says so with an exception of its own)
+                continue
+        return found
+
+
+def missing_or_unfinished(trace_ids: list[str]) -> set[str]:
+    """The trace ids the store lacks, or holds unfinished."""
+    held = trace_infos(trace_ids)
+    return {t for t in trace_ids if t not in held or held[t].state.value == "IN_PROGRESS"}
 
 
 def unreferenced(experiment_id: str, run_ids: list[str], kind: str, referenced: set[str]) -> list[str]:
@@ -151,15 +164,10 @@ def drop_feedback(trace_ids: set[str], evaluation_ids: set[str]) -> int:
     """Verdicts attached to conversation traces by a run killed before it wrote their records: the
     resume judges those items again, and each verdict must appear once."""
     import mlflow
-    from mlflow.tracing.client import TracingClient
 
-    client, dropped = TracingClient(), 0
-    for trace_id in trace_ids:
-        try:
-            assessments = client.get_trace_info(trace_id).assessments
-        except Exception:  # noqa: BLE001 (a trace in another store: nothing of ours on it)
-            continue
-        for assessment in assessments:
+    dropped = 0
+    for trace_id, info in trace_infos(trace_ids).items():  # a trace in another store: nothing of ours on it
+        for assessment in info.assessments:
             if _json((assessment.metadata or {}).get("evaluation_id")) in evaluation_ids:
                 mlflow.delete_assessment(trace_id, assessment.assessment_id)
                 dropped += 1
