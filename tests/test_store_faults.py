@@ -38,7 +38,10 @@ def test_a_store_answering_5xx_is_one_paragraph(tmp_path):
     run_dir = tmp_path / "run"
     with FakeAPI(store) as server:
         result = run_cli(*ARGS, "models=mock", f"hydra.run.dir={run_dir}", env={"MLFLOW_TRACKING_URI": server.url})
-    assert result.returncode == 2 and "503" in result.stderr
+    # What the store answered: MLflow names the status once its retries are spent ("too many 503 error
+    # responses") or, when it hands back the last 503 itself (seen once under make test's load), the
+    # error code in its body.
+    assert result.returncode == 2 and ("503" in result.stderr or "TEMPORARILY_UNAVAILABLE" in result.stderr)
     assert_one_paragraph(result.stderr)
 
 
