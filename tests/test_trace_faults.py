@@ -87,7 +87,7 @@ def test_a_resume_asks_the_store_for_its_traces_in_one_query_where_it_can(workdi
         made[name] = store.start_trace(info).trace_id
     lacking = f"tr-{uuid.uuid4().hex}"
     asked = Counter()
-    for method in ("batch_get_trace_infos", "get_trace_info"):
+    for method in ("batch_get_trace_infos", "get_trace_info"):  # on the store MLflow keeps for this URI
         real = getattr(store, method)
 
         def counted(*args, _real=real, _method=method, **kwargs):
@@ -96,7 +96,7 @@ def test_a_resume_asks_the_store_for_its_traces_in_one_query_where_it_can(workdi
                 raise MlflowNotImplementedException()
             return _real(*args, **kwargs)
 
-        monkeypatch.setattr(type(store), method, lambda self, *a, _c=counted, **k: _c(*a, **k))
+        monkeypatch.setattr(store, method, counted)
     assert trace_repair.missing_or_unfinished([made["complete"], made["open"], lacking]) == {made["open"], lacking}
     assert asked == (Counter(batch_get_trace_infos=1) if batch else Counter(batch_get_trace_infos=1, get_trace_info=3))
 
