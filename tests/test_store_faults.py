@@ -4,12 +4,18 @@ work is and how to resume; the records are all there; MLflow's own logging stays
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -51,20 +57,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_tracking_server_killed_mid_stage_is_one_paragraph_and_the_resume_finishes(tmp_path):
+@contextlib.contextmanager
+def mlflow_server(folder: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A real `mlflow server` on a store in `folder`, answering; killed (with its workers) after."""
     port = _free_port()
-    db = f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}"
-    (tmp_path / "server").mkdir()
+    folder.mkdir()
     server = subprocess.Popen(
         # One worker process, not MLflow's default four (each imports MLflow: seconds of CPU).
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-        + ["--backend-store-uri", db, "--default-artifact-root", str(tmp_path / "server" / "artifacts")],
+        + ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--default-artifact-root", str(folder / "art")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its workers die with it
     )
-    uri = f"http://127.0.0.1:{port}"
-    run_dir = tmp_path / "run"
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -73,6 +78,15 @@ def test_a_tracking_server_killed_mid_stage_is_one_paragraph_and_the_resume_fini
                 break
             except OSError:
                 time.sleep(0.5)
+        yield server, f"http://127.0.0.1:{port}"
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, 9)
+
+
+def test_a_tracking_server_killed_mid_stage_is_one_paragraph_and_the_resume_finishes(tmp_path):
+    run_dir = tmp_path / "run"
+    with mlflow_server(tmp_path / "server") as (server, uri):
         with FakeAPI(lambda seen, n: chat_completion(f"reply {n}", seen.body["model"]), delay_s=0.3) as api:
             job = [
                 *ARGS,
@@ -83,6 +97,7 @@ def test_a_tracking_server_killed_mid_stage_is_one_paragraph_and_the_resume_fini
             ]
             first = start_cli(*job, env={"MLFLOW_TRACKING_URI": uri}, stderr=subprocess.PIPE, text=True)
             out = run_dir / "conversations.jsonl"
+            deadline = time.monotonic() + 120
             while not (out.exists() and out.read_text().count("\n") >= 1) and time.monotonic() < deadline:
                 time.sleep(0.05)
             os.killpg(server.pid, 9)  # the server dies mid-stage
@@ -95,9 +110,56 @@ def test_a_tracking_server_killed_mid_stage_is_one_paragraph_and_the_resume_fini
             again = run_cli(*job, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'local.db'}"})
         assert again.returncode == 0, again.stderr[-2000:]
         assert out.read_text().count("\n") >= 2
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, 9)
+
+
+def test_once_the_store_fails_recording_the_failure_tries_each_call_once(tmp_path, monkeypatch):
+    """A run whose store starts answering 503 mid-run: the call that met it is retried as configured,
+    but the calls that record the failure (the error tag, then MLflow's end of the run, which reads the
+    run before it sets its status) are tried once each, not retried with back-off; then the retries
+    are back for whatever comes next. A proxy in front of a real `mlflow server` counts the requests."""
+    import mlflow
+
+    from chareval.store.runs import start_run
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")  # the retries, without the wait
+    state = {"up": True}
+
+    def proxy(seen, n):
+        if not state["up"]:
+            return Reply(503, {"error_code": "TEMPORARILY_UNAVAILABLE"})
+        data = None if seen.method == "GET" else json.dumps(seen.body).encode()
+        request = urllib.request.Request(uri + seen.path, data=data, method=seen.method)
+        request.add_header("content-type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return Reply(answer.status, json.loads(answer.read() or b"{}"))
+        except urllib.error.HTTPError as refused:
+            return Reply(refused.code, json.loads(refused.read() or b"{}"))
+
+    with mlflow_server(tmp_path / "server") as (_, uri), FakeAPI(proxy) as store:
+        mlflow.set_tracking_uri(store.url)
+        try:
+            mlflow.set_experiment("chareval")
+            with pytest.raises(mlflow.exceptions.MlflowException), start_run(True, run_name="r", tags={}) as run:
+                state["up"] = False
+                dead_from = len(store.requests)
+                run.log_metrics({"m": 1.0})
+            after = [(seen.method, seen.path.split("?")[0]) for seen in store.requests[dead_from:]]
+            assert after == [
+                ("POST", "/api/2.0/mlflow/runs/log-batch"),  # the call that met the failure, 2 retries
+                ("POST", "/api/2.0/mlflow/runs/log-batch"),
+                ("POST", "/api/2.0/mlflow/runs/log-batch"),
+                ("POST", "/api/2.0/mlflow/runs/set-tag"),
+                ("GET", "/api/2.0/mlflow/runs/get"),  # MLflow ends a run by reading it first: it fails there
+            ], after
+            assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+            counted = len(store.requests)
+            with pytest.raises(mlflow.exceptions.MlflowException):
+                mlflow.MlflowClient().get_experiment_by_name("chareval")
+            assert len(store.requests) - counted == 3  # retried again
+        finally:
+            mlflow.set_tracking_uri(None)
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a small tmpfs needs root")

@@ -295,15 +295,20 @@ def _param(key: str, value: Any) -> dict[str, str]:
 STORE_MODULES = ("mlflow", "requests", "urllib3", "sqlalchemy", "sqlite3")
 
 
-def store_failure(error: BaseException, run_dir: str, resume: str) -> CharevalError | None:
-    """A store that stopped working mid-run (a server that died or answers 5xx, a database on a full
-    disk) as one message: what stopped, what is safe where, how to resume. None: not the store."""
+def store_culprit(error: BaseException) -> BaseException | None:
+    """The exception in `error`'s chain that the store raised (None: the store did not fail)."""
     chain: list[BaseException] = []
     seen: BaseException | None = error
     while seen is not None and len(chain) < 20:
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__
-    culprit = next((e for e in chain if type(e).__module__.split(".")[0] in STORE_MODULES), None)
+    return next((e for e in chain if type(e).__module__.split(".")[0] in STORE_MODULES), None)
+
+
+def store_failure(error: BaseException, run_dir: str, resume: str) -> CharevalError | None:
+    """A store that stopped working mid-run (a server that died or answers 5xx, a database on a full
+    disk) as one message: what stopped, what is safe where, how to resume. None: not the store."""
+    culprit = store_culprit(error)
     if culprit is None:
         return None
     import mlflow
@@ -409,24 +414,48 @@ def start_run(
     import mlflow
 
     nested = mlflow.active_run() is not None
-    with mlflow.start_run(
-        run_name=run_name,
-        nested=nested,
-        parent_run_id=None if nested else parent_run_id,
-        tags={k: str(v) for k, v in tags.items()},
-    ) as run:
-        if params:
-            items = list(params.items())
-            for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-                mlflow.log_params(dict(items[i : i + 100]))
-        try:
-            yield StageRun(run.info.run_id)
-        except KeyboardInterrupt:
-            mlflow.set_tag(names.ERROR, "interrupted")
-            raise
-        except Exception as e:
-            mlflow.set_tag(names.ERROR, error_text(e))
-            raise
+    with one_try_a_call_once_the_store_failed() as noticed:
+        with mlflow.start_run(
+            run_name=run_name,
+            nested=nested,
+            parent_run_id=None if nested else parent_run_id,
+            tags={k: str(v) for k, v in tags.items()},
+        ) as run:
+            if params:
+                items = list(params.items())
+                for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+                    mlflow.log_params(dict(items[i : i + 100]))
+            try:
+                yield StageRun(run.info.run_id)
+            except KeyboardInterrupt:
+                mlflow.set_tag(names.ERROR, "interrupted")
+                raise
+            except Exception as e:
+                noticed(e)
+                mlflow.set_tag(names.ERROR, error_text(e))
+                raise
+
+
+@contextmanager
+def one_try_a_call_once_the_store_failed() -> Iterator[Any]:
+    """Recording a failure is calls to the store (the error tag; MLflow's end of the run, which reads
+    the run before it sets its status): where the store itself is what failed (a server that died),
+    MLflow's retries and their back-off made a user wait ~15 s for the message, so these calls get
+    one try each. The retries are back as they were for whatever runs next (a sweep's next job)."""
+    key = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+    before = os.environ.get(key)
+
+    def noticed(error: BaseException) -> None:
+        if store_culprit(error) is not None:
+            os.environ[key] = "0"
+
+    try:
+        yield noticed
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 def resolved_yaml(cfg: DictConfig) -> str:
