@@ -118,6 +118,7 @@ def half_created(db: Path) -> bool:
     return runs == 0 and (not CORE_TABLES <= tables or versions != [_get_latest_schema_revision()])
 
 
+RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 STORE_FIX = "check tracking.uri / MLFLOW_TRACKING_URI, or run with tracking.enabled=false"
 
 
@@ -135,7 +136,7 @@ def check_store(uri: str) -> None:
                 f"the MLflow server {uri} does not answer: {getattr(e, 'reason', e)}", STORE_FIX
             ) from None
         # Later calls fail in seconds, not minutes, if the server goes away mid-run.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault(RETRIES_ENV, "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     elif uri.startswith("sqlite:///"):
         import sqlite3
@@ -414,7 +415,8 @@ def start_run(
     import mlflow
 
     nested = mlflow.active_run() is not None
-    with one_try_a_call_once_the_store_failed() as noticed:
+    retries = os.environ.get(RETRIES_ENV)
+    try:
         with mlflow.start_run(
             run_name=run_name,
             nested=nested,
@@ -431,31 +433,19 @@ def start_run(
                 mlflow.set_tag(names.ERROR, "interrupted")
                 raise
             except Exception as e:
-                noticed(e)
+                # Recording the failure is calls to the store (this tag; MLflow's end of the run, which
+                # reads the run before it sets its status). Where the store is what failed (a server
+                # that died), MLflow's retries and their back-off made a user wait ~15 s for the
+                # message: these calls get one try each.
+                if store_culprit(e) is not None:
+                    os.environ[RETRIES_ENV] = "0"
                 mlflow.set_tag(names.ERROR, error_text(e))
                 raise
-
-
-@contextmanager
-def one_try_a_call_once_the_store_failed() -> Iterator[Any]:
-    """Recording a failure is calls to the store (the error tag; MLflow's end of the run, which reads
-    the run before it sets its status): where the store itself is what failed (a server that died),
-    MLflow's retries and their back-off made a user wait ~15 s for the message, so these calls get
-    one try each. The retries are back as they were for whatever runs next (a sweep's next job)."""
-    key = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
-    before = os.environ.get(key)
-
-    def noticed(error: BaseException) -> None:
-        if store_culprit(error) is not None:
-            os.environ[key] = "0"
-
-    try:
-        yield noticed
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
+    finally:  # the retries as they were for whatever runs next (a sweep's next job)
+        if retries is None:
+            os.environ.pop(RETRIES_ENV, None)
         else:
-            os.environ[key] = before
+            os.environ[RETRIES_ENV] = retries
 
 
 def resolved_yaml(cfg: DictConfig) -> str:
